@@ -217,7 +217,8 @@ def download_dataset(name, root):
         else:
             tvd.CelebA(root, split="all", download=True)
     except Exception as e:  # noqa: BLE001 - network or archive errors all mean "download by hand"
-        raise UserError(f"downloading {name} into {root!r} failed ({type(e).__name__}: {e}); download it by hand into that folder") from None
+        reason = " ".join(str(e).split())[:160]  # one line, however the downloader words it
+        raise UserError(f"downloading {name} into {root!r} failed ({type(e).__name__}: {reason}); download it by hand into that folder") from None
 
 
 def default_channels(name):

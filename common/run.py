@@ -52,7 +52,7 @@ def run_dir_of(checkpoint_path):
 
 def write_args(out, args):
     with open(os.path.join(out, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=2, sort_keys=True)
+        json.dump({k: v for k, v in vars(args).items() if k != "explicit"}, f, indent=2, sort_keys=True)
 
 
 class Metrics:

@@ -161,3 +161,32 @@ def test_shared_checker_finds_and_fixes_a_difference(tmp_path):
     assert check_shared.check(str(tmp_path)) == [] and (tmp_path / "other.py").read_text() == src
     (tmp_path / "third.py").write_text("print('no sections')\n")
     assert any("missing shared section" in p for p in check_shared.check(str(tmp_path)))
+
+
+def test_celeba_layout_with_face_crop(tmp_path):
+    d = tmp_path / "celeba" / "img_align_celeba"
+    d.mkdir(parents=True)
+    for i in range(3):
+        arr = np.zeros((218, 178, 3), dtype=np.uint8)
+        arr[55:163, 35:143] = 200  # the 108x108 centre: all that survives the crop
+        Image.fromarray(arr).save(d / f"{i:06d}.jpg")
+    data = load_dataset("celeba", str(tmp_path), image_size=16)
+    x, _ = data[0]
+    assert data.num_classes == 0 and x.shape == (3, 16, 16) and x.float().mean() > 190
+
+
+def test_digits_metric_sanity():
+    """Real digits score near zero; a generator stuck on one digit scores badly."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import digits_metric as dm
+
+    net = dm.classifier()
+    x, y = dm.real_digits()
+    ref = dm.features_and_probs(net, x)[0]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    real = dm.score(x[perm[:900]], net, ref)
+    ones = dm.score(x[y == 1][torch.arange(900) % int((y == 1).sum())], net, ref)
+    noise = dm.score(torch.rand(900, 1, 32, 32) * 2 - 1, net, ref)
+    assert real["fd"] < 0.5 and real["coverage"] == 10 and real["confidence"] > 0.8
+    assert ones["coverage"] == 1 and ones["fd"] > 10 * real["fd"]
+    assert noise["fd"] > ones["fd"] or noise["coverage"] < 10
