@@ -302,6 +302,11 @@ def init_weights(m):
         nn.init.zeros_(m.bias)
 
 
+def one_hot(y, num_classes, dtype):
+    """One-hot labels without F.one_hot's range check, which syncs with a CUDA device."""
+    return (y[:, None] == torch.arange(num_classes, device=y.device)).to(dtype)
+
+
 class Generator(nn.Module):
     """z (and a one-hot label) -> "project and reshape" to 4x4 (Fig. 1: a matrix multiply),
     then 2x transposed convs (kernel 4, stride 2) with BN + ReLU, and a tanh output."""
@@ -319,7 +324,7 @@ class Generator(nn.Module):
 
     def forward(self, z, y=None):
         if self.num_classes:
-            z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], 1)
+            z = torch.cat([z, one_hot(y, self.num_classes, z.dtype)], 1)
         return self.net(self.project(z).view(-1, self.w0, 4, 4))
 
 
@@ -339,7 +344,7 @@ class Discriminator(nn.Module):
 
     def forward(self, x, y=None):
         if self.num_classes:
-            planes = F.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
+            planes = one_hot(y, self.num_classes, x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
             x = torch.cat([x, planes], 1)
         return self.out(self.net(x).flatten(1)).view(-1)
 

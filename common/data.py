@@ -299,6 +299,13 @@ class Batches:
         self.rank, self.world, self.num_workers, self.flip, self.color_jitter = rank, world, num_workers, flip, color_jitter
         self.epoch, self.batch = 0, 0
         self.batches_per_epoch = per_rank // batch_size
+        self.images = self.labels = None
+        if isinstance(data, MemoryData):  # on CUDA, keep the tensor on the device (or pinned): no per-step sync
+            self.images, self.labels = data.images, data.labels
+            if self.device.type == "cuda":
+                on_device = data.images.numel() < 2**31
+                self.images = data.images.to(self.device) if on_device else data.images.pin_memory()
+                self.labels = data.labels.to(self.device) if data.labels is not None and on_device else data.labels
 
     def state_dict(self):
         return {"epoch": self.epoch, "batch": self.batch}
@@ -325,12 +332,12 @@ class Batches:
             order = self._order(self.epoch)
             batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.batches_per_epoch)]
             start, epoch = self.batch, self.epoch
-            if isinstance(self.data, MemoryData):
+            if self.images is not None:
                 for b in range(start, len(batches)):
-                    idx = batches[b]
-                    y = self.data.labels[idx].to(self.device) if self.data.labels is not None else None
+                    idx = batches[b].to(self.images.device)
+                    y = self.labels[idx.to(self.labels.device)].to(self.device, non_blocking=True) if self.labels is not None else None
                     self.batch = b + 1
-                    yield self._to_float(self.data.images[idx], epoch, b), y
+                    yield self._to_float(self.images[idx], epoch, b), y
             else:
                 loader = torch.utils.data.DataLoader(
                     self.data, batch_sampler=[bt.tolist() for bt in batches[start:]], num_workers=self.num_workers,
