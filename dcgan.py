@@ -478,6 +478,7 @@ def train(args):
     def save(step):
         states = gather_rng_states(world)
         if not all(torch.isfinite(p).all() for m in (G, D) for p in m.parameters()):
+            pbar.close()
             raise UserError(f"the weights became NaN/inf by step {step}; {last_good(out)} (try a lower --lr-d/--lr-g or --amp off)")
         if rank == 0:
             if ema is not None:

@@ -65,3 +65,32 @@ def progress_gif(sample_dir, path, max_frames=100):
         keep = np.linspace(0, len(files) - 1, max_frames).round().astype(int)
         files = [files[i] for i in sorted(set(keep))]
     return save_gif(files, path)
+
+
+def save_curve(path, xs, ys, title=""):
+    """Draw ys against xs as a line chart (PNG, 640x360) with PIL: a frame, the curve, the
+    x and y ranges and a title. Non-finite points are skipped; returns the path."""
+    from PIL import Image, ImageDraw
+
+    w, h, left, right, top, bottom = 640, 360, 70, 20, 30, 30
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 8), title, fill="black")
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(x) and math.isfinite(y)]
+    if pts:
+        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+        xy = [(left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)) for x, y in pts]
+        if len(xy) > 1:
+            draw.line(xy, fill=(31, 119, 180), width=2)
+        else:
+            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=(31, 119, 180))
+        draw.text((4, top), f"{y1:.4g}", fill="black")
+        draw.text((4, h - bottom - 12), f"{y0:.4g}", fill="black")
+        draw.text((left, h - bottom + 6), f"{x0:g}", fill="black")
+        draw.text((w - right - 60, h - bottom + 6), f"{x1:g}", fill="black")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img.save(path)
+    return path

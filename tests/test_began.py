@@ -1,0 +1,120 @@
+"""BEGAN-specific checks: L1 loss, k_t (clipped, no gradient, updated from G's own loss),
+M_global, the learning-rate halving when M stalls (and its exact resume), the M curve,
+the architecture options and the bad input; plus common.images.save_curve."""
+import math
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import load_script, tiny_args
+from common.images import save_curve
+from common.run import read_metrics
+
+m = load_script("began")
+
+
+def test_reconstruction_loss_is_l1_per_sample():
+    v = torch.zeros(2, 1, 1, 2)
+    r = torch.tensor([[[[1.0, -3.0]]], [[[0.5, 0.5]]]])
+    assert torch.equal(m.reconstruction_loss(v, r), torch.tensor([2.0, 0.5]))  # L2 would give 5 and 0.25
+
+
+def test_k_is_clipped_to_0_1():
+    one, zero = torch.tensor(1.0), torch.tensor(0.0)
+    assert m.update_k(torch.tensor(0.9995), l_real=one, l_fake=zero, gamma=1.0, lambda_k=0.001).item() == 1.0
+    assert m.update_k(torch.tensor(0.0005), l_real=zero, l_fake=one, gamma=1.0, lambda_k=0.001).item() == 0.0
+    k = m.update_k(torch.tensor(0.5), l_real=torch.tensor(0.2), l_fake=torch.tensor(0.06), gamma=0.5, lambda_k=0.001)
+    assert k.item() == pytest.approx(0.5 + 0.001 * (0.1 - 0.06))
+
+
+def test_k_is_a_constant():
+    real_l = torch.tensor([0.2, 0.4], requires_grad=True)
+    fake_l = torch.tensor([0.1, 0.3], requires_grad=True)
+    k = torch.tensor(0.25, requires_grad=True)
+    m.d_loss(real_l, fake_l, k).backward()
+    assert k.grad is None
+    assert torch.allclose(fake_l.grad, torch.tensor([-0.125, -0.125])) and torch.allclose(real_l.grad, torch.tensor([0.5, 0.5]))
+    assert not m.update_k(k, real_l.mean(), fake_l.mean()).requires_grad
+
+
+def test_convergence_measure():
+    assert m.convergence_measure(torch.tensor(0.2), torch.tensor(0.05), gamma=0.5).item() == pytest.approx(0.2 + 0.05)
+    assert m.convergence_measure(torch.tensor(0.2), torch.tensor(0.15), gamma=0.5).item() == pytest.approx(0.2 + 0.05)
+    assert m.convergence_measure(torch.tensor(0.2, dtype=torch.bfloat16), torch.tensor(0.1)).dtype == torch.float32
+
+
+def test_stall_rule():
+    assert not m.stalled(5.0, math.inf)  # the first window
+    assert m.stalled(0.995, 1.0) and m.stalled(1.2, 1.0)  # less than 1% better, or worse
+    assert not m.stalled(0.98, 1.0)
+
+
+def run_log(out, steps, *extra):
+    m.main([*tiny_args(m), "--steps", str(steps), "--lr-decay-patience", "1", "--sample-every", "3", "--out", out, *extra])
+    return read_metrics(os.path.join(out, "metrics.jsonl"))
+
+
+def test_training_k_m_and_lr_halving(in_tmp):
+    """Every step is a window (patience 1): the lr halves exactly when M stalls; k stays in
+    [0, 1]; the k update used G's own loss; resume continues k and the decay exactly."""
+    log = run_log("full", 8)
+    lr0, best, scale = 1e-4, math.inf, 1.0
+    for r in log:
+        if m.stalled(r["M"], best):
+            scale /= 2
+        best = min(best, r["M"])
+        assert r["lr_g"] == lr0 * scale and 0 <= r["k"] <= 1
+        assert r["l_fake"] == r["g_loss"]  # k and M use the very L(G(z_G)) that G minimised
+        assert r["M"] == pytest.approx(r["l_real"] + abs(0.5 * r["l_real"] - r["l_fake"]), rel=1e-5)
+    assert scale < 1, "no stall in 8 steps: the test no longer exercises the decay"
+    assert log[0]["k"] > 0  # gamma L(x) > L(G(z)) at the start: k rises from k_0 = 0
+    png = Image.open("full/convergence.png")
+    assert png.size == (640, 360)
+
+    part = run_log("part", 5)
+    m.main(["--resume", "auto", "--out", "part", "--steps", "8"])
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in rs]  # noqa: E731
+    assert strip(read_metrics("part/metrics.jsonl")) == strip(log) and part
+    a, b = (torch.load(f"{d}/checkpoints/last.pt", weights_only=True)["equilibrium"] for d in ("full", "part"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("size", [8, 16, 64])
+def test_architecture_options(size):
+    args = m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), "--skip", "--bn"])
+    G, D = m.build_models(args, channels=3, num_classes=0)
+    x = G(m.latents(2, args.z_dim))
+    assert x.shape == (2, 3, size, size) and D(x).shape == (2,) and D.reconstruct(x).shape == x.shape
+    assert D.encoder.net(x).shape[-2:] == (8, 8)  # the smallest feature map is 8x8 (Sec. 4.1)
+    plain = m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size)]), 3, 0)[0]
+    assert any(isinstance(l, torch.nn.BatchNorm2d) for l in G.modules()) and not any(isinstance(l, torch.nn.BatchNorm2d) for l in plain.modules())
+    skip = m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), "--skip"]), 3, 0)[0]
+    grown = sum(p.numel() for p in skip.parameters()) > sum(p.numel() for p in plain.parameters())
+    assert grown == (size > 8)  # skip connections widen the first conv after each upsampling
+
+
+def test_paper_defaults():
+    a = m.parse_args([])
+    assert (a.gamma, a.lambda_k, a.nh, a.z_dim, a.lr_g, a.lr_d, a.batch_size) == (0.5, 0.001, 64, 64, 1e-4, 1e-4, 16)
+    z = m.latents(1000, 64)
+    assert z.min() >= -1 and z.max() <= 1 and z.mean().abs() < 0.05  # U[-1, 1] (Sec. 3.5)
+
+
+@pytest.mark.parametrize("gamma", ["0", "-0.5", "1.5"])
+def test_bad_gamma_one_line(gamma, in_tmp, capsys):
+    with pytest.raises(SystemExit) as e:
+        m.main([*tiny_args(m), "--steps", "1", "--gamma", gamma])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 1 and len(err) == 1 and "--gamma" in err[0], err
+
+
+def test_save_curve(tmp_path):
+    path = save_curve(str(tmp_path / "sub" / "c.png"), [1, 2, 3, 4], [0.5, 0.3, float("nan"), 0.2], "title")
+    img = Image.open(path).convert("RGB")
+    assert img.size == (640, 360)
+    assert (31, 119, 180) in {c for _, c in img.getcolors(1 << 16)}  # the curve is drawn
+    save_curve(str(tmp_path / "one.png"), [5], [1.0])  # a single point, and no points at all
+    save_curve(str(tmp_path / "none.png"), [], [])
+    assert os.path.exists(tmp_path / "one.png") and os.path.exists(tmp_path / "none.png")

@@ -1,0 +1,80 @@
+"""EBGAN-specific checks: the energy, the margin hinge per sample, the pulling-away term
+(hand-made values, i != j left out, encoder embedding, G's loss only) and its bad input."""
+import pytest
+import torch
+
+from conftest import load_script, tiny_args
+
+m = load_script("ebgan")
+
+
+def test_energy_is_the_l2_norm_of_the_reconstruction_error():
+    x = torch.zeros(2, 1, 2, 2)
+    r = torch.stack([torch.ones(1, 2, 2), torch.full((1, 2, 2), 3.0)])
+    assert torch.allclose(m.energy(x, r), torch.tensor([2.0, 6.0]))  # sqrt(4 * 1), sqrt(4 * 9)
+
+
+def test_margin_hinge_is_per_sample():
+    real = (torch.tensor([1.0, 3.0]), None)
+    fake = (torch.tensor([5.0, 15.0]), None)  # batch mean 10: a hinge on the mean would be 0
+    assert m.d_loss(real, fake, margin=10.0).item() == pytest.approx(2.0 + (5.0 + 0.0) / 2)
+    assert m.d_loss(real, (torch.tensor([12.0, 20.0]), None), margin=10.0).item() == pytest.approx(2.0)
+
+
+def test_pulling_away_term_hand_made():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # squared cosines: (1,2) 0, (1,3) 1/2, (2,3) 1/2; both orders over N(N-1) = 6 pairs
+    assert m.pulling_away(s).item() == pytest.approx(2 * (0 + 0.5 + 0.5) / 6)
+    assert m.pulling_away(s * torch.tensor([[2.0], [3.0], [0.5]])).item() == pytest.approx(1 / 3)  # cosine: scale-free
+    assert m.pulling_away(torch.tensor([[1.0, 2.0], [-2.0, -4.0]])).item() == pytest.approx(1.0)  # squared: -1 counts as 1
+
+
+def test_pulling_away_term_leaves_out_i_equals_j():
+    assert m.pulling_away(torch.eye(4)).item() == 0.0  # with i = j it would be 4 / 12
+    assert m.pulling_away(torch.eye(4).view(4, 1, 2, 2)).item() == 0.0  # feature maps are flattened
+
+
+def test_pt_uses_the_encoder_embedding_and_goes_in_g_loss_only():
+    args = m.parse_args(m.SMOKE_ARGS)
+    G, D = m.build_models(args, channels=1, num_classes=0)
+    x = G(torch.randn(5, args.z_dim))
+    e, s = D(x)
+    assert torch.equal(s, D.encoder(x).flatten(1)) and e.shape == (5,)
+    assert torch.allclose(m.g_loss((e, s), pt_weight=0.3), e.mean() + 0.3 * m.pulling_away(s))
+    assert torch.equal(m.g_loss((e, s), pt_weight=0.0), e.mean())
+    s_leaf = s.detach().requires_grad_(True)
+    m.d_loss((e.detach(), s_leaf), (e.detach().requires_grad_(True), s_leaf), margin=10.0).backward()
+    assert s_leaf.grad is None  # D's loss never sees the embedding
+    m.g_loss((e.detach(), s_leaf), pt_weight=0.1).backward()
+    assert s_leaf.grad is not None and s_leaf.grad.abs().sum() > 0
+
+
+def test_paper_defaults():
+    a = m.parse_args([])
+    assert (a.margin, a.pt_weight, a.lr_g, a.lr_d, a.beta1, a.z_dim) == (10.0, 0.1, 1e-3, 1e-3, 0.5, 100)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--batch-size", "1"], "--batch-size 1"),
+    (["--margin", "0"], "--margin"),
+    (["--margin", "-5"], "--margin"),
+    (["--pt-weight", "-0.1"], "--pt-weight"),
+])
+def test_bad_input_one_line(flags, words, in_tmp, capsys):
+    with pytest.raises(SystemExit) as e:
+        m.main([*tiny_args(m), "--steps", "1", *flags])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 1 and len(err) == 1 and words in err[0], err
+
+
+def test_batch_of_one_trains_without_pt(in_tmp):
+    res = m.main([*tiny_args(m), "--batch-size", "1", "--pt-weight", "0", "--steps", "2", "--out", "one"])
+    assert res["out"] == "one"
+
+
+def test_overflowing_learning_rate_is_one_line(in_tmp, capsys):
+    """lr / (1 - beta1) beyond float32: Adam would raise mid-step; it is refused up front."""
+    with pytest.raises(SystemExit):
+        m.main([*tiny_args(m), "--steps", "1", "--lr-g", "1e38", "--beta1", "0.9"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--lr-g" in err[0] and "NaN" in err[0], err
