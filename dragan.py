@@ -117,6 +117,9 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     g.add_argument("--log-every", type=int, default=25, help="steps between logged metrics (each log syncs with the device)")
     g.add_argument("--sample-every", type=int, default=100, help="steps between sample grids")
     g.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints")
+    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations of a checkpoint (FID, KID, precision/recall; digits: the digits classifier), logged as eval_* in metrics.jsonl; the best is kept as checkpoints/best.pt; 0: off")
+    g.add_argument("--eval-samples", type=int, default=1000, help="generated images per --eval-every evaluation")
+    g.add_argument("--tensorboard", action="store_true", help="also write the logged numbers and grids as TensorBoard events (<run>/tensorboard; needs the tensorboard package)")
     g.add_argument("--resume", default=None, help="continue from a checkpoint: a .pt file, a run directory, or auto (latest run)")
     g.add_argument("--compile", action="store_true", help="torch.compile the models")
     g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes for image folders")
@@ -134,6 +137,8 @@ class UserError(Exception):
 def parse_with_resume(p, argv):
     """Parse argv; remember which flags were given, so a resumed run keeps the others."""
     args = p.parse_args(argv)
+    if args.eval_every < 0 or args.eval_samples < 10:
+        p.error("--eval-every must be at least 0 (0: off) and --eval-samples at least 10")
     saved = {a.dest: a.default for a in p._actions}
     for a in p._actions:
         a.default = argparse.SUPPRESS
@@ -502,7 +507,8 @@ def train(args):
         out = args.out if ckpt is not None else new_run_dir(SCRIPT, args.out)
         args.out = out
         write_args(out, args)
-        metrics = Metrics(out, resume_step=step if ckpt is not None else None)
+        metrics = Metrics(out, resume_step=step if ckpt is not None else None, tensorboard=args.tensorboard,
+                          evaluate_dataset=args.dataset if args.eval_every else None)
         print(f"{SCRIPT}: {args.dataset} {args.image_size}x{args.image_size}x{data.channels}, {len(data)} images"
               f"{f', {num_classes} classes' if num_classes else ''}; batch {args.batch_size} x {world} process(es) = {args.batch_size * world};"
               f" G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M, D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M params;"
@@ -555,7 +561,7 @@ def train(args):
         with torch.no_grad(), autocast(device, args.amp):
             x = gen(grid_z, grid_y) if num_classes else gen(grid_z)
         gen.train(was_training)
-        save_grid(x, os.path.join(out, "samples", f"step_{step:06d}.png"), nrow=8)
+        metrics.image("samples", step, save_grid(x, os.path.join(out, "samples", f"step_{step:06d}.png"), nrow=8))
         progress_gif(os.path.join(out, "samples"), os.path.join(out, "progress.gif"))
 
     stream = iter(batches)
@@ -611,6 +617,11 @@ def train(args):
             write_samples(step)
         if step % args.ckpt_every == 0 or step == args.steps:
             save(step)
+        if args.eval_every and step % args.eval_every == 0:
+            if step % args.ckpt_every and step != args.steps:
+                save(step)  # evaluation scores (and may keep as best.pt) the checkpoint of this step
+            if rank == 0:
+                metrics.evaluate(step, os.path.join(out, "checkpoints", "last.pt"), args.eval_samples)
     pbar.close()
     if rank == 0:
         metrics.close()

@@ -1,5 +1,6 @@
-"""Image grids and progress GIFs."""
+"""Image grids, progress GIFs and curves."""
 import glob
+import json
 import math
 import os
 
@@ -94,3 +95,83 @@ def save_curve(path, xs, ys, title=""):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     img.save(path)
     return path
+
+
+# ----------------------------------------------------------------------------- curves (tools/plot.py)
+CURVE_SKIP = {"step", "time"}
+
+
+def read_series(path):
+    """{key: ([steps], [values])} of the numeric fields of a metrics.jsonl, in first-seen order."""
+    series = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill: skip it
+                continue
+            step = rec.get("step")
+            for k, v in rec.items():
+                if k in CURVE_SKIP or isinstance(v, bool) or not isinstance(v, (int, float)) or step is None:
+                    continue
+                xs, ys = series.setdefault(k, ([], []))
+                xs.append(step)
+                ys.append(v)
+    return series
+
+
+def smooth(ys, window):
+    out, acc, q = [], 0.0, []
+    for y in ys:
+        q.append(y)
+        acc += y
+        if len(q) > window:
+            acc -= q.pop(0)
+        out.append(acc / len(q))
+    return out
+
+
+def plot_curves(run_dir, out=None, keys=None):
+    """Every number of a run's metrics.jsonl (or of the one in ``run_dir``) against the step,
+    one panel each, as a PNG (default ``<run>/curves.png``); returns its path. Raises
+    ImportError without matplotlib, KeyError for keys the file does not have."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(run_dir, "metrics.jsonl") if os.path.isdir(run_dir) else run_dir
+    series = read_series(path)
+    if keys:
+        missing = [k for k in keys if k not in series]
+        if missing:
+            raise KeyError(f"not in {path}: {', '.join(missing)} (it has {', '.join(series)})")
+        series = {k: series[k] for k in keys}
+    if not series:
+        raise KeyError(f"{path} has no numeric values to plot")
+    n = len(series)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, (k, (xs, ys)) in zip(axes.flat, series.items()):
+        window = max(1, len(ys) // 50)
+        if window > 1:
+            ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=0.8)
+            ax.plot(xs, smooth(ys, window), color="tab:blue", linewidth=1.4)
+        else:
+            ax.plot(xs, ys, color="tab:blue", linewidth=1.4, marker="o" if len(ys) < 20 else None, markersize=3)
+        ax.set_title(k, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(os.path.basename(os.path.normpath(os.path.dirname(path))), fontsize=11)
+    fig.tight_layout()
+    out = out or os.path.join(os.path.dirname(path), "curves.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

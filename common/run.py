@@ -56,27 +56,101 @@ def write_args(out, args):
 
 
 class Metrics:
-    """Appends one JSON object per logged step to ``metrics.jsonl``.
+    """Appends one JSON object per logged step to ``metrics.jsonl``; optionally mirrors the
+    numbers and sample grids to TensorBoard (``--tensorboard``), evaluates checkpoints during
+    training (``--eval-every``) and draws the curves at the end of the run.
 
     On resume, lines logged after the checkpoint's step (by a run killed between two
     checkpoints) are dropped first, so the file reads as one uninterrupted run.
     """
 
-    def __init__(self, out, resume_step=None):
-        self.path = os.path.join(out, "metrics.jsonl")
+    def __init__(self, out, resume_step=None, tensorboard=False, evaluate_dataset=None):
+        self.out, self.path = out, os.path.join(out, "metrics.jsonl")
         if resume_step is not None and os.path.exists(self.path):
             with open(self.path) as f:
                 keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(keep)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=resume_step + 1 if resume_step is not None else None)
+        if evaluate_dataset not in (None, "digits"):  # fail now, not at the first evaluation
+            self._evaluator().extractor("inception", None)
         self.file = open(self.path, "a")
+
+    @staticmethod
+    def _evaluator():
+        """tools/evaluate.py, imported from the repository's tools/ folder."""
+        import sys
+
+        tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+        if tools not in sys.path:
+            sys.path.insert(0, tools)
+        import evaluate
+
+        return evaluate
 
     def log(self, **values):
         self.file.write(json.dumps(values) + "\n")
         self.file.flush()
+        if self.writer is not None and "step" in values:
+            for k, v in values.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(k, v, values["step"])
+
+    def image(self, tag, step, png):
+        """Mirror a written grid (a PNG path) to TensorBoard."""
+        if self.writer is not None:
+            import numpy as np
+            from PIL import Image
+
+            self.writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
+
+    def evaluate(self, step, checkpoint, num_samples):
+        """Score a checkpoint with tools/evaluate.py's protocol on a small sample (digits: the
+        digits classifier; other data: the FID Inception), log the numbers as ``eval_*`` and
+        keep the best checkpoint (lowest FID) as ``checkpoints/best.pt``. The RNG states are
+        restored afterwards, so evaluating never changes the training trajectory."""
+        import random
+        import shutil
+
+        import numpy as np
+        import torch
+
+        ev = self._evaluator()
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            res = ev.evaluate(checkpoint, num_samples=num_samples, num_real=max(num_samples, 1000), metrics=("fid", "kid", "prc"),
+                              device="cpu" if not torch.cuda.is_available() else "auto")
+        random.setstate(py)
+        np.random.set_state(npy)
+        m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in ("fid", "kid", "precision", "recall", "coverage", "confidence")}
+        best_file = os.path.join(self.out, "checkpoints", "best.json")
+        best = json.load(open(best_file)) if os.path.exists(best_file) else None
+        if best is None or m["eval_fid"] < best["eval_fid"]:
+            best = {"step": step, **m, "feature_extractor": res["protocol"]["feature_extractor"]["name"], "num_samples": num_samples}
+            tmp = os.path.join(self.out, "checkpoints", "best.pt.tmp")
+            shutil.copyfile(checkpoint, tmp)
+            os.replace(tmp, os.path.join(self.out, "checkpoints", "best.pt"))
+            with open(best_file, "w") as f:
+                json.dump(best, f, indent=2)
+        self.log(step=step, **m, eval_best_step=best["step"])
+        return m
 
     def close(self):
         self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+        try:
+            from common.images import plot_curves
+
+            plot_curves(self.path, os.path.join(self.out, "curves.png"))
+        except (ImportError, KeyError):  # matplotlib is optional; a run may have logged nothing
+            pass
 
 
 def read_metrics(path):

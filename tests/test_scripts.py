@@ -51,6 +51,22 @@ def test_train_resume_sample(name, in_tmp):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
+def test_eval_every_tensorboard_and_curves(name, in_tmp):
+    """--eval-every logs eval_* numbers and keeps the best checkpoint; --tensorboard writes events."""
+    import glob
+
+    m = load_script(name)
+    m.main([*tiny_args(m), "--steps", "4", "--eval-every", "2", "--eval-samples", "32", "--tensorboard", "--sample-every", "2", "--out", "ev"])
+    evals = [r for r in read_metrics("ev/metrics.jsonl") if "eval_fid" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all(r["eval_fid"] == r["eval_fid"] and 0 <= r["eval_recall"] <= 1 for r in evals)
+    best = json.load(open("ev/checkpoints/best.json"))
+    assert best["eval_fid"] == min(r["eval_fid"] for r in evals)
+    assert torch.load("ev/checkpoints/best.pt", weights_only=True)["step"] == best["step"] == evals[-1]["eval_best_step"]
+    assert glob.glob("ev/tensorboard/events.out.tfevents.*")
+    assert os.path.exists("ev/curves.png")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
 def test_bf16(name, in_tmp):
     m = load_script(name)
     m.main([*tiny_args(m), "--steps", "2", "--amp", "bf16", "--out", "bf16"])
@@ -144,6 +160,13 @@ def test_nan_keeps_last_good_checkpoint(in_tmp, capsys):
     assert os.path.join("nan", "checkpoints", "last.pt (try") in capsys.readouterr().err
     ckpt = torch.load("nan/checkpoints/last.pt", weights_only=True)
     assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["G"].values() if v.is_floating_point())
+
+
+def test_evaluation_does_not_change_the_trajectory(in_tmp):
+    m = load_script("dcgan")
+    m.main([*tiny_args(m), "--steps", "4", "--out", "plain"])
+    m.main([*tiny_args(m), "--steps", "4", "--eval-every", "1", "--eval-samples", "16", "--out", "evald"])
+    assert [r for r in losses("evald") if "eval_fid" not in r] == losses("plain")
 
 
 def test_existing_run_dir_is_not_overwritten(in_tmp, capsys):

@@ -1,0 +1,137 @@
+"""tools/: evaluate (torch-fidelity with the digits classifier or a local Inception), compare,
+bench and plot, each on tiny runs so that nothing is downloaded and the suite stays short."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, load_script, tiny_args
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+TOOLS = os.path.join(ROOT, "tools")
+
+
+def write_folder(path, x):
+    """Images in [-1, 1] (N, 1, H, W) as PNG files, the way a user's sample folder looks."""
+    from PIL import Image
+
+    os.makedirs(path, exist_ok=True)
+    for i, im in enumerate(x):
+        Image.fromarray(im[0].add(1).mul(127.5).round().to(torch.uint8).numpy()).save(os.path.join(path, f"{i:04d}.png"))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A dcgan checkpoint after 2 tiny steps."""
+    d = tmp_path_factory.mktemp("run")
+    m = load_script("dcgan")
+    return m.main([*tiny_args(m), "--steps", "2", "--out", str(d / "dcgan")])["out"]
+
+
+def test_evaluate_digits_sanity(tmp_path):
+    """Through torch-fidelity with the digits classifier as the feature extractor: half of the
+    real digits score near zero against all of them; 600 copies of ones score badly."""
+    import digits_metric as dm
+    import evaluate as ev
+
+    x, y = dm.real_digits()
+    half = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:600]]
+    ones = x[y == 1][torch.arange(600) % int((y == 1).sum())]
+    real = ev.evaluate(write_folder(tmp_path / "real", half), "digits", num_samples=600, metrics=("fid", "kid", "prc"))
+    one = ev.evaluate(write_folder(tmp_path / "ones", ones), "digits", num_samples=600, metrics=("fid", "kid", "prc"))
+    r, o = real["metrics"], one["metrics"]
+    assert r["fid"] < 5 and r["coverage"] == 10 and r["precision"] > 0.9 and r["recall"] > 0.9, r
+    assert o["fid"] > 20 * r["fid"] and o["coverage"] == 1 and o["recall"] < 0.5 and o["kid"] > 10 * abs(r["kid"]), o
+    assert real["protocol"]["generated"]["num_generated"] == 600 and real["protocol"]["real"]["num_real"] == 1797
+
+
+def test_evaluate_checkpoint_writes_numbers_and_protocol(tiny_run):
+    import evaluate as ev
+
+    res = ev.main([tiny_run, "--num-samples", "64", "--device", "cpu"])
+    path = os.path.join(tiny_run, "eval_step000002_digits.json")
+    saved = json.load(open(path))
+    assert saved["metrics"] == res["metrics"] and set(res["metrics"]) >= {"fid", "kid", "is", "precision", "recall", "coverage"}
+    proto = saved["protocol"]
+    assert proto["generated"]["generator"] == "EMA" and proto["generated"]["num_generated"] == 64 and proto["generated"]["step"] == 2
+    assert proto["real"]["num_real"] == 1797 and len(proto["feature_extractor"]["weights_sha256"]) == 64
+    raw = ev.evaluate(tiny_run, num_samples=64, metrics=("fid",), use_ema=False)
+    assert raw["protocol"]["generated"]["generator"] == "raw"
+
+
+def test_inception_path_with_local_weights(tiny_run, tmp_path, monkeypatch):
+    """The standard FID extractor, with a locally made weights file: nothing is downloaded."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inc
+
+    import evaluate as ev
+
+    monkeypatch.setattr(inc.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+    monkeypatch.setattr(inc, "load_state_dict_from_url", lambda *a, **k: {})
+    torch.manual_seed(0)
+    weights = str(tmp_path / ev.INCEPTION_FILE)
+    torch.save(inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), weights)
+    monkeypatch.undo()
+
+    def no_download(*a, **k):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(inc, "load_state_dict_from_url", no_download)
+    res = ev.evaluate(tiny_run, num_samples=12, num_real=12, metrics=("fid", "isc"), feature_extractor="inception", inception_weights=weights)
+    assert res["protocol"]["feature_extractor"]["weights"] == weights and "299" in res["protocol"]["feature_extractor"]["resize"]
+    assert res["metrics"]["fid"] > 0 and res["metrics"]["is"] > 0
+
+
+def test_evaluate_missing_weights_is_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    import evaluate as ev
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(SystemExit) as e:
+        ev.main([tiny_run, "--feature-extractor", "inception", "--num-samples", "8"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.count("\n") == 0 and "--inception-weights" in err and "weights-inception-2015-12-05" in err
+
+
+def test_compare_two_scripts(tmp_path):
+    out = tmp_path / "cmp"
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "compare.py"), "dcgan", "lsgan", "--steps", "2", "--num-samples", "40", "--show", "4",
+                        "--extra", "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (out / "results.md").read_text()
+    assert "| dcgan | 2 |" in table and "| lsgan | 2 |" in table and "coverage" in table
+    results = json.load(open(out / "results.json"))
+    assert [x["script"] for x in results] == ["dcgan", "lsgan"] and all("fid" in x for x in results)
+    from PIL import Image
+
+    w, h = Image.open(out / "samples.png").size
+    assert w > 4 * 32 and h >= 2 * 32
+
+
+def test_bench_two_scripts(tmp_path):
+    js = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "bench.py"), "dcgan", "lsgan", "--steps", "1", "--batch-size", "8", "--amp", "off",
+                        "--extra", "--g-width 4 --d-width 4 --num-workers 0", "--json", str(js)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.load(open(js))
+    assert [x["script"] for x in res] == ["dcgan", "lsgan"] and all(x["img_per_s"] > 0 and x["peak_rss_mb"] > 0 for x in res)
+
+
+def test_plot(tiny_run, tmp_path):
+    import plot
+
+    out = plot.main([tiny_run, "--out", str(tmp_path / "c.png")])
+    from PIL import Image
+
+    assert Image.open(out).size[0] > 400
+    with pytest.raises(SystemExit):
+        plot.main([tiny_run, "--keys", "nothing_like_this"])
