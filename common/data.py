@@ -249,6 +249,69 @@ def load_dataset(name, data_path=None, image_size=32, channels=None):
     return MemoryData(x, y, num_classes=int(y.max()) + 1, name=name)
 
 
+# ----------------------------------------------------------------------------- discrete data
+# Discrete variants for BGAN (bgan.py): binarized images (one Bernoulli variable per pixel and
+# channel) and quantized images (one palette index per pixel). Both travel through ``Batches``
+# like any other data, as floats in [-1, 1]; these helpers turn a batch back into the discrete
+# values. Batches maps a uint8 v to v / 127.5 - 1, which ``to_indices`` inverts exactly.
+def binarize(x, threshold=0.5):
+    """A float batch in [-1, 1] to {0, 1} floats: 1 where the intensity (x + 1) / 2 >= ``threshold``.
+
+    With the default 0.5 a uint8 pixel v becomes 1 exactly when v >= 128: binarized MNIST by
+    a fixed threshold."""
+    return ((x + 1) * 0.5 >= threshold).to(x.dtype)
+
+
+def to_indices(x):
+    """A batch (N, 1, H, W) of quantized images as read by ``Batches`` to int64 palette indices (N, H, W)."""
+    return (x[:, 0].float() + 1).mul(127.5).round().long()
+
+
+class QuantizedFolderData(FolderData):
+    """A folder of palette-mode PNGs written by tools/quantize_celeba.py, with ``palette.json``.
+
+    Each item is the image's palette indices as uint8 (1, size, size), so ``Batches`` carries
+    class indices per pixel (read them back with ``to_indices``). ``palette`` is the (K, 3)
+    uint8 palette; an image at another size is rescaled with nearest-neighbour sampling,
+    which keeps the indices; a file that is not a palette-mode image, or whose indices
+    exceed the palette, is skipped like an unreadable one.
+    """
+
+    def __init__(self, root, image_size, name="quantized"):
+        from common.quantize import load_palette
+
+        if not os.path.isdir(root):
+            raise UserError(f"data folder {root!r} does not exist; point --data-path at a folder written by tools/quantize_celeba.py")
+        self.palette = load_palette(root)
+        super().__init__(root, image_size, channels=1, name=name)
+        self.channels = 1
+
+    def _read(self, i):
+        from PIL import Image
+
+        try:
+            with Image.open(self.files[i]) as img:
+                img.load()
+                if img.mode != "P":
+                    raise ValueError(f"a {img.mode} image, not a palette-mode one")
+                w, h = img.size
+                if (w, h) != (self.image_size, self.image_size):
+                    s = self.image_size / min(w, h)
+                    img = img.resize((max(self.image_size, round(w * s)), max(self.image_size, round(h * s))), Image.NEAREST)
+                    w, h = img.size
+                    left, top = (w - self.image_size) // 2, (h - self.image_size) // 2
+                    img = img.crop((left, top, left + self.image_size, top + self.image_size))
+                x = np.asarray(img, dtype=np.uint8).copy()
+            if x.size and int(x.max()) >= len(self.palette):
+                raise ValueError(f"palette index {int(x.max())} beyond the {len(self.palette)} colours of palette.json")
+        except Exception as e:  # noqa: BLE001 - any decoding failure means "skip this file"
+            if i not in self._warned:
+                self._warned.add(i)
+                print(f"warning: skipping unreadable image {self.files[i]!r} ({type(e).__name__}: {e})", file=sys.stderr)
+            return None
+        return torch.from_numpy(x)[None]
+
+
 # ----------------------------------------------------------------------------- augmentation
 def augment(x, generator, flip=False, color_jitter=0.0):
     """Random horizontal flip and colour jitter of a float batch in [-1, 1], per sample.

@@ -1,0 +1,275 @@
+"""BGAN-specific checks: the importance weights (softmax over each latent's M samples, from D's
+logit, detached), the log-likelihood of the drawn values, sampling, the continuous loss, what G
+returns, the architecture flags, mean vs sum under Adam, the bad input; and the quantized path
+end to end: common/quantize.py, tools/quantize_celeba.py (resumable) and training on its output."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import load_script, tiny_args
+from common import UserError
+from common.data import Batches, QuantizedFolderData, binarize, to_indices
+from common.quantize import dequantize, learn_palette, load_palette, load_png, quantize, sample_pixels, save_palette, save_png
+
+m = load_script("bgan")
+
+
+def load_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quantize_celeba", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "quantize_celeba.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ----------------------------------------------------------------------------- the estimator
+def test_weights_are_a_softmax_of_the_logit_within_each_latent():
+    logits = torch.tensor([0.0, 1.0, 2.0, -3.0, 5.0, 5.0])  # N = 2 latents, M = 3 samples, (n, m) order
+    w = m.importance_weights(logits, 3)
+    d = torch.sigmoid(logits).view(2, 3)
+    ratio = d / (1 - d)  # w(x) = D / (1 - D), normalised over the M samples of one z
+    assert torch.allclose(w, ratio / ratio.sum(1, keepdim=True), atol=1e-6)
+    assert torch.allclose(w.sum(1), torch.ones(2))
+    shifted = logits.clone()
+    shifted[3:] += 100  # D rating one latent's samples all higher changes nothing for that latent...
+    assert torch.allclose(m.importance_weights(shifted, 3), w, atol=1e-6)
+    across = torch.softmax(logits, 0).view(2, 3)  # ...unlike a softmax across the batch
+    assert not torch.allclose(across, w, atol=1e-3)
+
+
+def test_no_gradient_through_the_weights():
+    fake_logits = torch.randn(8, requires_grad=True)
+    log_lik = torch.randn(2, 4, requires_grad=True)
+    loss = m.g_loss(fake_logits, log_lik)
+    loss.backward()
+    assert fake_logits.grad is None or not fake_logits.grad.any()
+    w = m.importance_weights(fake_logits, 4)
+    assert torch.allclose(log_lik.grad, -w / 2)  # d/d log g = -w~ / N
+
+
+def test_continuous_loss_is_half_the_squared_logit_and_discrete_is_not():
+    logits = torch.tensor([2.0, -1.0, 0.0, 3.0])
+    assert m.g_loss(logits).item() == pytest.approx(0.5 * (4 + 1 + 0 + 9) / 4)
+    ll = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
+    discrete = m.g_loss(logits, ll)
+    w = torch.softmax(logits.view(2, 2), 1)
+    assert discrete.item() == pytest.approx(-(w * ll).sum(1).mean().item())
+    assert m.g_loss(logits + 7, ll).item() == pytest.approx(discrete.item())  # shift-invariant per latent; 0.5 logit^2 is not
+
+
+def test_baseline_keeps_the_expected_gradient():
+    """--baseline subtracts 1/M: the loss moves by (1/M) sum_m log g, whose gradient has zero mean."""
+    logits = torch.randn(6)
+    ll = torch.randn(2, 3)
+    diff = m.g_loss(logits, ll, baseline=True) - m.g_loss(logits, ll)
+    assert diff.item() == pytest.approx((ll.sum(1) / 3).mean().item(), abs=1e-6)
+
+
+def test_log_likelihood_of_the_drawn_values():
+    torch.manual_seed(0)
+    a = torch.randn(2, 1, 4, 4)
+    s = m.draw(a, 5, "binary")
+    assert s.shape == (2, 5, 1, 4, 4) and set(s.unique().tolist()) <= {0.0, 1.0}
+    ref = torch.distributions.Bernoulli(logits=a[:, None]).log_prob(s).flatten(2).sum(2)
+    assert torch.allclose(m.log_likelihood(a, s, "binary"), ref, atol=1e-5)
+    assert torch.allclose(m.log_likelihood(a, s, "binary", "mean"), ref / 16, atol=1e-6)
+    k = torch.randn(2, 6, 4, 4, requires_grad=True)  # K = 6 colours
+    idx = m.draw(k, 3, "quantized")
+    assert idx.shape == (2, 3, 4, 4) and idx.dtype == torch.int64 and not idx.requires_grad
+    ref = torch.distributions.Categorical(logits=k.detach().permute(0, 2, 3, 1)[:, None]).log_prob(idx).flatten(2).sum(2)
+    ll = m.log_likelihood(k, idx, "quantized")
+    assert torch.allclose(ll, ref, atol=1e-5)
+    ll.sum().backward()
+    assert k.grad is not None and k.grad.abs().sum() > 0  # the gradient reaches G's logits
+
+
+def test_draw_matches_the_distribution():
+    a = torch.tensor([2.0, 0.0, -1.0, 0.5]).view(1, 4, 1, 1).expand(1, 4, 20, 20)
+    idx = m.draw(a, 50, "quantized", generator=torch.Generator().manual_seed(0))  # 20000 draws
+    freq = torch.bincount(idx.flatten(), minlength=4).float() / idx.numel()
+    assert torch.allclose(freq, torch.softmax(a[0, :, 0, 0], 0), atol=0.01)
+    b = torch.full((1, 1, 20, 20), 1.0)
+    assert m.draw(b, 50, "binary").mean().item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01)
+    g1, g2 = (m.draw(a, 2, "quantized", generator=torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(g1, g2)  # a private generator makes grids reproducible
+
+
+def test_what_g_returns():
+    args = m.parse_args(m.SMOKE_ARGS)
+    G, D = m.build_models(args, channels=1, num_classes=0)
+    z = torch.randn(3, args.z_dim)
+    x, a = G(z), G.logits(z)
+    assert torch.allclose(x, 2 * torch.sigmoid(a) - 1, atol=1e-6)  # binary: E[2x - 1]
+    G, D = m.build_models(args, channels=3, num_classes=0, num_colors=7)
+    p = G(z)
+    assert p.shape == (3, 7, 32, 32) and torch.allclose(p.sum(1), torch.ones(3, 32, 32), atol=1e-5)
+    assert D(p).shape == (3,) and D.net[0].in_channels == 7  # D reads one-hot planes over the palette
+    onehot = m.d_input(m.draw(G.logits(z), 2, "quantized").flatten(0, 1), "quantized", 7)
+    assert onehot.shape == (6, 7, 32, 32) and torch.equal(onehot.sum(1), torch.ones(6, 32, 32))
+    pal = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 0.0, -1.0]])
+    img = m.decode(torch.tensor([[[0, 1]]]), "quantized", pal)
+    assert img.shape == (1, 3, 1, 2) and img[0, :, 0, 1].tolist() == [1.0, 0.0, -1.0]
+    cont = m.parse_args([*m.SMOKE_ARGS, "--mode", "continuous"])
+    G, _ = m.build_models(cont, 1, 0)
+    assert torch.allclose(G(z), torch.tanh(G.logits(z)))
+
+
+def test_architecture_flags():
+    args = m.parse_args([*m.SMOKE_ARGS, "--activation", "elu", "--bn-after-act", "--spectral-norm"])
+    G, D = m.build_models(args, 1, 0)
+    kinds = [type(x) for x in G.net]
+    assert torch.nn.ELU in kinds and torch.nn.ReLU not in kinds
+    i = kinds.index(torch.nn.ConvTranspose2d)
+    assert kinds[i + 1] is torch.nn.ELU and kinds[i + 2] is torch.nn.BatchNorm2d  # conv -> act -> BN
+    assert all(torch.nn.utils.parametrize.is_parametrized(x) for x in D.modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear)))
+    plain, Dp = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
+    assert isinstance(plain.net[1], torch.nn.ReLU) and isinstance(Dp.net[1], torch.nn.LeakyReLU)  # dcgan: ReLU in G, LeakyReLU in D
+    j = [type(x) for x in plain.net].index(torch.nn.ConvTranspose2d)
+    assert isinstance(plain.net[j + 1], torch.nn.BatchNorm2d)
+
+
+def test_paper_defaults():
+    a = m.parse_args([])
+    assert (a.n_mc_samples, a.mode, a.log_lik, a.lr_g, a.lr_d, a.z_dim) == (20, "discrete", "sum", 1e-3, 1e-4, 100)
+
+
+def test_mean_and_sum_agree_under_adam():
+    """Adam divides out a constant scale of the loss: one step with sum and with mean moves G
+    alike, except for weights whose tiny gradients are comparable to Adam's eps."""
+    steps = []
+    for reduce in ("sum", "mean"):
+        torch.manual_seed(0)
+        args = m.parse_args(m.SMOKE_ARGS)
+        G, _ = m.build_models(args, 1, 0)
+        before = torch.cat([p.detach().flatten() for p in G.parameters()])
+        opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
+        torch.manual_seed(1)
+        a = G.logits(torch.randn(4, args.z_dim))
+        s = m.draw(a, 5, "binary")
+        loss = m.g_loss(torch.randn(20), m.log_likelihood(a, s, "binary", reduce))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps.append(torch.cat([p.detach().flatten() for p in G.parameters()]) - before)
+    assert torch.nn.functional.cosine_similarity(steps[0], steps[1], 0) > 0.999
+    assert ((steps[0] - steps[1]).abs() > 1e-5).float().mean() < 0.05  # lr 1e-3: 1% of a step
+
+
+def test_bad_input_one_line(in_tmp, capsys):
+    for flags, words in ((["--n-mc-samples", "1"], "--n-mc-samples"), (["--data-mode", "quantized"], "quantize_celeba"),
+                         (["--dataset", "folder", "--data-path", str(in_tmp), "--data-mode", "quantized"], "palette.json")):
+        with pytest.raises(SystemExit) as e:
+            m.main([*tiny_args(m), "--steps", "1", *flags])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert e.value.code == 1 and len(err) == 1 and words in err[0], (flags, err)
+
+
+# ----------------------------------------------------------------------------- palettes
+def test_palette_learning_and_png_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = np.array([[250, 10, 10], [10, 200, 20], [20, 20, 240]])
+    pixels = np.clip(centres[rng.integers(3, size=3000)] + rng.integers(-4, 5, (3000, 3)), 0, 255).astype(np.uint8)
+    pal = learn_palette(pixels, 3, seed=0)
+    assert pal.shape == (3, 3) and pal.dtype == np.uint8
+    assert all(np.abs(pal.astype(int) - c).sum(1).min() <= 6 for c in centres)
+    assert len(learn_palette(np.array([[1, 2, 3], [4, 5, 6]] * 50), 16)) == 2  # fewer distinct colours than asked: no duplicates
+    img = pixels[:64].reshape(8, 8, 3)
+    idx = quantize(img, pal)
+    d = ((img[:, :, None].astype(int) - pal[None, None].astype(int)) ** 2).sum(-1)
+    assert np.array_equal(idx, d.argmin(-1))
+    save_png(str(tmp_path / "a.png"), idx, pal)
+    idx2, pal2 = load_png(str(tmp_path / "a.png"))
+    assert np.array_equal(idx, idx2) and np.array_equal(pal, pal2[: len(pal)])
+    assert Image.open(tmp_path / "a.png").mode == "P"
+    assert np.array_equal(dequantize(idx2, pal), pal[idx])
+    save_palette(str(tmp_path), pal)
+    assert np.array_equal(load_palette(str(tmp_path)), pal)
+    (tmp_path / "palette.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a palette"):
+        load_palette(str(tmp_path))
+    with pytest.raises(UserError):
+        learn_palette(pixels, 300)
+    assert sample_pixels([img], 10, seed=1).shape == (10, 3)
+
+
+def colour_folder(root, n=12, size=40):
+    """Crops of scikit-learn's two sample photos (shipped with it, no download)."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, "sub"), exist_ok=True)
+    for i in range(n):
+        p = photos[i % 2]
+        y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)
+        sub = "sub" if i % 3 == 0 else ""
+        Image.fromarray(p[y : y + size, x : x + size]).save(os.path.join(root, sub, f"im{i}.jpg"))
+
+
+def test_quantize_tool_resume_and_train(in_tmp, capsys):
+    colour_folder("src")
+    tool = load_tool()
+    res = tool.main(["--num-colors", "8", "--size", "16", "--workers", "1", "--fit-pixels", "5000", "src", "dst"])
+    assert res["quantized"] == 12 and res["skipped_done"] == 0 and len(res["palette"]) <= 8
+    pal = load_palette("dst")
+    assert json.load(open("dst/palette.json"))["num_colors"] == len(pal)
+    assert os.path.exists("dst/sub/im0.png") and os.path.exists("dst/im1.png")
+    idx, pal_png = load_png("dst/im1.png")
+    assert idx.shape == (16, 16) and np.array_equal(pal_png[: len(pal)], pal)
+
+    os.remove("dst/im1.png")  # a partly done folder: only the missing image is redone, with the same palette
+    mtime = os.path.getmtime("dst/im2.png")
+    res = tool.main(["--num-colors", "8", "--size", "16", "--workers", "1", "src", "dst"])
+    assert res["quantized"] == 1 and res["skipped_done"] == 11
+    assert os.path.getmtime("dst/im2.png") == mtime and np.array_equal(load_palette("dst"), pal)
+    assert np.array_equal(load_png("dst/im1.png")[0], idx)
+    with pytest.raises(SystemExit):
+        tool.main(["--num-colors", "4", "src", "dst"])  # a smaller palette than the folder's: refused
+    assert "more than --num-colors" in capsys.readouterr().err
+
+    data = QuantizedFolderData("dst", 16)
+    assert len(data) == 12 and data[0][0].shape == (1, 16, 16) and data[0][0].dtype == torch.uint8
+    b = Batches(data, 4, "cpu", num_workers=0, flip=True)
+    x, _ = next(iter(b))
+    ii = to_indices(x)
+    assert ii.shape == (4, 16, 16) and ii.max() < len(pal) and torch.equal((ii.float() / 127.5 - 1)[:, None], x)
+
+    r = m.main([*tiny_args(m), "--dataset", "folder", "--data-path", "dst", "--image-size", "16", "--batch-size", "4", "--steps", "3", "--out", "q"])
+    ckpt = torch.load("q/checkpoints/last.pt", weights_only=True)
+    assert ckpt["kind"] == "quantized" and torch.equal(ckpt["palette"], torch.from_numpy(pal))
+    assert r["G"].net[-1].out_channels == len(pal)
+    generate = m.load_generator("q/checkpoints/last.pt")
+    img = generate(5, seed=0)
+    assert img.shape == (5, 3, 16, 16)
+    colours = {tuple(c) for c in img.permute(0, 2, 3, 1).reshape(-1, 3).add(1).mul(127.5).round().int().tolist()}
+    assert colours <= {tuple(c) for c in pal.tolist()}  # decoded through the palette
+    assert torch.equal(generate(5, seed=0), img)
+    m.main(["--sample", "4", "--checkpoint", "q", "--out", "s", "--device", "cpu"])
+    assert any(f.startswith("sample_") for f in os.listdir("s"))
+
+
+def test_binarize():
+    v = torch.arange(256).float() / 127.5 - 1  # what Batches makes of uint8 0..255
+    assert binarize(v)[:128].sum() == 0 and binarize(v)[128:].sum() == 128
+
+
+def test_continuous_mode_trains_and_samples(in_tmp):
+    m.main([*tiny_args(m), "--mode", "continuous", "--steps", "2", "--out", "c"])
+    log = [json.loads(line) for line in open("c/metrics.jsonl")]
+    assert len(log) == 2 and "ess" not in log[0]
+    x = m.load_generator("c/checkpoints/last.pt")(4)
+    assert x.shape == (4, 1, 32, 32) and x.abs().max() <= 1 and len(x.unique()) > 2  # a tanh image, not drawn pixels
+
+
+def test_binary_samples_are_drawn_pixels(in_tmp):
+    m.main([*tiny_args(m), "--steps", "1", "--out", "b"])
+    generate = m.load_generator("b/checkpoints/last.pt")
+    x = generate(4, seed=3)
+    assert set(x.unique().tolist()) <= {-1.0, 1.0} and torch.equal(x, generate(4, seed=3))
+    walk = generate(z=torch.randn(3, generate.z_dim), shared_noise=True)
+    assert walk.shape == (3, 1, 32, 32)
