@@ -1,0 +1,185 @@
+"""progan.py's own checks: the growing schedule and its exact resume (stage, alpha, images
+seen, across a fade and a change of batch size), the fade-in of G, D and the real images,
+equalized learning rate at runtime, PixelNorm (G only, fp32 under autocast), minibatch
+stddev (D only, groups, fp32), WGAN-GP with the drift term, the paper's defaults and the
+script's bad input."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import load_script, tiny_args
+from common.run import read_metrics
+
+m = load_script("progan")
+
+
+def test_paper_defaults():
+    a = m.parse_args([])
+    assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.eps_drift, a.ema_decay) == (1e-3, 1e-3, 0.0, 0.99, 10.0, 0.001, 0.999)
+    assert (a.fade_kimg, a.stable_kimg, a.z_dim, a.batch_size, a.mbstd_group, a.fmap_base, a.fmap_max) == (800, 800, 512, 16, 4, 8192, 512)
+    # Table 2: 512 maps up to 32x32, then halving to 16 at 1024x1024.
+    assert [m.feature_maps(r) for r in range(2, 11)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
+
+
+def test_schedule():
+    fade, stable = 800_000, 800_000
+    assert m.schedule(0, fade, stable, 4) == (0, 1.0, 0)
+    assert m.schedule(799_999, fade, stable, 4) == (0, 1.0, 0)
+    assert m.schedule(800_000, fade, stable, 4) == (1, 0.0, 1)  # 8x8 starts fading in
+    assert m.schedule(1_200_000, fade, stable, 4) == (1, 0.5, 1)
+    assert m.schedule(1_600_000, fade, stable, 4) == (1, 1.0, 2)  # and stabilises
+    assert m.schedule(2_400_000, fade, stable, 4) == (2, 0.0, 3)
+    assert m.schedule(4_800_000, fade, stable, 4) == (3, 1.0, 6)  # 32x32 stable ...
+    assert m.schedule(99_000_000, fade, stable, 4) == (3, 1.0, 6)  # ... for good
+    # The end of the schedule: 4x4 stable, then fade + stable for 8, 16, 32: 5.6M images.
+    assert m.schedule_steps(fade, stable, 4, lambda s: 16) == 5_600_000 // 16
+    assert m.schedule_steps(10, 10, 2, lambda s: [4, 8][s]) == 3 + 3  # 12 images at 4x4, then 18 more to 30 at 8 a step
+
+
+def test_equalized_lr_scales_at_runtime():
+    torch.manual_seed(0)
+    conv = m.EqualizedConv2d(64, 32, 3)
+    assert abs(conv.weight.std().item() - 1) < 0.02 and conv.bias.abs().sum() == 0  # stored N(0, 1)
+    x = torch.randn(2, 64, 5, 5)
+    c = math.sqrt(2) / math.sqrt(64 * 9)  # He's constant, applied in forward
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight * c, conv.bias, padding=1))
+    with torch.no_grad():
+        conv.weight.mul_(2)  # the scale follows the stored weight at every pass
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight * c, conv.bias, padding=1))
+    lin = m.EqualizedLinear(10, 3, gain=1.0)
+    torch.testing.assert_close(lin(torch.ones(1, 10)), (lin.weight.sum(1) / math.sqrt(10))[None])
+    G, D = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
+    assert not any(isinstance(x, (torch.nn.Conv2d, torch.nn.Linear)) for x in [*G.modules(), *D.modules()])
+
+
+def test_pixel_norm_in_fp32_and_in_g_only():
+    x = torch.randn(4, 8, 3, 3) * 5
+    y = m.pixel_norm(x)
+    torch.testing.assert_close(y.square().mean(1), torch.ones(4, 3, 3))
+    xb = x.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = m.pixel_norm(xb)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb, m.pixel_norm(xb.float()).bfloat16(), rtol=0, atol=0)  # computed in fp32
+    calls = {"n": 0}
+    orig = m.pixel_norm
+
+    def counting(t, eps=1e-8):
+        calls["n"] += 1
+        return orig(t, eps)
+
+    m.pixel_norm = counting
+    try:
+        G, D = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
+        D(torch.randn(4, 1, 32, 32))
+        assert calls["n"] == 0  # PixelNorm is not in D
+        G(torch.randn(4, 8))
+        assert calls["n"] == 3 + 2 * 3  # latent, 4x4 dense and conv, two per block
+    finally:
+        m.pixel_norm = orig
+
+
+def test_minibatch_stddev():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4)
+    y = m.minibatch_stddev(x, 4)
+    assert y.shape == (8, 4, 4, 4) and torch.equal(y[:, :3], x)
+    for j in range(2):  # sample n is in group n % 2 (official layout)
+        grp = x[j::2]
+        expect = (grp.var(0, unbiased=False) + 1e-8).sqrt().mean()
+        torch.testing.assert_close(y[j::2, 3], expect.expand(4, 4, 4))
+    whole = m.minibatch_stddev(x, 0)  # the paper's text: over the whole minibatch
+    torch.testing.assert_close(whole[0, 3, 0, 0], (x.var(0, unbiased=False) + 1e-8).sqrt().mean())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = m.minibatch_stddev(x.bfloat16(), 4)
+    torch.testing.assert_close(yb[:, 3].float(), m.minibatch_stddev(x.bfloat16().float(), 4)[:, 3].bfloat16().float(), rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        m.minibatch_stddev(torch.randn(6, 3, 4, 4), 4)
+    assert m.minibatch_stddev(torch.randn(3, 2, 4, 4), 4).shape == (3, 3, 4, 4)  # min(group, batch)
+
+
+def test_fade_in_of_g_d_and_reals():
+    torch.manual_seed(0)
+    G, D = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
+    z = torch.randn(4, 8)
+    assert G(z).shape == (4, 1, 32, 32) and G(z, 1).shape == (4, 1, 8, 8)
+    old = G(z, 0)
+    torch.testing.assert_close(G(z, 1, 0.0), F.interpolate(old, scale_factor=2.0, mode="nearest"))  # alpha 0: the old output
+    torch.testing.assert_close(G(z, 1, 0.25), 0.75 * G(z, 1, 0.0) + 0.25 * G(z, 1, 1.0))
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(D(x, 1, 0.0), D(F.avg_pool2d(x, 2), 0))  # alpha 0: the old path on the downsampled input
+    assert D(torch.randn(4, 1, 32, 32)).shape == (4,)
+    # Real images: box-filtered to the stage, and blended during a fade exactly like G's output.
+    real = torch.randn(4, 1, 32, 32)
+    r8 = F.avg_pool2d(real, 4)
+    torch.testing.assert_close(m.fade_reals(real, 8, 1.0), r8)
+    torch.testing.assert_close(m.fade_reals(real, 8, 0.0), F.interpolate(F.avg_pool2d(r8, 2), scale_factor=2.0, mode="nearest"))
+    torch.testing.assert_close(m.fade_reals(real, 8, 0.3), 0.7 * m.fade_reals(real, 8, 0.0) + 0.3 * r8)
+
+
+def test_losses_drift_and_penalty():
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.5, -0.5])
+    assert m.d_loss(real, fake).item() == pytest.approx(0.0 - 2.0 + 0.001 * 5.0)  # drift 0.001 E[D(x)^2]
+    assert m.g_loss(fake).item() == 0.0
+    w = torch.randn(1, 4, 4)
+
+    def critic(x):
+        return (x * (2 * w / w.norm())).flatten(1).sum(1)
+
+    x_hat = m.interpolate(torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4))
+    assert m.gradient_penalty(critic(x_hat), x_hat).item() == pytest.approx(1.0)  # (||g|| - 1)^2 with ||g|| = 2
+    x_hat = m.interpolate(torch.zeros(8, 1, 2, 2), torch.ones(8, 1, 2, 2))
+    assert torch.equal(x_hat.flatten(1), x_hat.flatten(1)[:, :1].expand(8, 4))  # one eps per sample
+
+
+def test_growing_run_resumes_exactly_across_a_batch_change(in_tmp):
+    """Batch 16 at 4x4, 8 from 8x8 on; interrupted mid-fade, resumed: the same run."""
+    common = [*tiny_args(m), "--image-size", "16", "--batch-sizes", "8:8,16:8", "--stable-kimg", "0.032", "--fade-kimg", "0.016",
+              "--sample-every", "7", "--ckpt-every", "3"]
+    m.main([*common, "--out", "full"])  # --steps 0: to the end of the schedule
+    strip = lambda d: [{k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in read_metrics(f"{d}/metrics.jsonl")]  # noqa: E731
+    full = strip("full")
+    # 32 images at 4x4 (2 steps of 16), 8x8: fade 16 + stable 32 (6 steps of 8), 16x16: the same (6 steps).
+    assert [(r["resolution"], r["alpha"]) for r in full] == [(4, 1.0)] * 2 + [(8, 0.0), (8, 0.5)] + [(8, 1.0)] * 4 + [(16, 0.0), (16, 0.5)] + [(16, 1.0)] * 4
+    assert full[-1]["kimg"] == pytest.approx(0.032 + 2 * 0.048) and len(full) == 14
+    m.main([*common, "--steps", "3", "--out", "part"])  # stops mid-fade into 8x8
+    ck = torch.load("part/checkpoints/last.pt", weights_only=True)["schedule"]
+    assert (ck["images"], ck["stage"], ck["alpha"], ck["batch_size"]) == (40, 1, 0.0, 8)
+    m.main(["--resume", "auto", "--out", "part", "--steps", "0"])
+    assert strip("part") == full
+    a, b = (torch.load(f"{r}/checkpoints/last.pt", weights_only=True) for r in ("full", "part"))
+    assert a["schedule"] == b["schedule"] and a["batches"] == b["batches"]
+    for key in ("G", "D", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    generate = m.load_generator("full/checkpoints/last.pt")
+    assert generate(5).shape == (5, 1, 16, 16) and generate.resolution == 16
+    part2 = m.load_generator("part/checkpoints/step_000003.pt")
+    x = part2(2)  # an 8x8 sample shown at 16x16: 2x2 blocks of equal pixels
+    assert part2.resolution == 8 and torch.equal(x, F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest"))
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--mbstd-group", "3"], "--mbstd-group 3"),
+    (["--batch-sizes", "8:6"], "--batch-sizes"),
+    (["--batch-sizes", "8-6"], "RES:BATCH"),
+    (["--image-size", "24"], "power of two"),
+    (["--fade-kimg", "-1"], "--fade-kimg"),
+])
+def test_bad_input(in_tmp, capsys, flags, words):
+    with pytest.raises(SystemExit) as e:
+        m.main([*tiny_args(m), "--steps", "1", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1 and words in err[0], err
+
+
+def test_resume_with_another_image_size(in_tmp, capsys):
+    m.main([*tiny_args(m), "--steps", "1", "--image-size", "8", "--out", "r"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        m.main(["--resume", "auto", "--out", "r", "--image-size", "16", "--steps", "2"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 1 and len(err) == 1 and "--image-size 16 differs" in err[0], err
+    assert json.load(open("r/args.json"))["image_size"] == 8
