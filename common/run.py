@@ -79,20 +79,10 @@ class Metrics:
                 raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=resume_step + 1 if resume_step is not None else None)
         if evaluate_dataset not in (None, "digits"):  # fail now, not at the first evaluation
-            self._evaluator().extractor("inception", None)
+            from common.evaluation import extractor
+
+            extractor("inception", None)
         self.file = open(self.path, "a")
-
-    @staticmethod
-    def _evaluator():
-        """tools/evaluate.py, imported from the repository's tools/ folder."""
-        import sys
-
-        tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-        if tools not in sys.path:
-            sys.path.insert(0, tools)
-        import evaluate
-
-        return evaluate
 
     def log(self, **values):
         self.file.write(json.dumps(values) + "\n")
@@ -111,21 +101,23 @@ class Metrics:
             self.writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
 
     def evaluate(self, step, checkpoint, num_samples):
-        """Score a checkpoint with tools/evaluate.py's protocol on a small sample (digits: the
-        digits classifier; other data: the FID Inception), log the numbers as ``eval_*`` and
-        keep the best checkpoint (lowest FID) as ``checkpoints/best.pt``. The RNG states are
-        restored afterwards, so evaluating never changes the training trajectory."""
+        """Score a checkpoint with common.evaluation's protocol (the one of tools/evaluate.py) on
+        a small sample (digits: the digits classifier; other data: the FID Inception), log the
+        numbers as ``eval_*`` and keep the best checkpoint (lowest FID) as ``checkpoints/best.pt``.
+        The RNG states are restored afterwards, so evaluating never changes the training
+        trajectory."""
         import random
         import shutil
 
         import numpy as np
         import torch
 
-        ev = self._evaluator()
+        from common import evaluation  # only a run that evaluates pays for importing it
+
         py, npy = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            res = ev.evaluate(checkpoint, num_samples=num_samples, num_real=max(num_samples, 1000), metrics=("fid", "kid", "prc"),
-                              device="cpu" if not torch.cuda.is_available() else "auto")
+            res = evaluation.evaluate(checkpoint, num_samples=num_samples, num_real=max(num_samples, 1000), metrics=("fid", "kid", "prc"),
+                                      device="cpu" if not torch.cuda.is_available() else "auto")
         random.setstate(py)
         np.random.set_state(npy)
         m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in ("fid", "kid", "precision", "recall", "coverage", "confidence")}

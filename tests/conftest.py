@@ -1,6 +1,5 @@
-"""Shared test helpers: the repository root, the paper scripts, running a script in-process."""
-import glob
-import importlib.util
+"""Shared test helpers: the repository root, the paper scripts, running a script in-process,
+and the one check that a user's mistake ends in one clear line."""
 import os
 import sys
 
@@ -11,21 +10,38 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("GAN_ZOO_CACHE", os.path.join(ROOT, ".pytest_cache", "gan_zoo"))
 
+from common.scripts import load_script, paper_scripts  # noqa: E402,F401 - load_script is imported from here by the tests
+
 # Every top-level script is a paper script; the harness discovers them, never lists them.
-SCRIPTS = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "*.py")))
-
-
-def load_script(name):
-    """Import a paper script as a fresh module."""
-    spec = importlib.util.spec_from_file_location(f"zoo_{name}", os.path.join(ROOT, name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPTS = paper_scripts()
 
 
 def tiny_args(module, *extra):
     """Flags for a few fast CPU steps at tiny width: 16 images a batch, every step logged."""
     return [*module.SMOKE_ARGS, "--batch-size", "16", "--device", "cpu", "--log-every", "1", "--num-workers", "0", *extra]
+
+
+def assert_one_line_error(module, flags, words, capsys, steps=1, ignore_progress=False):
+    """Run ``module.main`` on tiny arguments, ``--steps steps`` and ``flags``, and check the
+    DESIGN's rule for bad input: exit status 1, no traceback, and exactly one non-empty line
+    on stderr that contains ``words`` (a string, or several that must all appear).
+
+    ``ignore_progress`` leaves out the lines a run may print before it fails (tqdm's
+    ``it/s`` bars and ``warning:`` lines), for bad input that is found only mid-run (NaN
+    losses). Returns the error line.
+    """
+    capsys.readouterr()  # only what this call prints
+    with pytest.raises(SystemExit) as e:
+        module.main([*tiny_args(module), "--steps", str(steps), *flags])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if ignore_progress:
+        lines = [line for line in lines if not line.startswith("warning:") and "it/s" not in line and "s/it" not in line]
+    assert e.value.code == 1, (flags, err)
+    assert len(lines) == 1 and "Traceback" not in err, (flags, err)
+    for w in [words] if isinstance(words, str) else words:
+        assert w in lines[0], (flags, w, err)
+    return lines[0]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_script, tiny_args
+from conftest import assert_one_line_error, load_script, tiny_args
 from common import UserError
 from common.data import Batches, QuantizedFolderData, binarize, to_indices
 from common.quantize import dequantize, learn_palette, load_palette, load_png, quantize, sample_pixels, save_palette, save_png
@@ -163,10 +163,7 @@ def test_mean_and_sum_agree_under_adam():
 def test_bad_input_one_line(in_tmp, capsys):
     for flags, words in ((["--n-mc-samples", "1"], "--n-mc-samples"), (["--data-mode", "quantized"], "quantize_celeba"),
                          (["--dataset", "folder", "--data-path", str(in_tmp), "--data-mode", "quantized"], "palette.json")):
-        with pytest.raises(SystemExit) as e:
-            m.main([*tiny_args(m), "--steps", "1", *flags])
-        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-        assert e.value.code == 1 and len(err) == 1 and words in err[0], (flags, err)
+        assert_one_line_error(m, flags, words, capsys)
 
 
 # ----------------------------------------------------------------------------- palettes

@@ -177,8 +177,7 @@ def test_celeba_layout_with_face_crop(tmp_path):
 
 def test_digits_metric_sanity():
     """Real digits score near zero; a generator stuck on one digit scores badly."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import digits_metric as dm
+    from common import evaluation as dm
 
     net = dm.classifier()
     x, y = dm.real_digits()

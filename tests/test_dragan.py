@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import load_script, tiny_args
+from conftest import assert_one_line_error, load_script, tiny_args
 
 m = load_script("dragan")
 
@@ -87,7 +87,4 @@ def test_training_logs_the_penalty(in_tmp):
 
 @pytest.mark.parametrize("flags", [["--lambda-gp", "-1"], ["--perturb-std", "-0.5"]])
 def test_bad_input(flags, in_tmp, capsys):
-    with pytest.raises(SystemExit) as e:
-        m.main([*tiny_args(m), "--steps", "1", *flags])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 1 and err.count("\n") == 0 and flags[0] in err, err
+    assert_one_line_error(m, flags, flags[0], capsys)

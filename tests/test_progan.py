@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_script, tiny_args
+from conftest import assert_one_line_error, load_script, tiny_args
 from common.run import read_metrics
 
 m = load_script("progan")
@@ -169,10 +169,7 @@ def test_growing_run_resumes_exactly_across_a_batch_change(in_tmp):
     (["--fade-kimg", "-1"], "--fade-kimg"),
 ])
 def test_bad_input(in_tmp, capsys, flags, words):
-    with pytest.raises(SystemExit) as e:
-        m.main([*tiny_args(m), "--steps", "1", *flags])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 1 and len(err) == 1 and words in err[0], err
+    assert_one_line_error(m, flags, words, capsys)
 
 
 def test_resume_with_another_image_size(in_tmp, capsys):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SCRIPTS, load_script, tiny_args
+from conftest import ROOT, SCRIPTS, assert_one_line_error, load_script, tiny_args
 from common.run import read_metrics
 
 LOSS_KEYS = ("d_loss", "g_loss")
@@ -137,13 +137,7 @@ def bad_inputs(tmp):
 def test_bad_input_one_line(name, in_tmp, capsys):
     m = load_script(name)
     for flags, words in bad_inputs(in_tmp):
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as e:
-            m.main([*tiny_args(m), "--steps", "2", "--device", "cpu", *flags])
-        err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning:") and "it/s" not in line and "s/it" not in line]
-        assert e.value.code == 1, (flags, err)
-        assert len(lines) == 1 and words in lines[0] and "Traceback" not in err, (flags, err)
+        assert_one_line_error(m, flags, words, capsys, steps=2, ignore_progress=True)
 
 
 def test_error_from_the_command_line(tmp_path):

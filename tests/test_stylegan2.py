@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import load_script, tiny_args
+from conftest import assert_one_line_error, load_script, tiny_args
 
 m = load_script("stylegan2")
 SMALL = [*m.SMOKE_ARGS]
@@ -159,7 +159,4 @@ def test_training_logs_regularisers_and_samples(in_tmp):
     (["--image-size", "4"], "--image-size"),
 ])
 def test_bad_input(in_tmp, capsys, flags, words):
-    with pytest.raises(SystemExit) as e:
-        m.main([*tiny_args(m), "--steps", "1", *flags])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 1 and len(err) == 1 and words in err[0], err
+    assert_one_line_error(m, flags, words, capsys)

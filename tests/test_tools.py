@@ -35,10 +35,9 @@ def tiny_run(tmp_path_factory):
 def test_evaluate_digits_sanity(tmp_path):
     """Through torch-fidelity with the digits classifier as the feature extractor: half of the
     real digits score near zero against all of them; 600 copies of ones score badly."""
-    import digits_metric as dm
-    import evaluate as ev
+    from common import evaluation as ev
 
-    x, y = dm.real_digits()
+    x, y = ev.real_digits()
     half = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:600]]
     ones = x[y == 1][torch.arange(600) % int((y == 1).sum())]
     real = ev.evaluate(write_folder(tmp_path / "real", half), "digits", num_samples=600, metrics=("fid", "kid", "prc"))
@@ -50,7 +49,9 @@ def test_evaluate_digits_sanity(tmp_path):
 
 
 def test_evaluate_checkpoint_writes_numbers_and_protocol(tiny_run):
-    import evaluate as ev
+    import evaluate as ev  # the command line; it writes the JSON
+
+    from common.evaluation import evaluate
 
     res = ev.main([tiny_run, "--num-samples", "64", "--device", "cpu"])
     path = os.path.join(tiny_run, "eval_step000002_digits.json")
@@ -59,7 +60,7 @@ def test_evaluate_checkpoint_writes_numbers_and_protocol(tiny_run):
     proto = saved["protocol"]
     assert proto["generated"]["generator"] == "EMA" and proto["generated"]["num_generated"] == 64 and proto["generated"]["step"] == 2
     assert proto["real"]["num_real"] == 1797 and len(proto["feature_extractor"]["weights_sha256"]) == 64
-    raw = ev.evaluate(tiny_run, num_samples=64, metrics=("fid",), use_ema=False)
+    raw = evaluate(tiny_run, num_samples=64, metrics=("fid",), use_ema=False)
     assert raw["protocol"]["generated"]["generator"] == "raw"
 
 
@@ -67,7 +68,7 @@ def test_inception_path_with_local_weights(tiny_run, tmp_path, monkeypatch):
     """The standard FID extractor, with a locally made weights file: nothing is downloaded."""
     import torch_fidelity.feature_extractor_inceptionv3 as inc
 
-    import evaluate as ev
+    from common import evaluation as ev
 
     monkeypatch.setattr(inc.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
     monkeypatch.setattr(inc, "load_state_dict_from_url", lambda *a, **k: {})

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import load_script, tiny_args
+from conftest import assert_one_line_error, load_script, tiny_args
 
 m = load_script("wgan")
 
@@ -96,7 +96,4 @@ def test_dmol_train_resume_sample(in_tmp):
     (["--output", "dmol", "--mixtures", "0"], "--mixtures"),
 ])
 def test_bad_input(in_tmp, capsys, flags, words):
-    with pytest.raises(SystemExit) as e:
-        m.main([*tiny_args(m), "--steps", "1", *flags])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 1 and len(err) == 1 and words in err[0], err
+    assert_one_line_error(m, flags, words, capsys)

@@ -13,7 +13,6 @@ img/s counts real images consumed per second (batch size x processes x G steps /
 Peak memory is the process's peak resident set (CPU) or torch's peak allocation (CUDA).
 """
 import argparse
-import glob
 import json
 import os
 import platform
@@ -22,20 +21,19 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from common.scripts import load_script, paper_scripts  # noqa: E402
 
 
 def child(script, argv):
     """Run one benchmark in this process and print its result as one JSON line."""
     import resource
 
-    sys.path.insert(0, ROOT)
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location(script, os.path.join(ROOT, script + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(script)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -53,15 +51,11 @@ def child(script, argv):
     print("BENCH " + json.dumps(out))
 
 
-def scripts():
-    return sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "*.py")))
-
-
 def main(argv=None):
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(sys.argv[2], sys.argv[3:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scripts", nargs="*", help=f"scripts to measure (default: all of {', '.join(scripts())})")
+    p.add_argument("scripts", nargs="*", help=f"scripts to measure (default: all of {', '.join(paper_scripts())})")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
@@ -70,8 +64,8 @@ def main(argv=None):
     p.add_argument("--extra", default="", help="more flags for the scripts, e.g. '--g-width 32'")
     p.add_argument("--json", default=None, help="write the results to this file")
     args = p.parse_args(argv)
-    names = args.scripts or scripts()
-    unknown = sorted(set(names) - set(scripts()))
+    names = args.scripts or paper_scripts()
+    unknown = sorted(set(names) - set(paper_scripts()))
     if unknown:
         p.error(f"unknown script(s): {', '.join(unknown)}")
     results = []

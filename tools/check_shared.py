@@ -10,20 +10,19 @@ shared section, byte for byte.
     python tools/check_shared.py --fix    # rewrite the copies from dcgan.py
 """
 import argparse
-import glob
 import os
 import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from common.scripts import paper_scripts  # noqa: E402
+
 CANONICAL = "dcgan.py"
 BANNER = re.compile(r"^# =+ (.*)$")
 SHARED = re.compile(r"^shared: (.+)$")
-
-
-def scripts(root=ROOT):
-    """Every paper script: the top-level ``*.py`` files of the repository."""
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "*.py")))
 
 
 def sections(lines):
@@ -51,7 +50,7 @@ def check(root=ROOT, fix=False):
     if not canon_sections:
         return [f"{CANONICAL}: no shared sections found"]
     problems = []
-    for name in scripts(root):
+    for name in (s + ".py" for s in paper_scripts(root)):
         if name == CANONICAL:
             continue
         path = os.path.join(root, name)
@@ -94,7 +93,7 @@ def main(argv=None):
     if problems:
         print(f"rewrote {len(problems)} section(s) from {CANONICAL}")
     else:
-        print(f"shared sections identical across {len(scripts(args.root))} script(s)")
+        print(f"shared sections identical across {len(paper_scripts(args.root))} script(s)")
     return 0
 
 

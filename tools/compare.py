@@ -18,7 +18,6 @@ Output (--out, default runs/compare/<time>): results.md, results.json, samples.p
 each script's run directory.
 """
 import argparse
-import glob
 import json
 import os
 import signal
@@ -29,11 +28,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def scripts():
-    return sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "*.py")))
+from common.scripts import load_script, paper_scripts  # noqa: E402
 
 
 def train(name, out, flags, minutes, log):
@@ -86,11 +82,11 @@ def side_by_side(rows, path, show):
 
 
 def main(argv=None):
-    import evaluate as ev
+    from common import evaluation
     from common.run import find_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scripts", nargs="*", help=f"scripts to compare (default: all of {', '.join(scripts())})")
+    p.add_argument("scripts", nargs="*", help=f"scripts to compare (default: all of {', '.join(paper_scripts())})")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="the same number of generator updates for each")
     budget.add_argument("--minutes", type=float, help="the same wall time for each")
@@ -105,8 +101,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<time>)")
     args = p.parse_args(argv)
-    names = args.scripts or scripts()
-    unknown = sorted(set(names) - set(scripts()))
+    names = args.scripts or paper_scripts()
+    unknown = sorted(set(names) - set(paper_scripts()))
     if unknown:
         p.error(f"unknown script(s): {', '.join(unknown)}")
     if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
@@ -130,12 +126,10 @@ def main(argv=None):
             if rc != 0:
                 raise RuntimeError(f"exit status {rc}, see {name}.log")
             ckpt = find_checkpoint(name, run)
-            res = ev.evaluate(ckpt, args.dataset, args.data_path, args.num_samples, 0, ev.METRICS, "auto", args.inception_weights,
-                              seed=args.seed, device="cpu" if "cuda" not in args.extra else "auto")
+            res = evaluation.evaluate(ckpt, args.dataset, args.data_path, args.num_samples, 0, evaluation.METRICS, "auto",
+                                      args.inception_weights, seed=args.seed, device="cpu" if "cuda" not in args.extra else "auto")
             rec.update(step=res["protocol"]["generated"]["step"], **res["metrics"], protocol=res["protocol"])
-            import digits_metric
-
-            generate = digits_metric.load_script(name).load_generator(ckpt)
+            generate = load_script(name).load_generator(ckpt)
             rows.append((name, generate(args.show, seed=args.seed)))
         except Exception as e:  # noqa: BLE001 - one failing script does not end the comparison
             rec["error"] = str(e).splitlines()[-1] if str(e) else type(e).__name__
