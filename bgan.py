@@ -530,6 +530,21 @@ def data_kind(args, palette_folder=False):
     return "binary"
 
 
+def real_view(x, run_args):
+    """The real images as G learns to produce them, for evaluation (common/evaluation.py calls
+    this when a script defines it): binarized exactly as for training when G draws binary
+    pixels, so that samples are compared with binarized digits and not with grey ones;
+    unchanged for quantized folders (already on the palette) and --mode continuous.
+    ``x``: images in [-1, 1]; ``run_args``: the checkpoint's args (a dict)."""
+    from common.data import binarize
+    from common.quantize import has_palette
+
+    a = argparse.Namespace(**run_args)
+    if data_kind(a, bool(a.data_path) and has_palette(a.data_path)) != "binary":
+        return x
+    return binarize(x, a.binarize_threshold) * 2 - 1
+
+
 def build_models(args, channels, num_classes=0, num_colors=0):
     """G and D for image ``channels``; ``num_colors`` > 0 makes them categorical over a palette (G
     outputs K logits per pixel, D reads K one-hot planes). Unconditional: num_classes is accepted for

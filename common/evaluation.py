@@ -286,8 +286,11 @@ def generated_images(source, n, seed, use_ema, device, image_size):
         generate = module.load_generator(path, device, use_ema=use_ema)
         x = torch.cat([to_uint8(generate(z=None, n=min(500, n - i), seed=seed + i)) for i in range(0, n, 500)])
         run = ckpt["args"]
-        return x, {"checkpoint": path, "script": ckpt["script"], "step": ckpt["step"], "generator": "EMA" if generate.used_ema else "raw",
-                   "seed": seed, "dataset": run.get("dataset"), "data_path": run.get("data_path"), "image_size": x.shape[-1]}
+        info = {"checkpoint": path, "script": ckpt["script"], "step": ckpt["step"], "generator": "EMA" if generate.used_ema else "raw",
+                "seed": seed, "dataset": run.get("dataset"), "data_path": run.get("data_path"), "image_size": x.shape[-1]}
+        if hasattr(module, "real_view"):  # e.g. bgan.py's binarized digits: compare like with like
+            info["real_view"] = (module.real_view, run, f"{ckpt['script']}.real_view")
+        return x, info
     from common.data import FolderData
 
     data = FolderData(source, image_size or 32, channels=3)
@@ -334,7 +337,12 @@ def evaluate(source, dataset=None, data_path=None, num_samples=50000, num_real=0
     dataset = dataset or gen_info.get("dataset") or "digits"
     data_path = data_path if data_path is not None else gen_info.get("data_path")
     kind = ("digits" if dataset == "digits" else "inception") if feature_extractor == "auto" else feature_extractor
+    view = gen_info.pop("real_view", None)
     real, real_info = real_images(dataset, data_path, fake.shape[-1], fake.shape[1], num_real, seed)
+    if view is not None and dataset == gen_info.get("dataset"):
+        fn, run_args, name = view
+        real = to_uint8(fn(real.float().div(127.5).sub(1), run_args))
+        real_info["view"] = f"{name}: the real images as the script's generator is trained to produce them"
     if real.shape[1] != fake.shape[1]:  # e.g. a folder of RGB samples against grey digits
         real, fake = (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t for t in (real, fake))
     name, kwargs, ext_info = extractor(kind, inception_weights)

@@ -270,3 +270,17 @@ def test_binary_samples_are_drawn_pixels(in_tmp):
     assert set(x.unique().tolist()) <= {-1.0, 1.0} and torch.equal(x, generate(4, seed=3))
     walk = generate(z=torch.randn(3, generate.z_dim), shared_noise=True)
     assert walk.shape == (3, 1, 32, 32)
+
+
+def test_evaluation_compares_binary_samples_with_binarized_digits(in_tmp):
+    """real_view: the metrics see the real digits binarized as for training (never grey digits
+    against drawn pixels); unchanged under --mode continuous. evaluate() applies it and records it."""
+    from common import evaluation
+
+    x = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)
+    args = vars(m.parse_args(["--binarize-threshold", "0.25"]))
+    assert torch.equal(m.real_view(x, args), binarize(x, 0.25) * 2 - 1)
+    assert torch.equal(m.real_view(x, vars(m.parse_args(["--mode", "continuous"]))), x)
+    m.main([*tiny_args(m), "--steps", "1", "--out", "b"])
+    res = evaluation.evaluate("b", num_samples=40, num_real=100, metrics=("fid",))
+    assert res["protocol"]["real"]["view"].startswith("bgan.real_view")

@@ -118,6 +118,24 @@ def test_compare_two_scripts(tmp_path):
     assert w > 4 * 32 and h >= 2 * 32
 
 
+def test_compare_minutes_stops_at_the_deadline(tmp_path):
+    """A --minutes budget ends each run at its deadline even when the tool runs as a background
+    job (SIGINT inherited as ignored, as under `nohup ... &`), and the last checkpoint is scored."""
+    import signal
+    import time
+
+    out = tmp_path / "cmp"
+    t0 = time.time()
+    r = subprocess.run([sys.executable, os.path.join(TOOLS, "compare.py"), "dcgan", "--minutes", "0.25", "--ckpt-every", "5",
+                        "--num-samples", "40", "--show", "2",
+                        "--extra", "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (res,) = json.load(open(out / "results.json"))
+    assert res["wall_s"] < 15 + 30 and res["step"] >= 5, res  # 15 s budget; the 60 s grace is never reached
+    assert time.time() - t0 < 200
+
+
 def test_bench_two_scripts(tmp_path):
     js = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, os.path.join(TOOLS, "bench.py"), "dcgan", "lsgan", "--steps", "1", "--batch-size", "8", "--amp", "off",
@@ -136,3 +154,21 @@ def test_plot(tiny_run, tmp_path):
     assert Image.open(out).size[0] > 400
     with pytest.raises(SystemExit):
         plot.main([tiny_run, "--keys", "nothing_like_this"])
+
+
+def test_color_digits(tmp_path):
+    """tools/color_digits.py: every digit as an RGB PNG, strokes in the four colours, both backgrounds."""
+    import color_digits
+    import numpy as np
+    from PIL import Image
+
+    color_digits.main([str(tmp_path), "--size", "16"])
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 1797 and files[0] == "0000.png"
+    ims = np.stack([np.asarray(Image.open(tmp_path / f)) for f in files[:200]])
+    assert ims.shape == (200, 16, 16, 3)
+    backgrounds = {tuple(int(v) for v in b) for b in color_digits.BACKGROUNDS}
+    corners = [tuple(int(v) for v in c) for c in ims[:, 0, 0]]  # almost every digit leaves its corner blank
+    assert set(corners) >= backgrounds and sum(c in backgrounds for c in corners) >= 180
+    images, labels = color_digits.color_digits(16)
+    assert np.array_equal(images[:200], ims) and labels.shape == (1797,)

@@ -33,7 +33,7 @@ from common.scripts import load_script, paper_scripts  # noqa: E402
 
 
 def train(name, out, flags, minutes, log):
-    """Run one script; returns (wall seconds, return code). A --minutes run is stopped by SIGINT."""
+    """Run one script; returns (wall seconds, return code). A --minutes run is stopped by SIGTERM."""
     cmd = [sys.executable, os.path.join(ROOT, name + ".py"), "--out", out, *flags]
     t0 = time.time()
     with open(log, "w") as f:
@@ -41,7 +41,10 @@ def train(name, out, flags, minutes, log):
         try:
             rc = proc.wait(timeout=minutes * 60 if minutes else None)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGINT)  # checkpoints are written atomically: the last one is whole
+            # SIGTERM, not SIGINT: a job started in the background (nohup ... &) inherits SIGINT
+            # ignored, and the run would go on for the whole grace period. Checkpoints are written
+            # atomically, so the last one is whole.
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:

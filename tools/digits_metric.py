@@ -64,6 +64,10 @@ def main(argv=None):
         from common.run import find_checkpoint
 
         path = find_checkpoint("", args.checkpoint) if os.path.isdir(args.checkpoint) else args.checkpoint
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        module = load_script(ckpt.get("script", "dcgan"))
+        if hasattr(module, "real_view"):  # compare like with like (bgan.py: binarized digits)
+            reference = features_and_probs(net, module.real_view(x, ckpt["args"]))[0]
         for label, generate in generator_variants(path, args.compare_ema):
             results.append((label, score(generate(args.num_samples, seed=args.seed), net, reference)))
     if not results:
