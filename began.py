@@ -13,7 +13,7 @@ the learning rate halves when it stalls (Sec. 4.1). Both nets are plain 3x3-conv
 stacks with nearest-neighbour upsampling (Sec. 3.5, Fig. 1).
 
 Usage:
-    python began.py                                   # digits (embedded), 32x32, ~5 min on 2 CPU cores
+    python began.py                                   # digits (embedded), 32x32, ~8 min on 2 CPU cores (collapses there: see the README)
     python began.py --gamma 0.7 --skip                # more diversity; skip connections (Sec. 3.5.1)
     python began.py --dataset celeba --data-path ~/data --image-size 64 --n-filters 128
     torchrun --nproc_per_node=8 began.py --dataset celeba --data-path ~/data --image-size 128 --amp bf16
@@ -84,7 +84,7 @@ SMOKE_ARGS = ["--n-filters", "4", "--nh", "8"]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="BEGAN (Berthelot et al. 2017)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 4.1: Adam with lr in [5e-5, 1e-4]; Nz = Nh = 64. Batch 16 as in the reference code. The
-    # steps fit five minutes on a 2-core CPU for the embedded digits; the paper trains far longer.
+    # steps take about 8 minutes on a 2-core CPU for the embedded digits (n = 64, 22 img/s); the paper trains far longer.
     add_common_args(p, batch_size=16, steps=650, lr_g=1e-4, lr_d=1e-4, z_dim=64, image_size=32,
                     sources={"batch_size": "reference code (carpedm20, artcg)", "lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "Sec. 4.1, N_z"})
     m = p.add_argument_group("BEGAN")
