@@ -162,14 +162,26 @@ def score(images, net=None, reference=None):
     if reference is None:
         reference = features_and_probs(net, real_digits()[0])[0]
     f, p = features_and_probs(net, images)
-    counts = torch.bincount(p.argmax(1), minlength=10)
-    fair = len(images) / 10
+    return {"fd": frechet_distance(f, reference), **class_stats(p)}
+
+
+def class_stats(probs):
+    """Coverage, confidence and class counts of the classifier's probabilities (N, 10)."""
+    counts = torch.bincount(probs.argmax(1), minlength=10)
     return {
-        "fd": frechet_distance(f, reference),
-        "coverage": int((counts >= 0.2 * fair).sum()),
-        "confidence": float(p.max(1).values.mean()),
+        "coverage": int((counts >= 0.2 * len(probs) / 10).sum()),
+        "confidence": float(probs.max(1).values.mean()),
         "class_counts": counts.tolist(),
     }
+
+
+def as_trained(x, module, run_args):
+    """Real images ``x`` (in [-1, 1]) as the script ``module``'s generator is trained to produce
+    them: ``module.real_view(x, run_args)`` where the script defines it (bgan.py binarizes the
+    digits its binary G learns), else ``x``. Returns (images, a description or None)."""
+    if not hasattr(module, "real_view"):
+        return x, None
+    return module.real_view(x, run_args), f"{module.SCRIPT}.real_view: the real images as the script's generator is trained to produce them"
 
 
 # ----------------------------------------------------------------------------- the torch-fidelity protocol
@@ -288,8 +300,7 @@ def generated_images(source, n, seed, use_ema, device, image_size):
         run = ckpt["args"]
         info = {"checkpoint": path, "script": ckpt["script"], "step": ckpt["step"], "generator": "EMA" if generate.used_ema else "raw",
                 "seed": seed, "dataset": run.get("dataset"), "data_path": run.get("data_path"), "image_size": x.shape[-1]}
-        if hasattr(module, "real_view"):  # e.g. bgan.py's binarized digits: compare like with like
-            info["real_view"] = (module.real_view, run, f"{ckpt['script']}.real_view")
+        info["as_trained"] = (module, run)  # for the real side (as_trained); not part of the protocol
         return x, info
     from common.data import FolderData
 
@@ -337,12 +348,12 @@ def evaluate(source, dataset=None, data_path=None, num_samples=50000, num_real=0
     dataset = dataset or gen_info.get("dataset") or "digits"
     data_path = data_path if data_path is not None else gen_info.get("data_path")
     kind = ("digits" if dataset == "digits" else "inception") if feature_extractor == "auto" else feature_extractor
-    view = gen_info.pop("real_view", None)
+    module_and_args = gen_info.pop("as_trained", None)
     real, real_info = real_images(dataset, data_path, fake.shape[-1], fake.shape[1], num_real, seed)
-    if view is not None and dataset == gen_info.get("dataset"):
-        fn, run_args, name = view
-        real = to_uint8(fn(real.float().div(127.5).sub(1), run_args))
-        real_info["view"] = f"{name}: the real images as the script's generator is trained to produce them"
+    if module_and_args is not None and dataset == gen_info.get("dataset"):  # compare like with like
+        viewed, view = as_trained(real.float().div(127.5).sub(1), *module_and_args)
+        if view is not None:
+            real, real_info["view"] = to_uint8(viewed), view
     if real.shape[1] != fake.shape[1]:  # e.g. a folder of RGB samples against grey digits
         real, fake = (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t for t in (real, fake))
     name, kwargs, ext_info = extractor(kind, inception_weights)
@@ -366,9 +377,8 @@ def evaluate(source, dataset=None, data_path=None, num_samples=50000, num_real=0
     result = {names.get(k, k): float(v) for k, v in out.items()}
     if kind == "digits":
         _, p = features_and_probs(classifier(verbose=False), fake.float().div(127.5).sub(1))
-        counts = torch.bincount(p.argmax(1), minlength=10)
-        result["coverage"] = int((counts >= 0.2 * len(fake) / 10).sum())
-        result["confidence"] = float(p.max(1).values.mean())
+        stats = class_stats(p)
+        result["coverage"], result["confidence"] = stats["coverage"], stats["confidence"]
     protocol = {"generated": {**gen_info, "num_generated": len(fake)}, "real": real_info, "feature_extractor": ext_info,
                 "kid": {"subset_size": kid_size, "subsets": 100}, "isc": {"splits": 10}, "prc": {"k": 3, "features": "the same extractor"},
                 "torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__, "seconds": round(time.time() - t0, 1)}

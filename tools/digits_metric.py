@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from common.evaluation import classifier, features_and_probs, real_digits, score  # noqa: E402
+from common.evaluation import as_trained, classifier, features_and_probs, real_digits, score  # noqa: E402
 from common.scripts import load_script  # noqa: E402
 
 
@@ -65,9 +65,9 @@ def main(argv=None):
 
         path = find_checkpoint("", args.checkpoint) if os.path.isdir(args.checkpoint) else args.checkpoint
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        module = load_script(ckpt.get("script", "dcgan"))
-        if hasattr(module, "real_view"):  # compare like with like (bgan.py: binarized digits)
-            reference = features_and_probs(net, module.real_view(x, ckpt["args"]))[0]
+        viewed, view = as_trained(x, load_script(ckpt.get("script", "dcgan")), ckpt["args"])
+        if view is not None:  # compare like with like (bgan.py: binarized digits)
+            reference = features_and_probs(net, viewed)[0]
         for label, generate in generator_variants(path, args.compare_ema):
             results.append((label, score(generate(args.num_samples, seed=args.seed), net, reference)))
     if not results:
