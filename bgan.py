@@ -81,9 +81,9 @@ Departures from the paper, and choices where it is silent:
   D(x~) and ess in the log on longer runs.
 * Optimizer: Adam (beta1 0.5, as DCGAN); D's lr 1e-4 is the official code's (which uses
   RMSProp for both nets), G's is 1e-3. With equal rates D wins within a few hundred steps
-  (D(x~) -> 0) and G's samples stay noise or collapse on the digits (measured before --baseline and
-  noise 1.5 were the defaults: equal rates
-  of 1e-4 or 2e-4 gave no digit shapes by step 800; 1e-3/1e-4 gave varied strokes by 300),
+  (D(x~) -> 0) and G's samples stay noise or collapse on the digits (measured before
+  --baseline and noise 1.5 were the defaults: equal rates of 1e-4 or 2e-4 gave no digit
+  shapes by step 800; 1e-3/1e-4 gave varied strokes by 300),
   the "D learns much faster than G" failure the PyTorch reimplementation warns about.
   Batch 32 latents x 20 samples, widths 32 (G) and 16 (D): the official code's batch 128
   would make each step 2560 D passes, too slow for the 2-core CPU this default is sized for.
