@@ -34,7 +34,9 @@ def tiny_run(tmp_path_factory):
 
 def test_evaluate_digits_sanity(tmp_path):
     """Through torch-fidelity with the digits classifier as the feature extractor: half of the
-    real digits score near zero against all of them; 600 copies of ones score badly."""
+    real digits score near zero against all of them; 600 copies of ones score badly. The
+    real-vs-real FID carries the finite-sample bias of 600 images (4.7 here, 5.5 on CI, whose
+    CPU trains a slightly different classifier), so the bound is loose and the gap is the test."""
     from common import evaluation as ev
 
     x, y = ev.real_digits()
@@ -43,8 +45,8 @@ def test_evaluate_digits_sanity(tmp_path):
     real = ev.evaluate(write_folder(tmp_path / "real", half), "digits", num_samples=600, metrics=("fid", "kid", "prc"))
     one = ev.evaluate(write_folder(tmp_path / "ones", ones), "digits", num_samples=600, metrics=("fid", "kid", "prc"))
     r, o = real["metrics"], one["metrics"]
-    assert r["fid"] < 5 and r["coverage"] == 10 and r["precision"] > 0.9 and r["recall"] > 0.9, r
-    assert o["fid"] > 20 * r["fid"] and o["coverage"] == 1 and o["recall"] < 0.5 and o["kid"] > 10 * abs(r["kid"]), o
+    assert r["fid"] < 15 and r["coverage"] == 10 and r["precision"] > 0.9 and r["recall"] > 0.9, r
+    assert o["fid"] > 50 * r["fid"] and o["coverage"] == 1 and o["recall"] < 0.5 and o["kid"] > 10 * abs(r["kid"]), o
     assert real["protocol"]["generated"]["num_generated"] == 600 and real["protocol"]["real"]["num_real"] == 1797
 
 
