@@ -9,10 +9,10 @@ trained on scikit-learn's digits (32x32, seeded, about 15 seconds on a 2-core CP
 cached under ``$GAN_ZOO_CACHE`` or ``~/.cache/gan_zoo``; trained on 1400 of the 1797 digits
 it classifies the other 397 with 99.0% accuracy). Seeded is not bit-identical across CPUs:
 another machine's floating point trains slightly different weights, and real-vs-real FDs of
-600 images were 4.7 on one CPU and 5.5 on another, so compare numbers made on one machine. Its penultimate features give a Fréchet
-distance between generated and real digits (like FID, with this classifier in place of
-Inception), and its predictions give the class coverage (how many of the ten digits the
-samples hit) and the mean confidence (how recognisable each sample is).
+600 images were 4.7 on one CPU and 5.5 on another, so compare numbers made on one machine.
+Its penultimate features give a Fréchet distance between generated and real digits (like
+FID, with this classifier in place of Inception), and its predictions give the class
+coverage (how many of the ten digits the samples hit) and the mean confidence (how recognisable each sample is).
 
 The evaluation protocol (``evaluate``): the metrics come from torch-fidelity (Obukhov et
 al.), whose values match the reference implementations; this module only feeds it
