@@ -12,7 +12,8 @@ another machine's floating point trains slightly different weights, and real-vs-
 600 images were 4.7 on one CPU and 5.5 on another, so compare numbers made on one machine.
 Its penultimate features give a Fréchet distance between generated and real digits (like
 FID, with this classifier in place of Inception), and its predictions give the class
-coverage (how many of the ten digits the samples hit) and the mean confidence (how recognisable each sample is).
+coverage (how many of the ten digits the samples hit) and the mean confidence (how
+recognisable each sample is).
 
 The evaluation protocol (``evaluate``): the metrics come from torch-fidelity (Obukhov et
 al.), whose values match the reference implementations; this module only feeds it
