@@ -290,7 +290,7 @@ def extractor(kind, weights):
 def generated_images(source, n, seed, use_ema, device, image_size):
     """``n`` uint8 images and a description: from a checkpoint's generator (loaded with the
     script named in the checkpoint, latents seeded from ``seed``) or from an image folder."""
-    from common.run import find_checkpoint
+    from common.checkpoints import find_checkpoint
 
     if os.path.isfile(source) or os.path.isdir(os.path.join(source, "checkpoints")):
         path = find_checkpoint("", source)

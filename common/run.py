@@ -1,58 +1,334 @@
-"""Run directories: ``args.json``, ``metrics.jsonl``, finding a run to resume.
+"""Run management, once for every paper script: everything about a training run that is no
+paper's business.
 
-A run directory (``--out``, default ``runs/<script>/<time>``) holds everything a run
-writes: ``args.json``, ``metrics.jsonl``, ``samples/``, ``progress.gif`` and
-``checkpoints/``. Nothing outside it is written, and an existing one is never
-overwritten: a new run refuses a non-empty ``--out`` unless it resumes from it.
+A script's ``train()`` creates one ``Run`` and hands it what the paper defines:
+
+    run = Run(SCRIPT, args, rank, world, device, check_args)   # resume: the run's flags
+    data = run.dataset()                                       # download, load
+    batches = run.batches(data)
+    ... models, optimizers, scalers, EMA ...
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, ...}, grid=(grid_z,))
+    while run.step < args.steps:
+        ... the paper's update steps ...
+        run.end_step(d_loss=loss_d, g_loss=loss_g)
+    return run.finish()
+
+and the run does the rest: the run directory and ``args.json``; resume (the checkpoint,
+flags given now over the stored ones, every object of the state restored, RNG states of
+every rank); checkpoint files (atomic, numbered copies, the NaN guard that names the last
+good checkpoint); metrics summed on the device with one host sync per ``--log-every``;
+the progress bar; sample grids and ``progress.gif``; ``--eval-every`` and ``best.pt``;
+TensorBoard; curves. ``main`` and ``sample`` are the command line's other half: one-line
+errors and ``--sample``/``--interpolate``.
 """
-import glob
+import argparse
 import json
+import math
 import os
+import shutil
+import sys
 import time
 
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
 from common import UserError
+from common.checkpoints import (find_checkpoint, last_good, load_checkpoint, load_state,  # noqa: F401
+                                new_run_dir, plain_args, read_metrics, rng_state, run_dir_of,
+                                save_checkpoint, seed_everything, set_rng_state, write_args)
 
 
-def new_run_dir(script, out=None):
-    """Create and return a fresh run directory; refuse a non-empty existing one."""
-    if out is None:
-        out = os.path.join("runs", script, time.strftime("%Y%m%d-%H%M%S"))
-        base, k = out, 1
-        while os.path.exists(out):
-            out, k = f"{base}-{k}", k + 1
-    if os.path.isdir(out) and os.listdir(out):
-        raise UserError(f"run directory {out!r} already exists and is not empty; resume it with --resume auto --out {out}, or choose another --out")
-    os.makedirs(out, exist_ok=True)
-    return out
+def all_ranks_mean(t, world):
+    """Average a tensor over the ranks, in place (a collective)."""
+    if world > 1:
+        dist.all_reduce(t)
+        t /= world
+    return t
 
 
-def find_checkpoint(script, resume, out=None):
-    """Resolve ``--resume``: a checkpoint file, a run directory, or ``auto``.
+def gather_rng_states(world):
+    """Every rank's RNG state, in rank order (a collective: call on all ranks)."""
+    if world == 1:
+        return [rng_state()]
+    states = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
 
-    ``auto`` takes ``<out>/checkpoints/last.pt`` when ``--out`` is given, else the most
-    recent ``runs/<script>/*/checkpoints/last.pt``.
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, batches):
+    """Recompute batch-norm running statistics for an EMA generator's averaged weights.
+
+    Statistics copied from the raw generator belong to its weights, not the averaged ones;
+    running the EMA generator in train mode on fixed latents with a cumulative average
+    (momentum None) gives statistics that match. ``batches`` are tuples of G's inputs.
     """
-    if resume == "auto":
-        pattern = os.path.join(out, "checkpoints", "last.pt") if out else os.path.join("runs", script, "*", "checkpoints", "last.pt")
-        found = sorted(glob.glob(pattern), key=os.path.getmtime)
-        if not found:
-            raise UserError(f"--resume auto found no checkpoint ({pattern}); start a new run without --resume")
-        return found[-1]
-    path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {resume!r} not found; give a .pt file, a run directory, or auto")
-    return path
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for inputs in batches:
+        model(*inputs)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
 
 
-def run_dir_of(checkpoint_path):
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.pt`` -> ``<run>``)."""
-    d = os.path.dirname(os.path.abspath(checkpoint_path))
-    return os.path.dirname(d) if os.path.basename(d) == "checkpoints" else d
+def check_common_args(args):
+    """Ranges of the shared flags (the script checks its own)."""
+    for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every", "z_dim"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.ema_decay is not None and not 0 <= args.ema_decay < 1:
+        raise UserError(f"--ema-decay must be in [0, 1), not {args.ema_decay}")
+    if args.eval_every < 0 or args.eval_samples < 10:
+        raise UserError("--eval-every must be at least 0 (0: off) and --eval-samples at least 10")
+    if args.num_workers < 0:
+        raise UserError(f"--num-workers must be at least 0, not {args.num_workers}")
 
 
-def write_args(out, args):
-    with open(os.path.join(out, "args.json"), "w") as f:
-        json.dump({k: v for k, v in vars(args).items() if k != "explicit"}, f, indent=2, sort_keys=True)
+class Run:
+    """One training run of one script (see the module docstring for the protocol).
+
+    ``step`` counts generator updates; ``out`` is the run directory (on every rank);
+    ``resumed`` is the checkpoint a run continues from (None for a new run), for the
+    paper state a script keeps outside the objects it hands to ``start``.
+    """
+
+    def __init__(self, script, args, rank, world, device, check=None):
+        self.script, self.args, self.rank, self.world, self.device = script, args, rank, world, device
+        if args.amp == "fp16" and device.type != "cuda":
+            raise UserError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
+        self.resumed = None
+        if args.resume:
+            path = find_checkpoint(script, args.resume, args.out)
+            self.resumed = load_checkpoint(path, script, "cpu")
+            for k, v in self.resumed["args"].items():  # the run's flags, but those given now
+                if k not in args.explicit and k not in ("resume", "explicit"):
+                    setattr(args, k, v)
+            args.out = run_dir_of(path)
+        check_common_args(args)
+        if check is not None:
+            check(args)
+        self.step, self.out, self.data, self.metrics, self.pbar = 0, args.out, None, None, None
+
+    # ------------------------------------------------------------------ data
+    def dataset(self):
+        """The dataset the shared flags name (downloaded first on rank 0 with --download)."""
+        from common.data import download_dataset, load_dataset
+
+        a = self.args
+        if a.download:
+            if self.rank == 0:
+                download_dataset(a.dataset, a.data_path)
+            if self.world > 1:
+                dist.barrier()
+        self.data = load_dataset(a.dataset, a.data_path, a.image_size, a.channels)
+        return self.data
+
+    def batches(self, data, batch_size=None):
+        """This rank's endless, resumable stream of batches (``common.data.Batches``)."""
+        from common.data import Batches
+
+        a = self.args
+        return Batches(data, batch_size or a.batch_size, self.device, a.seed, self.rank,
+                       self.world, a.num_workers, a.flip, a.color_jitter)
+
+    # ------------------------------------------------------------------ start
+    def start(self, state, grid, calibrate=None, info=None, note="", total=None):
+        """Restore or seed, create the run directory, and begin; returns the step.
+
+        ``state``: name -> what goes into every checkpoint: modules (``G``, ``D``, ``ema``,
+        which may be None), optimizers, scalers, the batch stream, and dicts of paper state
+        (tensors and numbers, updated in place by the script). On resume each is restored;
+        optimizers keep the learning rate they were built with (a flag given now wins).
+        ``grid``: G's inputs for the sample grids, or a function ``grid(generator)``.
+        ``calibrate``: input tuples that recompute the EMA generator's batch-norm statistics
+        before it is used. ``info``: plain values for ``load_generator`` (channels, ...).
+        ``note``: paper settings for the first line. ``total``: steps (default ``--steps``).
+        """
+        self.state, self.grid, self.calibrate = state, grid, calibrate
+        self.info = dict(info or {})
+        self.total = total or self.args.steps
+        ckpt = self.resumed
+        if ckpt is None:
+            seed_everything(self.args.seed + self.rank)
+        else:
+            self._restore(ckpt)
+        if self.rank == 0:
+            self.out = self.args.out = (self.args.out if ckpt is not None
+                                        else new_run_dir(self.script, self.args.out))
+            write_args(self.out, self.args)
+            self.metrics = Metrics(self.out, resume_step=self.step if ckpt else None,
+                                   tensorboard=self.args.tensorboard,
+                                   evaluate_dataset=self.args.dataset if self.args.eval_every else None)
+            print(self._banner(note), flush=True)
+        from tqdm import tqdm
+
+        self.pbar = tqdm(total=self.total, initial=self.step, disable=self.rank != 0,
+                         dynamic_ncols=True, desc=self.script)
+        self.acc, self.keys, self.n_acc, self.n_img, self.t_log = None, None, 0, 0, time.perf_counter()
+        return self.step
+
+    def _restore(self, ckpt):
+        for name, obj in self.state.items():
+            if obj is None or ckpt.get(name) is None:
+                continue
+            if isinstance(obj, nn.Module):
+                load_state(obj, ckpt[name], {"G": "generator", "D": "discriminator",
+                                              "ema": "EMA generator"}.get(name, name))
+            elif isinstance(obj, torch.optim.Optimizer):
+                lrs = [g["lr"] for g in obj.param_groups]
+                obj.load_state_dict(ckpt[name])
+                for g, lr in zip(obj.param_groups, lrs):
+                    g["lr"] = lr
+            elif isinstance(obj, dict):
+                obj.update({k: v.to(self.device) if torch.is_tensor(v) else v
+                            for k, v in ckpt[name].items()})
+            else:
+                obj.load_state_dict(ckpt[name])
+        self.step = ckpt["step"]
+        rngs = ckpt["rng"]
+        if len(rngs) == self.world:
+            set_rng_state(rngs[self.rank])
+        else:
+            seed_everything(self.args.seed + self.rank + 7919 * self.step)
+            print(f"warning: resuming with {self.world} processes from a {len(rngs)}-process run;"
+                  " latents will differ", file=sys.stderr)
+
+    def _banner(self, note):
+        a, d = self.args, self.data
+        params = ", ".join(f"{n} {sum(p.numel() for p in self.state[n].parameters()) / 1e6:.2f}M"
+                           for n in ("G", "D") if isinstance(self.state.get(n), nn.Module))
+        data = (f"{a.dataset} {a.image_size}x{a.image_size}x{d.channels}, {len(d)} images; "
+                if d is not None else "")
+        return (f"{self.script}: {data}batch {a.batch_size} x {self.world} process(es) = "
+                f"{a.batch_size * self.world}; {params} params; {note + '; ' if note else ''}"
+                f"{self.device}, amp {a.amp}; run dir {self.out}")
+
+    # ------------------------------------------------------------------ each step
+    def end_step(self, images=None, **values):
+        """The step is done: count it, and log, draw, save and evaluate when it is time.
+
+        ``values``: name -> a scalar tensor (summed on the device, averaged over the log
+        interval and the ranks with one host sync) or a number (logged as it is, e.g. the
+        resolution). ``images``: real images this step consumed on all ranks (default
+        batch size x ranks), for img/s.
+        """
+        self.step += 1
+        tensors = {k: v for k, v in values.items() if torch.is_tensor(v)}
+        with torch.no_grad():
+            now = torch.stack([v.detach().float().reshape(()) for v in tensors.values()])
+            self.acc = now if self.acc is None else self.acc + now
+        self.keys, self.plain = list(tensors), {k: v for k, v in values.items() if k not in tensors}
+        self.n_acc += 1
+        self.n_img += images if images is not None else self.args.batch_size * self.world
+        self.pbar.update(1)
+        a, step, last = self.args, self.step, self.step == self.total
+        if step % a.log_every == 0 or last:
+            self._log()
+        if self.rank == 0 and (step % a.sample_every == 0 or last):
+            self.write_samples()
+        if step % a.ckpt_every == 0 or last:
+            self.save()
+        if a.eval_every and step % a.eval_every == 0:
+            if step % a.ckpt_every and not last:
+                self.save()  # evaluation scores (and may keep as best.pt) this step's checkpoint
+            if self.rank == 0:
+                self.metrics.evaluate(step, os.path.join(self.out, "checkpoints", "last.pt"),
+                                      a.eval_samples)
+
+    def _log(self):
+        vals = (all_ranks_mean(self.acc, self.world) / self.n_acc).tolist()  # the one host sync
+        dt = time.perf_counter() - self.t_log
+        if not all(map(math.isfinite, vals)):
+            self.fail(f"losses became NaN/inf by step {self.step}")
+        rec = {"step": self.step, **dict(zip(self.keys, vals)), **self.plain,
+               "img_per_s": self.n_img / dt, "time": time.time()}
+        if self.rank == 0:
+            self.metrics.log(**rec)
+            shown = {k: f"{v:.3g}" if isinstance(v, float) else v
+                     for k, v in list(rec.items())[1:6] if k != "time"}
+            self.pbar.set_postfix(**shown, img_s=f"{rec['img_per_s']:.0f}")
+        self.acc, self.n_acc, self.n_img, self.t_log = None, 0, 0, time.perf_counter()
+
+    def fail(self, what):
+        """Stop a diverged run with one line that names the last good checkpoint."""
+        self.pbar.close()
+        raise UserError(f"{what}; {last_good(self.out)} (try a lower --lr-d/--lr-g or --amp off)")
+
+    def generator(self):
+        """The generator for grids and checkpoints: the EMA one (batch norm recalibrated)
+        when there is one, else G."""
+        ema = self.state.get("ema")
+        if ema is None:
+            return self.state["G"]
+        recalibrate_batchnorm(ema, self.calibrate)
+        return ema
+
+    @torch.no_grad()
+    def images(self, gen):
+        """The grid's images from ``gen`` in eval mode, under the run's autocast."""
+        was_training = gen.training
+        gen.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.args.amp == "bf16"
+                            else torch.float16, enabled=self.args.amp != "off"):
+            x = self.grid(gen) if callable(self.grid) else gen(*self.grid)
+        gen.train(was_training)
+        return x
+
+    def write_samples(self):
+        """``samples/step_N.png`` and ``progress.gif`` (rank 0)."""
+        from common.images import progress_gif, save_grid
+
+        samples = os.path.join(self.out, "samples")
+        png = save_grid(self.images(self.generator()),
+                        os.path.join(samples, f"step_{self.step:06d}.png"), nrow=8)
+        self.metrics.image("samples", self.step, png)
+        progress_gif(samples, os.path.join(self.out, "progress.gif"))
+
+    def save(self):
+        """``checkpoints/last.pt`` and ``step_N.pt`` (a collective: every rank calls it)."""
+        states = gather_rng_states(self.world)
+        modules = [m for m in self.state.values() if isinstance(m, nn.Module)]
+        if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
+            self.fail(f"the weights became NaN/inf by step {self.step}")
+        if self.rank != 0:
+            return
+        self.generator()  # the EMA generator's batch-norm statistics, recomputed
+        ckpt = {"script": self.script, "step": self.step, "args": plain_args(self.args),
+                **self.info, "rng": states}
+        for name, obj in self.state.items():
+            ckpt[name] = (None if obj is None else dict(obj) if isinstance(obj, dict)
+                          else obj.state_dict())
+        last = os.path.join(self.out, "checkpoints", "last.pt")
+        save_checkpoint(last, ckpt)
+        numbered = os.path.join(self.out, "checkpoints", f"step_{self.step:06d}.pt")
+        if os.path.exists(numbered):
+            os.remove(numbered)
+        os.link(last, numbered)
+
+    def write(self, message):
+        """A line above the progress bar (rank 0)."""
+        if self.rank == 0:
+            self.pbar.write(message)
+
+    def finish(self, note=""):
+        """Close the bar, the metrics and the curves; a barrier under torchrun. Returns what
+        the tests and tools use: the run directory and the models."""
+        self.pbar.close()
+        if self.rank == 0:
+            self.metrics.close()
+            print(f"done: {self.step} steps{note}; samples in {os.path.join(self.out, 'samples')}, "
+                  f"checkpoint {os.path.join(self.out, 'checkpoints', 'last.pt')}", flush=True)
+        if self.world > 1:
+            dist.barrier()
+        return {"out": self.out, **{k: v for k, v in self.state.items() if k in ("G", "D", "ema")}}
 
 
 class Metrics:
@@ -67,17 +343,18 @@ class Metrics:
     def __init__(self, out, resume_step=None, tensorboard=False, evaluate_dataset=None):
         self.out, self.path = out, os.path.join(out, "metrics.jsonl")
         if resume_step is not None and os.path.exists(self.path):
-            with open(self.path) as f:
-                keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             with open(self.path, "w") as f:
-                f.writelines(keep)
+                f.writelines(json.dumps(r) + "\n" for r in keep)
         self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-            self.writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=resume_step + 1 if resume_step is not None else None)
+                raise UserError("--tensorboard needs the tensorboard package: "
+                                "pip install tensorboard") from None
+            purge = resume_step + 1 if resume_step is not None else None
+            self.writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=purge)
         if evaluate_dataset not in (None, "digits"):  # fail now, not at the first evaluation
             from common.evaluation import extractor
 
@@ -98,33 +375,35 @@ class Metrics:
             import numpy as np
             from PIL import Image
 
-            self.writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), step, dataformats="HWC")
+            image = np.asarray(Image.open(png).convert("RGB"))
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def evaluate(self, step, checkpoint, num_samples):
-        """Score a checkpoint with common.evaluation's protocol (the one of tools/evaluate.py) on
-        a small sample (digits: the digits classifier; other data: the FID Inception), log the
-        numbers as ``eval_*`` and keep the best checkpoint (lowest FID) as ``checkpoints/best.pt``.
-        The RNG states are restored afterwards, so evaluating never changes the training
-        trajectory."""
+        """Score a checkpoint with common.evaluation's protocol (the one of tools/evaluate.py)
+        on a small sample (digits: the digits classifier; other data: the FID Inception), log
+        the numbers as ``eval_*`` and keep the best checkpoint (lowest FID) as
+        ``checkpoints/best.pt``. RNG states are restored afterwards, so evaluating never
+        changes the training trajectory."""
         import random
-        import shutil
 
         import numpy as np
-        import torch
 
         from common import evaluation  # only a run that evaluates pays for importing it
 
         py, npy = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            res = evaluation.evaluate(checkpoint, num_samples=num_samples, num_real=max(num_samples, 1000), metrics=("fid", "kid", "prc"),
+            res = evaluation.evaluate(checkpoint, num_samples=num_samples,
+                                      num_real=max(num_samples, 1000), metrics=("fid", "kid", "prc"),
                                       device="cpu" if not torch.cuda.is_available() else "auto")
         random.setstate(py)
         np.random.set_state(npy)
-        m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in ("fid", "kid", "precision", "recall", "coverage", "confidence")}
+        names = ("fid", "kid", "precision", "recall", "coverage", "confidence")
+        m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in names}
         best_file = os.path.join(self.out, "checkpoints", "best.json")
         best = json.load(open(best_file)) if os.path.exists(best_file) else None
         if best is None or m["eval_fid"] < best["eval_fid"]:
-            best = {"step": step, **m, "feature_extractor": res["protocol"]["feature_extractor"]["name"], "num_samples": num_samples}
+            best = {"step": step, **m, "num_samples": num_samples,
+                    "feature_extractor": res["protocol"]["feature_extractor"]["name"]}
             tmp = os.path.join(self.out, "checkpoints", "best.pt.tmp")
             shutil.copyfile(checkpoint, tmp)
             os.replace(tmp, os.path.join(self.out, "checkpoints", "best.pt"))
@@ -145,6 +424,122 @@ class Metrics:
             pass
 
 
-def read_metrics(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+# ---------------------------------------------------------------------- the sampling command
+def slerp(a, b, t):
+    """Spherical interpolation between latents (White 2016), better than linear in high
+    dimension."""
+    an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+class Generate:
+    """``generate(n, seed=0, temperature=1.0, z=None, labels=None, **kw)`` -> images in [-1, 1]
+    from a checkpoint's EMA generator (or raw G), in chunks of 256; ``kw`` go to G's forward.
+
+    ``build(run, ckpt)`` makes G from the run's flags and the checkpoint's plain values;
+    ``latent(n, z_dim, generator=g)`` draws z (default N(0, I)). It carries ``model``,
+    ``z_dim``, ``num_classes``, ``used_ema`` and ``run`` (the run's flags).
+    """
+
+    def __init__(self, script, path, device, use_ema, build, latent=torch.randn):
+        ckpt = load_checkpoint(path, script, device)
+        self.run, self.device, self.latent = argparse.Namespace(**ckpt["args"]), device, latent
+        self.z_dim, self.num_classes = self.run.z_dim, ckpt.get("num_classes", 0)
+        self.used_ema = use_ema and ckpt.get("ema") is not None
+        self.model = build(self.run, ckpt).to(device)
+        load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
+        self.model.eval()
+
+    @torch.no_grad()
+    def __call__(self, n=None, seed=0, temperature=1.0, z=None, labels=None, **kw):
+        if z is None:
+            z = self.latent(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
+            z = z * temperature
+        if self.num_classes and labels is None:
+            labels = torch.arange(len(z)) % self.num_classes
+        out = []
+        for i in range(0, len(z), 256):
+            inputs = [z[i : i + 256]] + ([labels[i : i + 256]] if self.num_classes else [])
+            out.append(self.model(*(t.to(self.device) for t in inputs), **kw).float().cpu())
+        return torch.cat(out)
+
+
+def sample_device(name):
+    """The device for ``--sample`` (``auto``: CUDA when there is one)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but CUDA is not available; use --device cpu")
+    return device
+
+
+class Sampling:
+    """What ``--sample`` works with: the generator of ``--checkpoint`` (``generate``, as
+    the script's ``load_generator`` returns it), the folder to write to and a time stamp."""
+
+    def __init__(self, script, args, load_generator):
+        if not args.checkpoint:
+            raise UserError("--sample needs --checkpoint (a .pt file, a run directory, or auto)")
+        if args.sample < 1 or args.temperature <= 0 or args.interpolate < 0:
+            raise UserError("--sample must be at least 1, --temperature positive and "
+                            "--interpolate not negative")
+        self.args, self.path = args, find_checkpoint(script, args.checkpoint)
+        self.device = sample_device(args.device)
+        self.generate = load_generator(self.path, self.device, use_ema=not args.no_ema)
+        self.which = "EMA" if self.generate.used_ema else "raw"
+        self.out = args.out or os.path.join(run_dir_of(self.path), "samples")
+        self.stamp = time.strftime("%Y%m%d-%H%M%S")
+
+    def file(self, kind, ext="png"):
+        return os.path.join(self.out, f"{kind}_{self.stamp}.{ext}")
+
+    def grid(self, nrow=None, note="", **kw):
+        """``--sample N``: N images in one grid (conditional: one row per class)."""
+        from common.images import save_grid
+
+        a, nc = self.args, getattr(self.generate, "num_classes", 0)
+        n = a.sample
+        y = (torch.arange(n) % nc).sort().values if nc else None
+        if nc:
+            kw["labels"] = y
+        x = self.generate(n, seed=a.seed, temperature=a.temperature, **kw)
+        png = save_grid(x, self.file("sample"), nrow=nrow or (int(math.ceil(n / nc)) if nc else None))
+        print(f"wrote {png} ({n} images, {self.which} generator, temperature {a.temperature}{note})")
+        return png
+
+    def interpolation(self, note="", **kw):
+        """``--interpolate K``: N latent walks of K steps (slerp), a grid and a GIF."""
+        from common.images import make_grid, save_gif, save_grid
+
+        a, nc = self.args, getattr(self.generate, "num_classes", 0)
+        n, k = a.sample, a.interpolate
+        gen = torch.Generator().manual_seed(a.seed)
+        keys = torch.randn(n + 1, self.generate.z_dim, generator=gen) * a.temperature
+        t = torch.linspace(0, 1, k).view(1, k, 1)
+        z = slerp(keys[:-1, None], keys[1:, None], t).reshape(n * k, -1)
+        if nc:
+            kw["labels"] = torch.randint(nc, (n,), generator=gen).repeat_interleave(k)
+        x = self.generate(z=z, **kw)
+        png = save_grid(x, self.file("interpolate"), nrow=k)
+        frames = [make_grid(x[i::k], nrow=int(math.ceil(math.sqrt(n)))) for i in range(k)]
+        gif = save_gif(frames + frames[::-1], self.file("interpolate", "gif"), last_ms=120)
+        print(f"wrote {png} and {gif} ({n} walks of {k} steps, {self.which} generator{note})")
+        return png
+
+
+def sample(script, args, load_generator):
+    """The standard ``--sample N [--interpolate K]`` command."""
+    s = Sampling(script, args, load_generator)
+    return s.interpolation() if args.interpolate else s.grid()
+
+
+def main(script, args, train, load_generator, sample=sample):
+    """Train, or sample with ``--sample``; a user's mistake ends in one line and status 1."""
+    try:
+        return sample(script, args, load_generator) if args.sample else train(args)
+    except UserError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
