@@ -139,7 +139,7 @@ def parse_args(argv=None):
     return args
 
 
-# ============================================================================ shared: command line
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
     """Flags that mean the same in every script; the paper's values come in as arguments,
     and ``sources`` names where in the paper each one comes from."""
@@ -196,7 +196,7 @@ def parse_with_resume(p, argv):
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -240,7 +240,7 @@ def all_ranks_mean(t, world):
     return t
 
 
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
@@ -260,7 +260,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
 
@@ -298,7 +298,7 @@ def recalibrate_batchnorm(ema, batches):
     ema.eval()
 
 
-# ============================================================================ shared: checkpoints
+# ============================================================ shared: checkpoints
 def rng_state():
     """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
     np_state = np.random.get_state()
@@ -361,7 +361,7 @@ def load_state(module, state, what):
         raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
-# ============================================================================ model
+# ============================================================ model
 def latents(n, z_dim, generator=None):
     """z ~ U[-1, 1]^Nz (Sec. 3.5)."""
     return torch.rand(n, z_dim, generator=generator) * 2 - 1
@@ -450,7 +450,7 @@ class Discriminator(nn.Module):
         return reconstruction_loss(v, self.reconstruct(v))
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def reconstruction_loss(v, reconstruction):
     """Eq. 1 with eta = 1: L(v) = |v - D(v)|, the mean absolute error over pixels, per sample, in fp32."""
     return (v.float() - reconstruction.float()).abs().flatten(1).mean(1)
@@ -484,7 +484,7 @@ def stalled(window_mean, best, tol=0.01):
     return window_mean > (1 - tol) * best
 
 
-# ============================================================================ training
+# ============================================================ training
 def build_models(args, channels, num_classes=0):
     """G and D (unconditional: num_classes is accepted for the common signature and unused)."""
     g = Decoder(args.z_dim, args.image_size, channels, args.n_filters, args.skip, args.bn)
@@ -728,7 +728,7 @@ def train(args):
     return {"out": out, "G": G, "D": D, "ema": ema}
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def slerp(a, b, t):
     """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -790,7 +790,7 @@ def sample(args):
     return png
 
 
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     import common
 

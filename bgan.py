@@ -140,7 +140,7 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
-# ============================================================================ shared: command line
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
     """Flags that mean the same in every script; the paper's values come in as arguments,
     and ``sources`` names where in the paper each one comes from."""
@@ -197,7 +197,7 @@ def parse_with_resume(p, argv):
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -241,7 +241,7 @@ def all_ranks_mean(t, world):
     return t
 
 
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
@@ -261,7 +261,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
 
@@ -299,7 +299,7 @@ def recalibrate_batchnorm(ema, batches):
     ema.eval()
 
 
-# ============================================================================ shared: checkpoints
+# ============================================================ shared: checkpoints
 def rng_state():
     """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
     np_state = np.random.get_state()
@@ -362,7 +362,7 @@ def load_state(module, state, what):
         raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
-# ============================================================================ model
+# ============================================================ model
 def widths(image_size, base):
     """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
     n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
@@ -438,7 +438,7 @@ class Discriminator(nn.Module):
         return self.out(self.net(x).flatten(1)).view(-1)
 
 
-# ============================================================================ discrete pixels
+# ============================================================ discrete pixels
 def draw(logits, m, kind, generator=None):
     """M samples per latent from G's per-pixel distribution, without gradient.
 
@@ -489,7 +489,7 @@ def decode(samples, kind, palette=None):
     return palette.to(samples.device)[samples].permute(0, 3, 1, 2)
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def d_loss(real_logits, fake_logits):
     """Algorithm 1, D's step: -log D(x) - log(1 - D(x^(m|n))) over the real batch and all N x M
     drawn samples, from logits (softplus = the BCE of the GAN objective without overflow)."""
@@ -524,7 +524,7 @@ def effective_sample_size(fake_logits, m):
     return (1.0 / w.pow(2).sum(1)).mean()
 
 
-# ============================================================================ training
+# ============================================================ training
 def data_kind(args, palette_folder=False):
     """continuous (--mode continuous), quantized (--data-mode quantized, or auto with a palette.json
     in --data-path), or binary."""
@@ -827,7 +827,7 @@ def train(args):
     return {"out": out, "G": G, "D": D, "ema": ema}
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def slerp(a, b, t):
     """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -906,7 +906,7 @@ def sample(args):
     return png
 
 
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     import common
 

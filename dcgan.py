@@ -10,28 +10,24 @@ beta1 0.5), batch 128, z ~ N(0, I) of size 100, weights from N(0, 0.02) (Sec. 4)
 
 Usage:
     python dcgan.py                                   # digits (embedded), 32x32
-    python dcgan.py --dataset celeba --data-path ~/data --image-size 64
     python dcgan.py --dataset folder --data-path ~/cats --image-size 64 --flip
     python dcgan.py --conditional                     # class-conditional (cGAN) on digits
     torchrun --nproc_per_node=8 dcgan.py --dataset cifar10 --data-path ~/data --amp bf16
     python dcgan.py --resume auto                     # continue the latest run
     python dcgan.py --sample 64 --checkpoint runs/dcgan/<run>   # grid from the EMA generator
-    python dcgan.py --sample 8 --interpolate 10 --checkpoint runs/dcgan/<run>
 
 Departures from the paper, and choices where it is silent:
 * Widths: ``--g-width``/``--d-width`` (default 64) are the channels of G's last hidden
-  layer and D's first; they double per resolution step down to 4x4 (capped at 8x).
-  Fig. 1's 64x64 LSUN generator (1024 channels at 4x4) is ``--g-width 128``; 64 follows
-  the common PyTorch reference and halves the cost on a CPU.
-* The discriminator outputs a logit and the loss uses softplus (= BCE with logits):
-  the same objective as sigmoid + log, without its overflow.
-* G's update reuses the fake batch of D's update (as the authors' dcgan.torch does)
-  instead of drawing a second z, saving one generator forward per step.
-* ``--conditional`` is the cGAN of Mirza & Osindero (2014) on this architecture: a
-  one-hot label appended to z in G and as constant input planes in D. Not in the paper.
-* EMA generator (not in the paper, see DESIGN.md): G's batch-norm running statistics
-  do not fit averaged weights, so before the EMA generator is used (grids, checkpoints)
-  its statistics are recomputed on fixed latents (``calibrate`` in ``train``).
+  layer and D's first, doubled per resolution step down to 4x4 (capped at 8x). Fig. 1's
+  64x64 generator (1024 channels at 4x4) is ``--g-width 128``; 64 halves the CPU cost.
+* D outputs a logit and the loss uses softplus (= BCE with logits): the objective of
+  sigmoid + log, without its overflow.
+* G's update reuses the fake batch of D's update (as the authors' dcgan.torch does).
+* ``--conditional`` is the cGAN of Mirza & Osindero (2014), not in the paper: a one-hot
+  label appended to z in G and as constant input planes in D.
+* EMA generator (not in the paper): batch-norm statistics copied from G do not fit the
+  averaged weights, so the run recomputes them on fixed latents (``calibrate``) before
+  the EMA generator draws a grid or is saved.
 """
 import argparse
 import copy
@@ -53,44 +49,36 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="DCGAN (Radford et al. 2016)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 4: mini-batch 128, Adam lr 2e-4 for both nets; z of size 100 (Fig. 1). The steps
-    # fit five minutes on a 2-core CPU for the embedded digits; the paper trains far longer.
+    # are a digits default; the paper trains far longer.
     add_common_args(p, batch_size=128, steps=1000, lr_g=2e-4, lr_d=2e-4, z_dim=100,
                     sources={"batch_size": "Sec. 4", "lr_g": "Sec. 4", "lr_d": "Sec. 4",
                              "z_dim": "Fig. 1"})
     m = p.add_argument_group("DCGAN")
-    m.add_argument("--g-width", type=int, default=64,
-                   help="channels of G's last hidden layer; doubles per resolution step "
-                        "(Fig. 1 uses 128 at 64x64)")
-    m.add_argument("--d-width", type=int, default=64,
-                   help="channels of D's first layer; doubles per resolution step")
-    m.add_argument("--beta1", type=float, default=0.5,
-                   help="Adam beta1 (Sec. 4: 0.9 oscillated, 0.5 is stable)")
-    m.add_argument("--beta2", type=float, default=0.999,
-                   help="Adam beta2 (Adam's default; the paper keeps it)")
+    m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "
+                   "doubled per resolution step (Fig. 1 is 128 at 64x64)")
+    m.add_argument("--d-width", type=int, default=64, help="channels of D's first layer")
+    m.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (Sec. 4: 0.9 oscillated)")
+    m.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (Adam's default)")
     m.add_argument("--conditional", action="store_true",
                    help="class-conditional G and D (cGAN, Mirza & Osindero 2014); needs labels")
     return parse_with_resume(p, argv)
 
 
-# ============================================================================ shared: command line
-DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"]
-
-
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
                     sources=None):
-    """The flags that mean the same in every script; the paper's values come in as arguments,
-    ``sources`` says where in the paper each one is."""
+    """The flags that mean the same in every script, with the paper's values and ``sources``."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--dataset", default="digits", choices=DATASETS, help="training data (digits: embedded)")
+    a("--dataset", default="digits", help="training data (digits: embedded)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
     a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
-    a("--batch-size", type=int, default=batch_size,
-      help="batch size per process" + paper.get("batch_size", ""))
+    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
     a("--steps", type=int, default=steps, help="number of generator updates")
     a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
     a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
@@ -103,14 +91,12 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    a("--eval-every", type=int, default=0,
-      help="steps between evaluations (FID, KID, precision/recall; best.pt kept); 0: off")
+    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
     a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-      help="data-loading processes for image folders")
+    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
     a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
@@ -121,22 +107,19 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
 def parse_with_resume(p, argv):
     """Parse argv and remember which flags were given, so a resumed run keeps the others."""
     args = p.parse_args(argv)
-    saved = {a.dest: a.default for a in p._actions}
-    for a in p._actions:
+    for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
-    for a in p._actions:
-        a.default = saved[a.dest]
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     from common import UserError
 
-    env = [int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))]
-    rank, world, local = env
+    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    world = max(world, 1)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
                           if device == "auto" else device)
     if device.type == "cuda":
@@ -157,21 +140,11 @@ def average_gradients(module, world):
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
-    flat /= world
-    i = 0
-    for g in grads:
-        g.copy_(flat[i : i + g.numel()].view_as(g))
-        i += g.numel()
+    for g, f in zip(grads, flat.div_(world).split([g.numel() for g in grads])):
+        g.copy_(f.view_as(g))
 
 
-def broadcast_module(module, world):
-    """Make every rank start from rank 0's parameters and buffers."""
-    if world > 1:
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, 0)
-
-
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
@@ -192,7 +165,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, d = min(decay, (1 + t) / (10 + t)); buffers copied.
 
@@ -206,7 +179,7 @@ def ema_update(ema, model, decay, step):
             be.copy_(bm)
 
 
-# ============================================================================ model
+# ============================================================ model
 def widths(image_size, base):
     """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
     n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
@@ -215,13 +188,10 @@ def widths(image_size, base):
 
 def init_weights(m):
     """Sec. 4: all weights from N(0, 0.02); batch-norm gains from N(1, 0.02), biases 0."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
+        nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.BatchNorm2d):
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.zeros_(m.bias)
 
 
 def one_hot(y, num_classes, dtype):
@@ -242,8 +212,7 @@ class Generator(nn.Module):
         for cin, cout in zip(w[:-1], w[1:]):
             layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
                        nn.ReLU(True)]
-        # No batch norm on G's output (Sec. 3).
-        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # no BN (Sec. 3)
         self.net = nn.Sequential(*layers)
 
     def forward(self, z, y=None):
@@ -282,7 +251,7 @@ def build_models(args, channels, num_classes):
     return g, d
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def d_loss(real_logits, fake_logits):
     """Goodfellow et al. 2014, Eq. 1, for D: -log D(x) - log(1 - D(G(z))), from logits."""
     return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
@@ -293,7 +262,7 @@ def g_loss(fake_logits):
     return F.softplus(-fake_logits.float()).mean()
 
 
-# ============================================================================ training
+# ============================================================ training
 def check_args(args):
     from common import UserError
 
@@ -304,34 +273,18 @@ def check_args(args):
         raise UserError("--g-width and --d-width must be at least 1")
 
 
-def fixed_inputs(n, z_dim, num_classes, seed, device):
-    """n latents (and labels) from a private generator, so drawing them never moves the
-    training RNG: the grid's and those that calibrate the EMA generator's batch norm."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, z_dim, generator=g).to(device)
-    if not num_classes:
-        return z, None
-    return z, torch.arange(n).remainder(num_classes).sort().values.to(device)
-
-
 def train(args):
-    from common import UserError
-    from common.run import Run
+    from common.run import Run, fixed_inputs
 
     rank, world, device = setup_distributed(args.device)
     run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
-    if args.conditional and not data.num_classes:
-        raise UserError(f"--conditional needs labelled data, and {args.dataset} has no classes "
-                        "(use class sub-folders)")
+    data = run.dataset(labels=args.conditional)
     nc = data.num_classes if args.conditional else 0
     batches = run.batches(data)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     G, D = (m.to(device, memory_format=torch.channels_last)
             for m in build_models(args, data.channels, nc))
-    broadcast_module(G, world)
-    broadcast_module(D, world)
     ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay > 0 else None
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
@@ -372,30 +325,24 @@ def train(args):
     return run.finish()
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def load_generator(path, device="cpu", use_ema=True):
     """generate(n, seed=0, temperature=1.0, z=None, labels=None) -> images in [-1, 1] from a
     checkpoint's EMA generator (or raw G), for --sample and the evaluation tools."""
     from common.run import Generate
 
-    return Generate(SCRIPT, path, device, use_ema, build_generator)
+    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
-def build_generator(run, ckpt):
-    """G as a checkpoint's flags (``run``) and data (``ckpt``) built it."""
-    return Generator(run.z_dim, run.image_size, ckpt["channels"], run.g_width, ckpt["num_classes"])
-
-
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     args = parse_args(argv)
     try:
         from common.run import main as run_main
-    except ModuleNotFoundError as e:
+    except ModuleNotFoundError as e:  # a copy of this file alone: models and losses only
         if e.name != "common":
             raise
-        sys.exit(f"{SCRIPT}: error: training and sampling need the common/ package: copy it "
-                 f"from the GAN zoo into the folder of {SCRIPT}.py")
+        sys.exit(f"{SCRIPT}: error: training and sampling need common/: copy it beside {SCRIPT}.py")
     return run_main(SCRIPT, args, train, load_generator)
 
 

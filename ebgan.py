@@ -91,7 +91,7 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
-# ============================================================================ shared: command line
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
     """Flags that mean the same in every script; the paper's values come in as arguments,
     and ``sources`` names where in the paper each one comes from."""
@@ -148,7 +148,7 @@ def parse_with_resume(p, argv):
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -192,7 +192,7 @@ def all_ranks_mean(t, world):
     return t
 
 
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
@@ -212,7 +212,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
 
@@ -250,7 +250,7 @@ def recalibrate_batchnorm(ema, batches):
     ema.eval()
 
 
-# ============================================================================ shared: checkpoints
+# ============================================================ shared: checkpoints
 def rng_state():
     """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
     np_state = np.random.get_state()
@@ -313,7 +313,7 @@ def load_state(module, state, what):
         raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
-# ============================================================================ model
+# ============================================================ model
 def widths(image_size, base):
     """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
     n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
@@ -374,7 +374,7 @@ class Discriminator(nn.Module):
         return energy(x, self.decoder(s)), s.flatten(1)
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def energy(x, reconstruction):
     """Sec. 2.3: D(x) = ||Dec(Enc(x)) - x||, the L2 norm of each sample's reconstruction error, in fp32."""
     return torch.linalg.vector_norm((reconstruction.float() - x.float()).flatten(1), dim=1)
@@ -404,7 +404,7 @@ def g_loss(fake_out, pt_weight=0.1):
     return loss + pt_weight * pulling_away(s) if pt_weight else loss
 
 
-# ============================================================================ training
+# ============================================================ training
 def build_models(args, channels, num_classes=0):
     """G and D (unconditional: num_classes is accepted for the common signature and unused)."""
     g = Generator(args.z_dim, args.image_size, channels, args.g_width)
@@ -623,7 +623,7 @@ def train(args):
     return {"out": out, "G": G, "D": D, "ema": ema}
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def slerp(a, b, t):
     """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -685,7 +685,7 @@ def sample(args):
     return png
 
 
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     import common
 

@@ -99,7 +99,7 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
-# ============================================================================ shared: command line
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
     """Flags that mean the same in every script; the paper's values come in as arguments,
     and ``sources`` names where in the paper each one comes from."""
@@ -156,7 +156,7 @@ def parse_with_resume(p, argv):
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -200,7 +200,7 @@ def all_ranks_mean(t, world):
     return t
 
 
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
@@ -220,7 +220,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
 
@@ -258,7 +258,7 @@ def recalibrate_batchnorm(ema, batches):
     ema.eval()
 
 
-# ============================================================================ shared: checkpoints
+# ============================================================ shared: checkpoints
 def rng_state():
     """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
     np_state = np.random.get_state()
@@ -321,7 +321,7 @@ def load_state(module, state, what):
         raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
-# ============================================================================ model
+# ============================================================ model
 def widths(image_size, base):
     """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
     n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
@@ -424,7 +424,7 @@ class PaperDiscriminator(nn.Module):
     forward = Discriminator.forward  # label planes on the input (--conditional), convs, fc
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def d_loss(real_out, fake_out, a=0.0, b=1.0):
     """Eq. 2, for D: 1/2 E[(D(x) - b)^2] + 1/2 E[(D(G(z)) - a)^2], on D's raw output (no sigmoid)."""
     return 0.5 * (real_out.float() - b).pow(2).mean() + 0.5 * (fake_out.float() - a).pow(2).mean()
@@ -440,7 +440,7 @@ def coding(args):
     return tuple(v if v is not None else d for v, d in zip((args.a, args.b, args.c), CODINGS[args.coding]))
 
 
-# ============================================================================ training
+# ============================================================ training
 def make_generator(args, channels, num_classes):
     cls = PaperGenerator if args.arch == "paper" else Generator
     return cls(args.z_dim, args.image_size, channels, args.g_width, num_classes)
@@ -664,7 +664,7 @@ def train(args):
     return {"out": out, "G": G, "D": D, "ema": ema}
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def slerp(a, b, t):
     """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -731,7 +731,7 @@ def sample(args):
     return png
 
 
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     import common
 

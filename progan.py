@@ -121,7 +121,7 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
-# ============================================================================ shared: command line
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
     """Flags that mean the same in every script; the paper's values come in as arguments,
     and ``sources`` names where in the paper each one comes from."""
@@ -178,7 +178,7 @@ def parse_with_resume(p, argv):
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -222,7 +222,7 @@ def all_ranks_mean(t, world):
     return t
 
 
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
@@ -242,7 +242,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
 
@@ -280,7 +280,7 @@ def recalibrate_batchnorm(ema, batches):
     ema.eval()
 
 
-# ============================================================================ shared: checkpoints
+# ============================================================ shared: checkpoints
 def rng_state():
     """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
     np_state = np.random.get_state()
@@ -343,7 +343,7 @@ def load_state(module, state, what):
         raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
-# ============================================================================ model
+# ============================================================ model
 def feature_maps(log2_res, fmap_base=8192, fmap_max=512):
     """Channels at resolution 2^r: min(fmap_base / 2^(r-1), fmap_max), the official nf(r - 1);
     Table 2's 512 up to 32x32, then 256, 128, 64, 32, 16 at 64 ... 1024 with the defaults."""
@@ -494,7 +494,7 @@ class Discriminator(nn.Module):
         return self.out(lrelu(self.dense(h.flatten(1)))).view(-1)
 
 
-# ============================================================================ growing schedule
+# ============================================================ growing schedule
 def schedule(images, fade, stable, n_stages):
     """(stage, alpha, phase) for the next step, after ``images`` real images shown to D
     (Sec. 3, A.1; the official TrainingSchedule): stage 0 (4x4) stabilises for ``stable``
@@ -560,7 +560,7 @@ def batch_at(args, res):
     return parse_batch_sizes(args.batch_sizes).get(res, args.batch_size)
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def d_loss(real_scores, fake_scores, eps_drift=0.001):
     """WGAN-GP's critic loss without its penalty (Gulrajani et al. Eq. 3), E[D(G(z))] - E[D(x)],
     plus Sec. A.1's drift term eps_drift E[D(x)^2], which keeps D's output near zero."""
@@ -588,7 +588,7 @@ def gradient_penalty(hat_scores, x_hat, scale=1.0):
     return ((norm - 1) ** 2).mean()
 
 
-# ============================================================================ training
+# ============================================================ training
 def build_models(args, channels, num_classes):
     g = Generator(args.z_dim, args.image_size, channels, args.fmap_base, args.fmap_max)
     d = Discriminator(args.image_size, channels, args.fmap_base, args.fmap_max, args.mbstd_group)
@@ -843,7 +843,7 @@ def train(args):
     return {"out": out, "G": G, "D": D, "ema": ema}
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def slerp(a, b, t):
     """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -907,7 +907,7 @@ def sample(args):
     return png
 
 
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     import common
 

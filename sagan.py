@@ -128,7 +128,7 @@ def parse_args(argv=None):
     return args
 
 
-# ============================================================================ shared: command line
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
     """Flags that mean the same in every script; the paper's values come in as arguments,
     and ``sources`` names where in the paper each one comes from."""
@@ -185,7 +185,7 @@ def parse_with_resume(p, argv):
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -229,7 +229,7 @@ def all_ranks_mean(t, world):
     return t
 
 
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
@@ -249,7 +249,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
 
@@ -287,7 +287,7 @@ def recalibrate_batchnorm(ema, batches):
     ema.eval()
 
 
-# ============================================================================ shared: checkpoints
+# ============================================================ shared: checkpoints
 def rng_state():
     """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
     np_state = np.random.get_state()
@@ -350,7 +350,7 @@ def load_state(module, state, what):
         raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
-# ============================================================================ model
+# ============================================================ model
 def sn(layer):
     """Orthogonal init (Saxe et al. 2014; the paper does not name its init, BigGAN's SAGAN
     baseline uses this one), zero bias, then spectral norm (Miyato
@@ -514,7 +514,7 @@ class Discriminator(nn.Module):
         return out
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def d_loss(real_scores, fake_scores):
     """Eq. 4, D's hinge loss: E[max(0, 1 - D(x, y))] + E[max(0, 1 + D(G(z), y))]."""
     return F.relu(1 - real_scores.float()).mean() + F.relu(1 + fake_scores.float()).mean()
@@ -525,7 +525,7 @@ def g_loss(fake_scores):
     return -fake_scores.float().mean()
 
 
-# ============================================================================ training
+# ============================================================ training
 def build_models(args, channels, num_classes):
     g = Generator(args.z_dim, args.image_size, channels, args.g_width, num_classes, args.attention_res, args.shared_dim)
     d = Discriminator(args.image_size, channels, args.d_width, num_classes, args.attention_res)
@@ -767,7 +767,7 @@ def train(args):
     return {"out": out, "G": G, "D": D, "ema": ema}
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def slerp(a, b, t):
     """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -881,7 +881,7 @@ def sample(args):
     return png
 
 
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     import common
 

@@ -160,7 +160,7 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
-# ============================================================================ shared: command line
+# ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
     """Flags that mean the same in every script; the paper's values come in as arguments,
     and ``sources`` names where in the paper each one comes from."""
@@ -217,7 +217,7 @@ def parse_with_resume(p, argv):
     return args
 
 
-# ============================================================================ shared: distributed
+# ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
@@ -261,7 +261,7 @@ def all_ranks_mean(t, world):
     return t
 
 
-# ============================================================================ shared: mixed precision
+# ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
     return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
@@ -281,7 +281,7 @@ def optimizer_step(loss, opt, scaler, module, world):
     scaler.update()
 
 
-# ============================================================================ shared: EMA
+# ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
     """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
 
@@ -319,7 +319,7 @@ def recalibrate_batchnorm(ema, batches):
     ema.eval()
 
 
-# ============================================================================ shared: checkpoints
+# ============================================================ shared: checkpoints
 def rng_state():
     """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
     np_state = np.random.get_state()
@@ -382,7 +382,7 @@ def load_state(module, state, what):
         raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
-# ============================================================================ model
+# ============================================================ model
 def channels_at(res, base, cmax):
     """Config F's widths: base / res, capped (32768 / res, at most 512)."""
     return max(1, min(base // res, cmax))
@@ -664,7 +664,7 @@ class Discriminator(nn.Module):
             return self.out(self.fc(x.flatten(1))).view(-1)
 
 
-# ============================================================================ augmentation
+# ============================================================ augmentation
 def diff_augment(x, policy="color,translation,cutout"):
     """DiffAugment (Zhao et al. 2020): differentiable colour (brightness, saturation,
     contrast), translation by up to 1/8 of the size (zero fill) and a cutout of half the size."""
@@ -694,7 +694,7 @@ def diff_augment(x, policy="color,translation,cutout"):
     return x
 
 
-# ============================================================================ loss
+# ============================================================ loss
 def d_loss(real_logits, fake_logits):
     """The non-saturating logistic loss (Goodfellow et al. 2014; App. B): softplus(D(G(z))) + softplus(-D(x))."""
     return F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
@@ -746,7 +746,7 @@ def lazy_adam(params, lr, betas, every):
     return torch.optim.Adam(params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8), c
 
 
-# ============================================================================ training
+# ============================================================ training
 def build_models(args, channels, num_classes):
     amp = getattr(args, "amp", "off") != "off"
     fp16_res = args.fp16_res if amp else 0
@@ -985,7 +985,7 @@ def train(args):
     return {"out": out, "G": G, "D": D, "ema": ema}
 
 
-# ============================================================================ sampling
+# ============================================================ sampling
 def slerp(a, b, t):
     """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -1075,7 +1075,7 @@ def sample(args):
     return png
 
 
-# ============================================================================ main
+# ============================================================ main
 def main(argv=None):
     import common
 

@@ -50,7 +50,8 @@ def find_checkpoint(script, resume, out=None):
         return found[-1]
     path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {resume!r} not found; give a .pt file, a run directory, or auto")
+        raise UserError(f"checkpoint {resume!r} not found; "
+                        "give a .pt file, a run directory, or auto")
     return path
 
 
@@ -88,8 +89,8 @@ def load_checkpoint(path, script, device="cpu"):
                         "is it a checkpoint of this project?") from None
     if not isinstance(ckpt, dict) or ckpt.get("script") != script:
         other = ckpt.get("script") if isinstance(ckpt, dict) else None
-        raise UserError(f"{path!r} is a checkpoint of {other or 'something else'}, not {script}.py; "
-                        f"use {other or 'the matching'}.py with it")
+        raise UserError(f"{path!r} is a checkpoint of {other or 'something else'}, "
+                        f"not {script}.py; use {other or 'the matching'}.py with it")
     return ckpt
 
 

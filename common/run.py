@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from common import UserError
-from common.checkpoints import (find_checkpoint, last_good, load_checkpoint, load_state,  # noqa: F401
-                                new_run_dir, plain_args, read_metrics, rng_state, run_dir_of,
-                                save_checkpoint, seed_everything, set_rng_state, write_args)
+from common.checkpoints import (  # noqa: F401 - find_checkpoint, read_metrics: for the tools
+    find_checkpoint, last_good, load_checkpoint, load_state, new_run_dir, plain_args, read_metrics,
+    rng_state, run_dir_of, save_checkpoint, seed_everything, set_rng_state, write_args)
 
 
 def all_ranks_mean(t, world):
@@ -79,6 +79,16 @@ def recalibrate_batchnorm(model, batches):
     model.eval()
 
 
+def fixed_inputs(n, z_dim, num_classes, seed, device, latent=torch.randn):
+    """n latents (and labels, a row of n / num_classes per class) from a private generator,
+    so drawing them never moves the training RNG: for the grids, or the latents that
+    recalibrate an EMA generator's batch norm."""
+    z = latent(n, z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    if not num_classes:
+        return z, None
+    return z, torch.arange(n).remainder(num_classes).sort().values.to(device)
+
+
 def check_common_args(args):
     """Ranges of the shared flags (the script checks its own)."""
     for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every", "z_dim"):
@@ -101,7 +111,8 @@ class Run:
     """
 
     def __init__(self, script, args, rank, world, device, check=None):
-        self.script, self.args, self.rank, self.world, self.device = script, args, rank, world, device
+        self.script, self.args, self.device = script, args, device
+        self.rank, self.world = rank, world
         if args.amp == "fp16" and device.type != "cuda":
             raise UserError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
         self.resumed = None
@@ -118,8 +129,9 @@ class Run:
         self.step, self.out, self.data, self.metrics, self.pbar = 0, args.out, None, None, None
 
     # ------------------------------------------------------------------ data
-    def dataset(self):
-        """The dataset the shared flags name (downloaded first on rank 0 with --download)."""
+    def dataset(self, labels=False):
+        """The dataset the shared flags name (downloaded first on rank 0 with --download);
+        ``labels``: a conditional model's, which needs classes."""
         from common.data import download_dataset, load_dataset
 
         a = self.args
@@ -129,6 +141,9 @@ class Run:
             if self.world > 1:
                 dist.barrier()
         self.data = load_dataset(a.dataset, a.data_path, a.image_size, a.channels)
+        if labels and not self.data.num_classes:
+            raise UserError(f"--conditional needs labelled data, and {a.dataset} has no classes "
+                            "(use class sub-folders)")
         return self.data
 
     def batches(self, data, batch_size=None):
@@ -155,6 +170,10 @@ class Run:
         self.state, self.grid, self.calibrate = state, grid, calibrate
         self.info = dict(info or {})
         self.total = total or self.args.steps
+        for m in state.values():  # every rank starts from rank 0's weights
+            if isinstance(m, nn.Module) and self.world > 1:
+                for t in list(m.parameters()) + list(m.buffers()):
+                    dist.broadcast(t.data, 0)
         ckpt = self.resumed
         if ckpt is None:
             seed_everything(self.args.seed + self.rank)
@@ -164,15 +183,16 @@ class Run:
             self.out = self.args.out = (self.args.out if ckpt is not None
                                         else new_run_dir(self.script, self.args.out))
             write_args(self.out, self.args)
+            a = self.args
             self.metrics = Metrics(self.out, resume_step=self.step if ckpt else None,
-                                   tensorboard=self.args.tensorboard,
-                                   evaluate_dataset=self.args.dataset if self.args.eval_every else None)
+                                   tensorboard=a.tensorboard,
+                                   evaluate_dataset=a.dataset if a.eval_every else None)
             print(self._banner(note), flush=True)
         from tqdm import tqdm
 
         self.pbar = tqdm(total=self.total, initial=self.step, disable=self.rank != 0,
                          dynamic_ncols=True, desc=self.script)
-        self.acc, self.keys, self.n_acc, self.n_img, self.t_log = None, None, 0, 0, time.perf_counter()
+        self.acc, self.n_acc, self.n_img, self.t_log = None, 0, 0, time.perf_counter()
         return self.step
 
     def _restore(self, ckpt):
@@ -366,7 +386,8 @@ class Metrics:
         self.file.flush()
         if self.writer is not None and "step" in values:
             for k, v in values.items():
-                if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                number = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if number and k not in ("step", "time"):
                     self.writer.add_scalar(k, v, values["step"])
 
     def image(self, tag, step, png):
@@ -393,8 +414,9 @@ class Metrics:
         py, npy = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             res = evaluation.evaluate(checkpoint, num_samples=num_samples,
-                                      num_real=max(num_samples, 1000), metrics=("fid", "kid", "prc"),
-                                      device="cpu" if not torch.cuda.is_available() else "auto")
+                                      num_real=max(num_samples, 1000),
+                                      metrics=("fid", "kid", "prc"),
+                                      device="auto" if torch.cuda.is_available() else "cpu")
         random.setstate(py)
         np.random.set_state(npy)
         names = ("fid", "kid", "precision", "recall", "coverage", "confidence")
@@ -437,7 +459,7 @@ class Generate:
     """``generate(n, seed=0, temperature=1.0, z=None, labels=None, **kw)`` -> images in [-1, 1]
     from a checkpoint's EMA generator (or raw G), in chunks of 256; ``kw`` go to G's forward.
 
-    ``build(run, ckpt)`` makes G from the run's flags and the checkpoint's plain values;
+    ``build(run, channels, num_classes)`` is the script's ``build_models`` (G is its first);
     ``latent(n, z_dim, generator=g)`` draws z (default N(0, I)). It carries ``model``,
     ``z_dim``, ``num_classes``, ``used_ema`` and ``run`` (the run's flags).
     """
@@ -447,7 +469,7 @@ class Generate:
         self.run, self.device, self.latent = argparse.Namespace(**ckpt["args"]), device, latent
         self.z_dim, self.num_classes = self.run.z_dim, ckpt.get("num_classes", 0)
         self.used_ema = use_ema and ckpt.get("ema") is not None
-        self.model = build(self.run, ckpt).to(device)
+        self.model = build(self.run, ckpt["channels"], self.num_classes)[0].to(device)
         load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
         self.model.eval()
 
@@ -467,7 +489,8 @@ class Generate:
 
 def sample_device(name):
     """The device for ``--sample`` (``auto``: CUDA when there is one)."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if name == "auto" else name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but CUDA is not available; use --device cpu")
     return device
@@ -503,8 +526,10 @@ class Sampling:
         if nc:
             kw["labels"] = y
         x = self.generate(n, seed=a.seed, temperature=a.temperature, **kw)
-        png = save_grid(x, self.file("sample"), nrow=nrow or (int(math.ceil(n / nc)) if nc else None))
-        print(f"wrote {png} ({n} images, {self.which} generator, temperature {a.temperature}{note})")
+        nrow = nrow or (int(math.ceil(n / nc)) if nc else None)
+        png = save_grid(x, self.file("sample"), nrow=nrow)
+        print(f"wrote {png} ({n} images, {self.which} generator, "
+              f"temperature {a.temperature}{note})")
         return png
 
     def interpolation(self, note="", **kw):
