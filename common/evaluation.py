@@ -1,4 +1,5 @@
-"""Sample quality: the digits classifier and the evaluation protocol (FID, KID, IS, precision/recall).
+"""Sample quality: the digits classifier and the evaluation protocol
+(FID, KID, IS, precision/recall).
 
 Two layers, shared by ``tools/digits_metric.py``, ``tools/evaluate.py``, ``tools/compare.py``
 and the evaluation during training (``--eval-every``, ``common.run.Metrics``); the tools are
@@ -39,6 +40,7 @@ the same extractor's features (the paper uses VGG-16; recorded in the protocol).
 torch-fidelity is imported only when an evaluation runs; ``common.run`` imports this module
 only when a run evaluates, so that neither costs a training run that does not.
 """
+
 import hashlib
 import json
 import os
@@ -58,7 +60,7 @@ METRICS = ("fid", "kid", "isc", "prc")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 
-# ----------------------------------------------------------------------------- the digits classifier
+# ---------------------------------------------------------------------- the digits classifier
 class DigitsNet(nn.Module):
     """Three conv blocks (conv 3x3, batch norm, ReLU, max-pool) and a 128-unit feature layer."""
 
@@ -66,7 +68,12 @@ class DigitsNet(nn.Module):
         super().__init__()
         blocks = []
         for cin, cout in ((1, 32), (32, 64), (64, 128)):
-            blocks += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         self.features = nn.Sequential(*blocks, nn.Flatten(), nn.Linear(128 * 4 * 4, 128), nn.ReLU())
         self.head = nn.Linear(128, 10)
 
@@ -75,8 +82,11 @@ class DigitsNet(nn.Module):
 
 
 def cache_dir():
-    """Where the classifier and torch-fidelity's real-feature cache live: $GAN_ZOO_CACHE or ~/.cache/gan_zoo."""
-    return os.environ.get("GAN_ZOO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "gan_zoo"))
+    """Where the classifier and torch-fidelity's real-feature cache live:
+    $GAN_ZOO_CACHE or ~/.cache/gan_zoo."""
+    return os.environ.get(
+        "GAN_ZOO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "gan_zoo")
+    )
 
 
 def classifier_path():
@@ -184,10 +194,14 @@ def as_trained(x, module, run_args):
     digits its binary G learns), else ``x``. Returns (images, a description or None)."""
     if not hasattr(module, "real_view"):
         return x, None
-    return module.real_view(x, run_args), f"{module.SCRIPT}.real_view: the real images as the script's generator is trained to produce them"
+    return (
+        module.real_view(x, run_args),
+        f"{module.SCRIPT}.real_view: the real images as the script's generator is trained"
+        " to produce them",
+    )
 
 
-# ----------------------------------------------------------------------------- the torch-fidelity protocol
+# ---------------------------------------------------------------------- the torch-fidelity protocol
 def sha256(path):
     """Hex SHA-256 of a file: the protocol records which feature-extractor weights made a number."""
     h = hashlib.sha256()
@@ -243,7 +257,9 @@ def digits_extractor_class():
             if x.shape[1] == 3:
                 x = x.mean(1, keepdim=True)
             if x.shape[-1] != 32:
-                x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+                x = torch.nn.functional.interpolate(
+                    x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True
+                )
             f = self.net.features(x)
             out = {"128": f.double(), "logits_unbiased": self.net.head(f)}
             return tuple(out[k] for k in self.features_list)
@@ -264,9 +280,19 @@ def extractor(kind, weights):
         classifier()  # trains and caches it once
         path = classifier_path()
         layers = {"fid": "128", "kid": "128", "prc": "128", "isc": "logits_unbiased"}
-        # The name is part of the saved protocol (and of eval_step*_digits.json's file name): keep it as it is.
-        return "gan-zoo-digits", {}, {"name": "digits classifier (tools/digits_metric.py)", "layers": layers, "weights": path,
-                                      "weights_sha256": sha256(path), "resize": "bilinear (antialiased) to 32x32, grey"}
+        # The name is part of the saved protocol (and of eval_step*_digits.json's file name):
+        # keep it as it is.
+        return (
+            "gan-zoo-digits",
+            {},
+            {
+                "name": "digits classifier (tools/digits_metric.py)",
+                "layers": layers,
+                "weights": path,
+                "weights_sha256": sha256(path),
+                "resize": "bilinear (antialiased) to 32x32, grey",
+            },
+        )
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
     if weights is None:  # torch's hub cache, where torch-fidelity's own download lands
@@ -277,14 +303,32 @@ def extractor(kind, weights):
                 torch.hub.load_state_dict_from_url(URL_INCEPTION_V3, progress=False)
                 weights = cached
             except Exception as e:  # noqa: BLE001 - offline, proxy, ...
-                raise UserError(f"the FID Inception weights are not on disk and could not be downloaded ({type(e).__name__}); "
-                                f"download {URL_INCEPTION_V3} and pass --inception-weights PATH (or put it in {os.path.dirname(cached)})") from None
+                raise UserError(
+                    "the FID Inception weights are not on disk and could not be downloaded "
+                    f"({type(e).__name__}); "
+                    f"download {URL_INCEPTION_V3} and pass --inception-weights PATH "
+                    f"(or put it in {os.path.dirname(cached)})"
+                ) from None
     elif not os.path.isfile(weights):
-        raise UserError(f"--inception-weights {weights!r} not found; it is {INCEPTION_FILE} from {URL_INCEPTION_V3}")
+        raise UserError(
+            f"--inception-weights {weights!r} not found; it is {INCEPTION_FILE} from "
+            f"{URL_INCEPTION_V3}"
+        )
     layers = {"fid": "2048", "kid": "2048", "prc": "2048", "isc": "logits_unbiased"}
-    return "inception-v3-compat", {"feature_extractor_weights_path": weights}, {
-        "name": "inception-v3-compat (torch-fidelity, FID Inception 2015-12-05)", "layers": layers, "weights": weights,
-        "weights_sha256": sha256(weights), "resize": "TensorFlow-compatible bilinear to 299x299 inside the extractor; grey repeated to RGB"}
+    return (
+        "inception-v3-compat",
+        {"feature_extractor_weights_path": weights},
+        {
+            "name": "inception-v3-compat (torch-fidelity, FID Inception 2015-12-05)",
+            "layers": layers,
+            "weights": weights,
+            "weights_sha256": sha256(weights),
+            "resize": (
+                "TensorFlow-compatible bilinear to 299x299 inside the extractor; "
+                "grey repeated to RGB"
+            ),
+        },
+    )
 
 
 def generated_images(source, n, seed, use_ema, device, image_size):
@@ -299,11 +343,24 @@ def generated_images(source, n, seed, use_ema, device, image_size):
             raise UserError(f"{path!r} is not a checkpoint of this project")
         module = load_script(ckpt["script"])
         generate = module.load_generator(path, device, use_ema=use_ema)
-        x = torch.cat([to_uint8(generate(z=None, n=min(500, n - i), seed=seed + i)) for i in range(0, n, 500)])
+        x = torch.cat(
+            [to_uint8(generate(z=None, n=min(500, n - i), seed=seed + i)) for i in range(0, n, 500)]
+        )
         run = ckpt["args"]
-        info = {"checkpoint": path, "script": ckpt["script"], "step": ckpt["step"], "generator": "EMA" if generate.used_ema else "raw",
-                "seed": seed, "dataset": run.get("dataset"), "data_path": run.get("data_path"), "image_size": x.shape[-1]}
-        info["as_trained"] = (module, run)  # for the real side (as_trained); not part of the protocol
+        info = {
+            "checkpoint": path,
+            "script": ckpt["script"],
+            "step": ckpt["step"],
+            "generator": "EMA" if generate.used_ema else "raw",
+            "seed": seed,
+            "dataset": run.get("dataset"),
+            "data_path": run.get("data_path"),
+            "image_size": x.shape[-1],
+        }
+        info["as_trained"] = (
+            module,
+            run,
+        )  # for the real side (as_trained); not part of the protocol
         return x, info
     from common.data import FolderData
 
@@ -319,20 +376,44 @@ def to_uint8(x):
 
 
 def real_images(dataset, data_path, image_size, channels, n, seed):
-    """uint8 training images (all, or ``n`` drawn with ``seed``) and a description, through common.data."""
+    """uint8 training images (all, or ``n`` drawn with ``seed``) and a description,
+    through common.data."""
     from common.data import load_dataset
 
     data = load_dataset(dataset, data_path, image_size, channels)
     idx = torch.arange(len(data))
     if n and n < len(data):
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        idx = (
+            torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+            .sort()
+            .values
+        )
     x = data.images[idx] if hasattr(data, "images") else torch.stack([data[int(i)][0] for i in idx])
-    return x, {"dataset": dataset, "data_path": data_path, "split": "train (the split the training scripts read)",
-               "num_real": len(x), "of": len(data), "resize": f"common.data's loader to {image_size}x{image_size}"}
+    return x, {
+        "dataset": dataset,
+        "data_path": data_path,
+        "split": "train (the split the training scripts read)",
+        "num_real": len(x),
+        "of": len(data),
+        "resize": f"common.data's loader to {image_size}x{image_size}",
+    }
 
 
-def evaluate(source, dataset=None, data_path=None, num_samples=50000, num_real=0, metrics=METRICS, feature_extractor="auto",
-             inception_weights=None, use_ema=True, seed=0, device="cpu", image_size=None, batch_size=64):
+def evaluate(
+    source,
+    dataset=None,
+    data_path=None,
+    num_samples=50000,
+    num_real=0,
+    metrics=METRICS,
+    feature_extractor="auto",
+    inception_weights=None,
+    use_ema=True,
+    seed=0,
+    device="cpu",
+    image_size=None,
+    batch_size=64,
+):
     """Compute the metrics of ``source`` (a checkpoint, a run directory or a folder of images)
     against the real ``dataset``; returns {"metrics": {...}, "protocol": {...}}.
 
@@ -344,13 +425,21 @@ def evaluate(source, dataset=None, data_path=None, num_samples=50000, num_real=0
 
     import torch_fidelity
 
-    warnings.filterwarnings("ignore", message="This DataLoader will create")  # torch-fidelity's loader on a 2-core machine
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    warnings.filterwarnings(
+        "ignore", message="This DataLoader will create"
+    )  # torch-fidelity's loader on a 2-core machine
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
     t0 = time.time()
     fake, gen_info = generated_images(source, num_samples, seed, use_ema, device, image_size)
     dataset = dataset or gen_info.get("dataset") or "digits"
     data_path = data_path if data_path is not None else gen_info.get("data_path")
-    kind = ("digits" if dataset == "digits" else "inception") if feature_extractor == "auto" else feature_extractor
+    kind = (
+        ("digits" if dataset == "digits" else "inception")
+        if feature_extractor == "auto"
+        else feature_extractor
+    )
     module_and_args = gen_info.pop("as_trained", None)
     real, real_info = real_images(dataset, data_path, fake.shape[-1], fake.shape[1], num_real, seed)
     if module_and_args is not None and dataset == gen_info.get("dataset"):  # compare like with like
@@ -362,28 +451,65 @@ def evaluate(source, dataset=None, data_path=None, num_samples=50000, num_real=0
     name, kwargs, ext_info = extractor(kind, inception_weights)
     n_min = min(len(fake), len(real))
     if "prc" in metrics and n_min <= 3:
-        raise UserError("precision/recall needs more than 3 images on each side; raise --num-samples")
+        raise UserError(
+            "precision/recall needs more than 3 images on each side; raise --num-samples"
+        )
     kid_size = min(1000, n_min)
     rgb = kind == "inception"
-    # The real side's features are cached on disk (torch-fidelity's cache), keyed by everything that defines them.
-    key = json.dumps([real_info, ext_info["weights_sha256"], seed, list(real.shape)], sort_keys=True, default=str)
-    cache = {"cache": True, "cache_root": os.path.join(cache_dir(), "fidelity"),
-             "input2_cache_name": f"real-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"}
+    # The real side's features are cached on disk (torch-fidelity's cache), keyed by everything
+    # that defines them.
+    key = json.dumps(
+        [real_info, ext_info["weights_sha256"], seed, list(real.shape)], sort_keys=True, default=str
+    )
+    cache = {
+        "cache": True,
+        "cache_root": os.path.join(cache_dir(), "fidelity"),
+        "input2_cache_name": f"real-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}",
+    }
     out = torch_fidelity.calculate_metrics(
-        input1=Images(fake, rgb), input2=Images(real, rgb), cuda=device.type == "cuda", batch_size=batch_size,
-        fid="fid" in metrics, kid="kid" in metrics, isc="isc" in metrics, prc="prc" in metrics,
-        feature_extractor=name, feature_layer_fid=ext_info["layers"]["fid"], feature_layer_kid=ext_info["layers"]["kid"],
-        feature_layer_isc=ext_info["layers"]["isc"], feature_layer_prc=ext_info["layers"]["prc"],
-        kid_subset_size=kid_size, rng_seed=seed, verbose=False, **cache, **kwargs)
-    names = {"frechet_inception_distance": "fid", "kernel_inception_distance_mean": "kid", "kernel_inception_distance_std": "kid_std",
-             "inception_score_mean": "is", "inception_score_std": "is_std", "precision": "precision", "recall": "recall", "f_score": "f_score"}
+        input1=Images(fake, rgb),
+        input2=Images(real, rgb),
+        cuda=device.type == "cuda",
+        batch_size=batch_size,
+        fid="fid" in metrics,
+        kid="kid" in metrics,
+        isc="isc" in metrics,
+        prc="prc" in metrics,
+        feature_extractor=name,
+        feature_layer_fid=ext_info["layers"]["fid"],
+        feature_layer_kid=ext_info["layers"]["kid"],
+        feature_layer_isc=ext_info["layers"]["isc"],
+        feature_layer_prc=ext_info["layers"]["prc"],
+        kid_subset_size=kid_size,
+        rng_seed=seed,
+        verbose=False,
+        **cache,
+        **kwargs,
+    )
+    names = {
+        "frechet_inception_distance": "fid",
+        "kernel_inception_distance_mean": "kid",
+        "kernel_inception_distance_std": "kid_std",
+        "inception_score_mean": "is",
+        "inception_score_std": "is_std",
+        "precision": "precision",
+        "recall": "recall",
+        "f_score": "f_score",
+    }
     result = {names.get(k, k): float(v) for k, v in out.items()}
     if kind == "digits":
         _, p = features_and_probs(classifier(verbose=False), fake.float().div(127.5).sub(1))
         stats = class_stats(p)
         result["coverage"], result["confidence"] = stats["coverage"], stats["confidence"]
-    protocol = {"generated": {**gen_info, "num_generated": len(fake)}, "real": real_info, "feature_extractor": ext_info,
-                "kid": {"subset_size": kid_size, "subsets": 100}, "isc": {"splits": 10}, "prc": {"k": 3, "features": "the same extractor"},
-                "torch_fidelity": torch_fidelity.__version__, "torch": torch.__version__, "seconds": round(time.time() - t0, 1)}
+    protocol = {
+        "generated": {**gen_info, "num_generated": len(fake)},
+        "real": real_info,
+        "feature_extractor": ext_info,
+        "kid": {"subset_size": kid_size, "subsets": 100},
+        "isc": {"splits": 10},
+        "prc": {"k": 3, "features": "the same extractor"},
+        "torch_fidelity": torch_fidelity.__version__,
+        "torch": torch.__version__,
+        "seconds": round(time.time() - t0, 1),
+    }
     return {"metrics": result, "protocol": protocol}
-

@@ -1,4 +1,5 @@
 """Image grids, progress GIFs and curves."""
+
 import glob
 import json
 import math
@@ -15,21 +16,16 @@ def to_uint8(x):
 
 
 def make_grid(x, nrow=None, padding=2, min_size=512):
-    """Tile a batch in [-1, 1] into one uint8 image (H, W, 3), upscaled (nearest) for viewing.
+    """Tile a batch in [-1, 1] into one uint8 image (H, W, 3) with torchvision's make_grid
+    (white gaps), upscaled (nearest) for viewing: small images (digits at 32x32) are
+    enlarged by an integer factor until the grid is at least ``min_size`` pixels wide."""
+    from torchvision.utils import make_grid as tile
 
-    Small images (digits at 32x32) are enlarged by an integer factor until the grid is at
-    least ``min_size`` pixels wide, so that a grid is readable without zooming.
-    """
-    imgs = to_uint8(x)
-    if imgs.shape[-1] == 1:
-        imgs = imgs.repeat(3, axis=-1)
-    n, h, w, _ = imgs.shape
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    ncol = int(math.ceil(n / nrow))
-    grid = np.full((ncol * (h + padding) + padding, nrow * (w + padding) + padding, 3), 255, dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        grid[padding + r * (h + padding) : (r + 1) * (h + padding), padding + c * (w + padding) : (c + 1) * (w + padding)] = imgs[i]
+    x = torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
+    grid = tile(x, nrow=nrow, padding=padding, pad_value=255).permute(1, 2, 0).contiguous().numpy()
     k = max(1, int(math.ceil(min_size / grid.shape[1])))
     return grid.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else grid
 
@@ -47,7 +43,9 @@ def save_gif(frames, path, duration_ms=120, last_ms=1500):
     """Write a list of uint8 images (H, W, 3) or PNG paths as a looping GIF."""
     from PIL import Image
 
-    ims = [Image.open(f).convert("RGB") if isinstance(f, str) else Image.fromarray(f) for f in frames]
+    ims = [
+        Image.open(f).convert("RGB") if isinstance(f, str) else Image.fromarray(f) for f in frames
+    ]
     if not ims:
         return None
     size = ims[-1].size
@@ -83,11 +81,19 @@ def save_curve(path, xs, ys, title=""):
         x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
         y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
         x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-        xy = [(left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)) for x, y in pts]
+        xy = [
+            (
+                left + (x - x0) / (x1 - x0) * (w - left - right),
+                h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom),
+            )
+            for x, y in pts
+        ]
         if len(xy) > 1:
             draw.line(xy, fill=(31, 119, 180), width=2)
         else:
-            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=(31, 119, 180))
+            draw.ellipse(
+                [xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=(31, 119, 180)
+            )
         draw.text((4, top), f"{y1:.4g}", fill="black")
         draw.text((4, h - bottom - 12), f"{y0:.4g}", fill="black")
         draw.text((left, h - bottom + 6), f"{x0:g}", fill="black")
@@ -97,7 +103,7 @@ def save_curve(path, xs, ys, title=""):
     return path
 
 
-# ----------------------------------------------------------------------------- curves (tools/plot.py)
+# ---------------------------------------------------------------------- curves (tools/plot.py)
 CURVE_SKIP = {"step", "time"}
 
 
@@ -115,7 +121,12 @@ def read_series(path):
                 continue
             step = rec.get("step")
             for k, v in rec.items():
-                if k in CURVE_SKIP or isinstance(v, bool) or not isinstance(v, (int, float)) or step is None:
+                if (
+                    k in CURVE_SKIP
+                    or isinstance(v, bool)
+                    or not isinstance(v, (int, float))
+                    or step is None
+                ):
                     continue
                 xs, ys = series.setdefault(k, ([], []))
                 xs.append(step)
@@ -162,7 +173,14 @@ def plot_curves(run_dir, out=None, keys=None):
             ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=0.8)
             ax.plot(xs, smooth(ys, window), color="tab:blue", linewidth=1.4)
         else:
-            ax.plot(xs, ys, color="tab:blue", linewidth=1.4, marker="o" if len(ys) < 20 else None, markersize=3)
+            ax.plot(
+                xs,
+                ys,
+                color="tab:blue",
+                linewidth=1.4,
+                marker="o" if len(ys) < 20 else None,
+                markersize=3,
+            )
         ax.set_title(k, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)

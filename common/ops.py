@@ -23,6 +23,7 @@ Both ops have cheap derivatives of every order, which R1 and the path-length pen
 check the ops against (and ``tools/bench_ops.py`` times against): zero insertion, padding,
 a grouped convolution and slicing, differentiated by autograd.
 """
+
 import math
 
 import torch
@@ -105,7 +106,7 @@ def _upfirdn2d_forward(x, f, up, down, padding, flip_filter, gain):
     px0, px1, py0, py1 = padding
     f = f.to(x.dtype)
     if f.ndim == 1:  # separable: along x, then along y, each with sqrt(gain)
-        g = gain ** 0.5
+        g = gain**0.5
         x = _upfirdn_pass(x, f[None, :] * g, ux, 1, dx, 1, px0, px1, 0, 0, flip_filter)
         return _upfirdn_pass(x, f[:, None] * g, 1, uy, 1, dy, 0, 0, py0, py1, flip_filter)
     return _upfirdn_pass(x, f * gain, ux, uy, dx, dy, px0, px1, py0, py1, flip_filter)
@@ -125,11 +126,18 @@ class _UpFirDn2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         (f,) = ctx.saved_tensors
-        (_, _, ih, iw), (_, _, oh, ow), (ux, uy), (dx, dy_), (px0, px1, py0, py1), flip, gain = ctx.conf
+        (_, _, ih, iw), (_, _, oh, ow), (ux, uy), (dx, dy_), (px0, px1, py0, py1), flip, gain = (
+            ctx.conf
+        )
         fw, fh = _filter_size(f)
         # The adjoint: upsample by `down`, filter with the flipped filter, downsample by `up`;
         # pads chosen so that the result has the input's shape (as the authors' upfirdn2d.py).
-        pad = (fw - px0 - 1, iw * ux - ow * dx + px0 - ux + 1, fh - py0 - 1, ih * uy - oh * dy_ + py0 - uy + 1)
+        pad = (
+            fw - px0 - 1,
+            iw * ux - ow * dx + px0 - ux + 1,
+            fh - py0 - 1,
+            ih * uy - oh * dy_ + py0 - uy + 1,
+        )
         dx_in = _UpFirDn2d.apply(dy, f, (dx, dy_), (ux, uy), pad, not flip, gain)
         return dx_in, None, None, None, None, None, None
 
@@ -144,7 +152,9 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
     """
     if f is None:
         f = torch.ones(1, 1, dtype=torch.float32, device=x.device)
-    return _UpFirDn2d.apply(x, f, _parse(up), _parse(down), _pads(padding), bool(flip_filter), float(gain))
+    return _UpFirDn2d.apply(
+        x, f, _parse(up), _parse(down), _pads(padding), bool(flip_filter), float(gain)
+    )
 
 
 def upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1.0):
@@ -174,7 +184,12 @@ def upsample2d(x, f, up=2, padding=0, flip_filter=False, gain=1.0, impl=upfirdn2
     """Upsample by ``up`` with the filter; the output is ``up`` times larger (plus padding)."""
     fw, fh = _filter_size(f)
     px0, px1, py0, py1 = _pads(padding)
-    pad = (px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2)
+    pad = (
+        px0 + (fw + up - 1) // 2,
+        px1 + (fw - up) // 2,
+        py0 + (fh + up - 1) // 2,
+        py1 + (fh - up) // 2,
+    )
     return impl(x, f, up=up, padding=pad, flip_filter=flip_filter, gain=gain * up * up)
 
 
@@ -182,7 +197,12 @@ def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1.0, impl=upfi
     """Filter and downsample by ``down``; the output is ``down`` times smaller (plus padding)."""
     fw, fh = _filter_size(f)
     px0, px1, py0, py1 = _pads(padding)
-    pad = (px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2, py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2)
+    pad = (
+        px0 + (fw - down + 1) // 2,
+        px1 + (fw - down) // 2,
+        py0 + (fh - down + 1) // 2,
+        py1 + (fh - down) // 2,
+    )
     return impl(x, f, down=down, padding=pad, flip_filter=flip_filter, gain=gain)
 
 
@@ -215,8 +235,16 @@ def bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=No
     if act in ("relu", "lrelu"):
         y = torch.where(x > 0, x, x * (0.0 if act == "relu" else alpha))
     else:
-        y = {"linear": x, "tanh": (1 - torch.exp(-2 * x)) / (1 + torch.exp(-2 * x)), "sigmoid": 1 / (1 + torch.exp(-x))}[act]
+        y = {
+            "linear": x,
+            "tanh": (1 - torch.exp(-2 * x)) / (1 + torch.exp(-2 * x)),
+            "sigmoid": 1 / (1 + torch.exp(-x)),
+        }[act]
     y = y * gain
     if clamp is not None and clamp >= 0:
-        y = torch.where(y > clamp, torch.full_like(y, clamp), torch.where(y < -clamp, torch.full_like(y, -clamp), y))
+        y = torch.where(
+            y > clamp,
+            torch.full_like(y, clamp),
+            torch.where(y < -clamp, torch.full_like(y, -clamp), y),
+        )
     return y

@@ -12,6 +12,7 @@ BGAN's discrete CelebA (Hjelm et al. 2017) was quantized with Pillow; K-Means on
 subset of the data, as the PyTorch reimplementation in shared/reference does, gives
 colours that follow the data (skin tones rather than a uniform colour cube).
 """
+
 import json
 import os
 
@@ -31,13 +32,18 @@ def sort_palette(palette):
 
 
 def sample_pixels(images, n, seed=0):
-    """``n`` RGB pixels (n, 3) drawn uniformly, with replacement, from a list of (H, W, 3) uint8 arrays."""
+    """``n`` RGB pixels (n, 3) drawn uniformly, with replacement, from a list of
+    (H, W, 3) uint8 arrays."""
     rng = np.random.default_rng(seed)
     flat = [np.asarray(im, dtype=np.uint8).reshape(-1, 3) for im in images]
     if not flat:
         raise UserError("no images to learn a palette from")
     which = rng.integers(len(flat), size=n)
-    return np.stack([flat[i][rng.integers(len(flat[i]))] for i in which]) if n else np.zeros((0, 3), np.uint8)
+    return (
+        np.stack([flat[i][rng.integers(len(flat[i]))] for i in which])
+        if n
+        else np.zeros((0, 3), np.uint8)
+    )
 
 
 def learn_palette(pixels, num_colors, seed=0):
@@ -49,7 +55,10 @@ def learn_palette(pixels, num_colors, seed=0):
     palette can be shorter than ``num_colors`` but never holds a colour twice.
     """
     if not 1 <= num_colors <= MAX_COLORS:
-        raise UserError(f"--num-colors must be in [1, {MAX_COLORS}] (a palette-mode PNG holds at most {MAX_COLORS} colours), not {num_colors}")
+        raise UserError(
+            f"--num-colors must be in [1, {MAX_COLORS}] (a palette-mode PNG holds at most "
+            f"{MAX_COLORS} colours), not {num_colors}"
+        )
     pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 3)
     if len(pixels) == 0:
         raise UserError("no pixels to learn a palette from")
@@ -58,14 +67,17 @@ def learn_palette(pixels, num_colors, seed=0):
         return sort_palette(unique)
     from sklearn.cluster import MiniBatchKMeans
 
-    km = MiniBatchKMeans(n_clusters=num_colors, random_state=seed, n_init=3, batch_size=max(2048, 8 * num_colors))
+    km = MiniBatchKMeans(
+        n_clusters=num_colors, random_state=seed, n_init=3, batch_size=max(2048, 8 * num_colors)
+    )
     km.fit(pixels.astype(np.float32))
     centres = np.clip(np.rint(km.cluster_centers_), 0, 255).astype(np.uint8)
     return sort_palette(np.unique(centres, axis=0))
 
 
 def quantize(image, palette, chunk=65536):
-    """Index (H, W) uint8 of the nearest palette colour for each pixel of an (H, W, 3) uint8 image."""
+    """Index (H, W) uint8 of the nearest palette colour for each pixel of an
+    (H, W, 3) uint8 image."""
     img = np.asarray(image, dtype=np.uint8)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"quantize expects an (H, W, 3) RGB array, not shape {img.shape}")
@@ -84,13 +96,16 @@ def dequantize(indices, palette):
 
 
 def save_png(path, indices, palette):
-    """Write indices (H, W) as a palette-mode PNG carrying ``palette``; atomic (temp file + rename)."""
+    """Write indices (H, W) as a palette-mode PNG carrying ``palette``;
+    atomic (temp file + rename)."""
     from PIL import Image
 
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     idx = np.asarray(indices, dtype=np.uint8)
     if len(pal) > MAX_COLORS or (idx.size and int(idx.max()) >= len(pal)):
-        raise ValueError(f"indices up to {int(idx.max())} do not fit a palette of {len(pal)} colours")
+        raise ValueError(
+            f"indices up to {int(idx.max())} do not fit a palette of {len(pal)} colours"
+        )
     img = Image.fromarray(idx)  # mode "L"; putpalette turns it into "P"
     img.putpalette(pal.reshape(-1).tolist(), rawmode="RGB")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -129,16 +144,22 @@ def has_palette(folder):
 
 
 def load_palette(folder):
-    """The (K, 3) uint8 palette of a quantized folder; one clear error when it is missing or broken."""
+    """The (K, 3) uint8 palette of a quantized folder; one clear error when it is
+    missing or broken."""
     path = os.path.join(folder, PALETTE_FILE)
     if not os.path.isfile(path):
-        raise UserError(f"no {PALETTE_FILE} in {folder!r}: make the folder with tools/quantize_celeba.py")
+        raise UserError(
+            f"no {PALETTE_FILE} in {folder!r}: make the folder with tools/quantize_celeba.py"
+        )
     try:
         with open(path) as f:
             colors = json.load(f)["colors"]
         pal = np.asarray(colors, dtype=np.int64).reshape(-1, 3)
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path!r} is not a palette file ({type(e).__name__}); rewrite it with tools/quantize_celeba.py") from None
+        raise UserError(
+            f"{path!r} is not a palette file ({type(e).__name__}); "
+            "rewrite it with tools/quantize_celeba.py"
+        ) from None
     if not 1 <= len(pal) <= MAX_COLORS or pal.min() < 0 or pal.max() > 255:
         raise UserError(f"{path!r} must hold 1 to {MAX_COLORS} RGB colours in [0, 255]")
     return pal.astype(np.uint8)

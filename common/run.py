@@ -207,9 +207,12 @@ class Run:
                 obj.load_state_dict(ckpt[name])
                 for g, lr in zip(obj.param_groups, lrs):
                     g["lr"] = lr
-            elif isinstance(obj, dict):
-                obj.update({k: v.to(self.device) if torch.is_tensor(v) else v
-                            for k, v in ckpt[name].items()})
+            elif isinstance(obj, dict):  # tensors in place: the script may hold them
+                for k, v in ckpt[name].items():
+                    if torch.is_tensor(obj.get(k)):
+                        obj[k].copy_(v)
+                    else:
+                        obj[k] = v
             else:
                 obj.load_state_dict(ckpt[name])
         self.step = ckpt["step"]

@@ -9,6 +9,7 @@ This is a module of its own rather than part of ``common/__init__.py``: the pape
 scripts import ``common`` (for ``UserError``) and never need to discover each other;
 only the tools and the tests do. Standard library only, so it imports in no time.
 """
+
 import glob
 import importlib.util
 import os
@@ -18,7 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def paper_scripts(root=ROOT):
     """Sorted names (``dcgan``, without ``.py``) of the top-level ``*.py`` scripts in ``root``."""
-    return sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(root, "*.py")))
+    return sorted(
+        os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(root, "*.py"))
+    )
 
 
 def load_script(name):

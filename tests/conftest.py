@@ -1,5 +1,6 @@
 """Shared test helpers: the repository root, the paper scripts, running a script in-process,
 and the one check that a user's mistake ends in one clear line."""
+
 import os
 import sys
 
@@ -10,7 +11,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("GAN_ZOO_CACHE", os.path.join(ROOT, ".pytest_cache", "gan_zoo"))
 
-from common.scripts import load_script, paper_scripts  # noqa: E402,F401 - load_script is imported from here by the tests
+# load_script is imported from here by the tests
+from common.scripts import load_script, paper_scripts  # noqa: E402,F401
 
 # Every top-level script is a paper script; the harness discovers them, never lists them.
 SCRIPTS = paper_scripts()
@@ -18,7 +20,18 @@ SCRIPTS = paper_scripts()
 
 def tiny_args(module, *extra):
     """Flags for a few fast CPU steps at tiny width: 16 images a batch, every step logged."""
-    return [*module.SMOKE_ARGS, "--batch-size", "16", "--device", "cpu", "--log-every", "1", "--num-workers", "0", *extra]
+    return [
+        *module.SMOKE_ARGS,
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--num-workers",
+        "0",
+        *extra,
+    ]
 
 
 def assert_one_line_error(module, flags, words, capsys, steps=1, ignore_progress=False):
@@ -36,7 +49,11 @@ def assert_one_line_error(module, flags, words, capsys, steps=1, ignore_progress
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     if ignore_progress:
-        lines = [line for line in lines if not line.startswith("warning:") and "it/s" not in line and "s/it" not in line]
+        lines = [
+            line
+            for line in lines
+            if not line.startswith("warning:") and "it/s" not in line and "s/it" not in line
+        ]
     assert e.value.code == 1, (flags, err)
     assert len(lines) == 1 and "Traceback" not in err, (flags, err)
     for w in [words] if isinstance(words, str) else words:

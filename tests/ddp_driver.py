@@ -4,6 +4,7 @@
 
 Writes DIR/params_rank<r>.pt: every parameter of every model ``train`` returns.
 """
+
 import os
 import sys
 
@@ -14,5 +15,12 @@ from conftest import load_script  # noqa: E402
 
 name, argv = sys.argv[1], sys.argv[2:]
 result = load_script(name).main(argv)
-params = {f"{k}.{n}": p.detach().cpu().clone() for k, mod in result.items() if isinstance(mod, torch.nn.Module) for n, p in mod.named_parameters()}
-torch.save(params, os.path.join(argv[argv.index("--out") + 1], f"params_rank{os.environ['RANK']}.pt"))
+params = {
+    f"{k}.{n}": p.detach().cpu().clone()
+    for k, mod in result.items()
+    if isinstance(mod, torch.nn.Module)
+    for n, p in mod.named_parameters()
+}
+torch.save(
+    params, os.path.join(argv[argv.index("--out") + 1], f"params_rank{os.environ['RANK']}.pt")
+)

@@ -1,4 +1,5 @@
 """Unit tests of common/ and tools/ on fixtures made in temporary folders."""
+
 import gzip
 import os
 import pickle
@@ -19,7 +20,9 @@ from common.images import make_grid, progress_gif, save_grid
 
 def write_idx(path, array, gz=False):
     array = np.asarray(array, dtype=np.uint8)
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+        ">" + "I" * array.ndim, *array.shape
+    )
     with (gzip.open if gz else open)(path, "wb") as f:
         f.write(header + array.tobytes())
 
@@ -33,11 +36,16 @@ def test_mnist_from_idx_files(tmp_path, gz):
     ext = ".gz" if gz else ""
     write_idx(str(raw / f"train-images-idx3-ubyte{ext}"), images, gz)
     write_idx(str(raw / f"train-labels-idx1-ubyte{ext}"), labels, gz)
-    assert torch.equal(read_idx(str(raw / f"train-images-idx3-ubyte{ext}")), torch.from_numpy(images.astype(np.uint8)))
+    assert torch.equal(
+        read_idx(str(raw / f"train-images-idx3-ubyte{ext}")),
+        torch.from_numpy(images.astype(np.uint8)),
+    )
     d = load_dataset("mnist", str(tmp_path), image_size=32)
     assert isinstance(d, MemoryData) and d.images.shape == (30, 1, 32, 32) and d.num_classes == 10
     d = load_dataset("mnist", str(tmp_path), image_size=28, channels=3)
-    assert torch.equal(d.images[:, 0], torch.from_numpy(images.astype(np.uint8))) and d.channels == 3
+    assert (
+        torch.equal(d.images[:, 0], torch.from_numpy(images.astype(np.uint8))) and d.channels == 3
+    )
 
 
 def test_fashion_mnist_flat_folder(tmp_path):
@@ -53,7 +61,10 @@ def test_cifar10_from_pickles(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(1, 6):
         with open(d / f"data_batch_{i}", "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), "labels": [i % 10] * 4}, f)
+            pickle.dump(
+                {"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), "labels": [i % 10] * 4},
+                f,
+            )
     data = load_dataset("cifar10", str(tmp_path), image_size=32)
     assert data.images.shape == (20, 3, 32, 32) and data.channels == 3 and data.num_classes == 6
 
@@ -104,7 +115,11 @@ def test_folder_errors(tmp_path):
 
 
 def test_batches_are_resumable_and_split_across_ranks():
-    data = MemoryData(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 1, 2, 2).contiguous(), torch.arange(50) % 5, 5)
+    data = MemoryData(
+        torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).expand(50, 1, 2, 2).contiguous(),
+        torch.arange(50) % 5,
+        5,
+    )
     a = Batches(data, 8, "cpu", seed=3)
     it = iter(a)
     seen = [next(it)[1] for _ in range(14)]  # crosses an epoch boundary (6 batches an epoch)
@@ -130,7 +145,9 @@ def test_augment_flip_and_jitter():
     assert 10 < sum(flipped) < 54
     z = augment(x, torch.Generator().manual_seed(0), color_jitter=0.3)
     assert z.shape == x.shape and z.min() >= -1 and z.max() <= 1 and not torch.allclose(z, x)
-    assert torch.allclose(augment(x, g, color_jitter=1e-9), x, atol=1e-5)  # zero strength is identity
+    assert torch.allclose(
+        augment(x, g, color_jitter=1e-9), x, atol=1e-5
+    )  # zero strength is identity
 
 
 def test_grid_and_gif(tmp_path):
@@ -144,7 +161,11 @@ def test_grid_and_gif(tmp_path):
 
 
 def test_shared_sections_are_identical():
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "check_shared.py")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "check_shared.py")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout
 
 
@@ -154,7 +175,7 @@ def test_shared_checker_finds_and_fixes_a_difference(tmp_path):
 
     src = open(os.path.join(ROOT, "dcgan.py")).read()
     (tmp_path / "dcgan.py").write_text(src)
-    (tmp_path / "other.py").write_text(src.replace("flat /= world", "flat = flat / world"))
+    (tmp_path / "other.py").write_text(src.replace("flat.div_(world)", "flat.div(world)"))
     problems = check_shared.check(str(tmp_path))
     assert len(problems) == 1 and "other.py" in problems[0] and "distributed" in problems[0]
     check_shared.check(str(tmp_path), fix=True)
@@ -187,5 +208,9 @@ def test_digits_metric_sanity():
     ones = dm.score(x[y == 1][torch.arange(900) % int((y == 1).sum())], net, ref)
     noise = dm.score(torch.rand(900, 1, 32, 32) * 2 - 1, net, ref)
     assert real["fd"] < 10 and real["coverage"] == 10 and real["confidence"] > 0.95
-    assert ones["coverage"] <= 2 and ones["class_counts"][1] > 0.8 * 900 and ones["fd"] > 10 * real["fd"]
+    assert (
+        ones["coverage"] <= 2
+        and ones["class_counts"][1] > 0.8 * 900
+        and ones["fd"] > 10 * real["fd"]
+    )
     assert noise["fd"] > ones["fd"] or noise["coverage"] < 10

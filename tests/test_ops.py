@@ -1,5 +1,6 @@
 """common/ops.py against plain reference implementations: values, gradients, and
 gradcheck/gradgradcheck in float64 (the second order is what R1 and path length use)."""
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -14,7 +15,13 @@ FILTERS = {
     "random 1-D 5": lambda: torch.randn(5, generator=torch.Generator().manual_seed(2)),
 }
 CONFIGS = [  # (up, down, padding)
-    (1, 1, 0), (1, 1, (2, 1, 0, 3)), (2, 1, (2, 1, 2, 1)), (1, 2, 2), (2, 2, 1), ((2, 1), (1, 2), (-1, 2, 1, -1)), (3, 1, 1),
+    (1, 1, 0),
+    (1, 1, (2, 1, 0, 3)),
+    (2, 1, (2, 1, 2, 1)),
+    (1, 2, 2),
+    (2, 2, 1),
+    ((2, 1), (1, 2), (-1, 2, 1, -1)),
+    (3, 1, 1),
 ]
 
 
@@ -34,7 +41,10 @@ def test_upfirdn2d_values_and_gradients(fname, up, down, padding, flip):
     torch.testing.assert_close(gy, gr)
 
 
-@pytest.mark.parametrize("up,down,padding", [(1, 1, 1), (2, 1, (2, 1, 2, 1)), (1, 2, 2), ((2, 1), (1, 2), (-1, 2, 1, -1))])
+@pytest.mark.parametrize(
+    "up,down,padding",
+    [(1, 1, 1), (2, 1, (2, 1, 2, 1)), (1, 2, 2), ((2, 1), (1, 2), (-1, 2, 1, -1))],
+)
 def test_upfirdn2d_gradcheck_and_gradgradcheck(up, down, padding):
     x = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
     for f in (ops.setup_filter([1, 3, 3, 1]).double(), torch.randn(3, 4, dtype=torch.float64)):
@@ -43,7 +53,8 @@ def test_upfirdn2d_gradcheck_and_gradgradcheck(up, down, padding):
 
 
 def test_upfirdn2d_second_order_is_the_custom_op():
-    """The gradient of the gradient goes through _UpFirDn2d again, not grouped-conv double backward."""
+    """The gradient of the gradient goes through _UpFirDn2d again, not grouped-conv
+    double backward."""
     f = ops.setup_filter([1, 3, 3, 1])
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     (g,) = torch.autograd.grad(ops.upsample2d(x, f).square().sum(), x, create_graph=True)
@@ -55,14 +66,18 @@ def test_upfirdn2d_second_order_is_the_custom_op():
         seen.add(fn)
         names.add(type(fn).__name__)
         stack += [n for n, _ in fn.next_functions]
-    assert any("UpFirDn2d" in n for n in names) and not any("Convolution" in n for n in names), names
+    assert any("UpFirDn2d" in n for n in names) and not any("Convolution" in n for n in names), (
+        names
+    )
 
 
 def test_resample_helpers_and_gain():
     f = ops.setup_filter([1, 3, 3, 1])
     x = torch.ones(1, 1, 8, 8)
     up = ops.upsample2d(x, f)
-    assert up.shape == (1, 1, 16, 16) and torch.allclose(up[..., 2:-2, 2:-2], torch.ones(()))  # gain up^2 keeps the mean
+    assert up.shape == (1, 1, 16, 16) and torch.allclose(
+        up[..., 2:-2, 2:-2], torch.ones(())
+    )  # gain up^2 keeps the mean
     assert ops.downsample2d(x, f).shape == (1, 1, 4, 4)
     assert torch.equal(ops.upfirdn2d(x, None), x)
     torch.testing.assert_close(ops.upsample2d(x, f), ops.upsample2d(x, f, impl=ops.upfirdn2d_ref))
@@ -85,9 +100,16 @@ def test_bias_act(act, clamp):
 
 def test_bias_act_defaults():
     x = torch.tensor([-1.0, 2.0, 300.0])
-    torch.testing.assert_close(ops.bias_act(x, act="lrelu"), torch.tensor([-0.2, 2.0, 300.0]) * 2**0.5)
-    torch.testing.assert_close(ops.bias_act(x, act="lrelu", clamp=256), torch.tensor([-0.2 * 2**0.5, 2 * 2**0.5, 256.0]))
-    torch.testing.assert_close(ops.bias_act(x.view(1, 3), torch.tensor([1.0, 1.0, 1.0]), act="relu", gain=1), torch.tensor([[0.0, 3.0, 301.0]]))
+    torch.testing.assert_close(
+        ops.bias_act(x, act="lrelu"), torch.tensor([-0.2, 2.0, 300.0]) * 2**0.5
+    )
+    torch.testing.assert_close(
+        ops.bias_act(x, act="lrelu", clamp=256), torch.tensor([-0.2 * 2**0.5, 2 * 2**0.5, 256.0])
+    )
+    torch.testing.assert_close(
+        ops.bias_act(x.view(1, 3), torch.tensor([1.0, 1.0, 1.0]), act="relu", gain=1),
+        torch.tensor([[0.0, 3.0, 301.0]]),
+    )
 
 
 def test_stylegan2_fallback_matches_common_ops():
@@ -98,12 +120,23 @@ def test_stylegan2_fallback_matches_common_ops():
     src = open(m.__file__).read()
     start, end = src.index("except ImportError:"), src.index('SCRIPT = "stylegan2"')
     fallback = types.ModuleType("fallback")
-    exec("import math, torch\nimport torch.nn.functional as F\nif True:\n    pass\n" + src[start:end].replace("except ImportError:", "if True:", 1), fallback.__dict__)
+    exec(
+        "import math, torch\nimport torch.nn.functional as F\nif True:\n    pass\n"
+        + src[start:end].replace("except ImportError:", "if True:", 1),
+        fallback.__dict__,
+    )
     f = ops.setup_filter([1, 3, 3, 1])
     assert torch.equal(fallback.setup_filter([1, 3, 3, 1]), f)
     x = torch.randn(2, 3, 8, 8)
-    for kw in ({"up": 2, "padding": (2, 1, 2, 1), "gain": 4}, {"padding": 1, "gain": 4}, {"padding": 2}, {"down": 2, "padding": 1}):
+    for kw in (
+        {"up": 2, "padding": (2, 1, 2, 1), "gain": 4},
+        {"padding": 1, "gain": 4},
+        {"padding": 2},
+        {"down": 2, "padding": 1},
+    ):
         torch.testing.assert_close(fallback.upfirdn2d(x, f, **kw), ops.upfirdn2d(x, f, **kw))
     b = torch.randn(3)
-    torch.testing.assert_close(fallback.bias_act(x, b, act="lrelu", clamp=0.5), ops.bias_act(x, b, act="lrelu", clamp=0.5))
+    torch.testing.assert_close(
+        fallback.bias_act(x, b, act="lrelu", clamp=0.5), ops.bias_act(x, b, act="lrelu", clamp=0.5)
+    )
     torch.testing.assert_close(fallback.bias_act(x, b, gain=0.7), ops.bias_act(x, b, gain=0.7))

@@ -1,6 +1,7 @@
 """The harness every paper script passes: a few CPU steps at tiny width, exact resume,
 sampling from the checkpoint, bf16 autocast, two processes under torchrun (gloo), the
 file copied alone into an empty folder, and one-line errors for bad input."""
+
 import json
 import os
 import shutil
@@ -17,7 +18,10 @@ LOSS_KEYS = ("d_loss", "g_loss")
 
 
 def losses(run_dir):
-    return [{k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))]
+    return [
+        {k: v for k, v in r.items() if k not in ("img_per_s", "time")}
+        for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    ]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -25,7 +29,14 @@ def test_train_resume_sample(name, in_tmp):
     m = load_script(name)
     common = tiny_args(m, "--sample-every", "2", "--ckpt-every", "2")
     m.main([*common, "--steps", "4", "--out", "full"])
-    for f in ("args.json", "metrics.jsonl", "progress.gif", "samples/step_000004.png", "checkpoints/last.pt", "checkpoints/step_000002.pt"):
+    for f in (
+        "args.json",
+        "metrics.jsonl",
+        "progress.gif",
+        "samples/step_000004.png",
+        "checkpoints/last.pt",
+        "checkpoints/step_000002.pt",
+    ):
         assert os.path.exists(os.path.join("full", f)), f
     full = losses("full")
     assert [r["step"] for r in full] == [1, 2, 3, 4]
@@ -45,23 +56,60 @@ def test_train_resume_sample(name, in_tmp):
     ckpt = torch.load("full/checkpoints/last.pt", weights_only=True)
     assert ckpt["script"] == name and ckpt["step"] == 4
     m.main(["--sample", "6", "--checkpoint", "full", "--out", "sampled", "--device", "cpu"])
-    m.main(["--sample", "2", "--interpolate", "3", "--temperature", "0.7", "--checkpoint", "full/checkpoints/last.pt", "--out", "sampled", "--device", "cpu"])
+    m.main(
+        [
+            "--sample",
+            "2",
+            "--interpolate",
+            "3",
+            "--temperature",
+            "0.7",
+            "--checkpoint",
+            "full/checkpoints/last.pt",
+            "--out",
+            "sampled",
+            "--device",
+            "cpu",
+        ]
+    )
     made = sorted(os.listdir("sampled"))
     assert [f.split("_")[0] for f in made] == ["interpolate", "interpolate", "sample"], made
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_eval_every_tensorboard_and_curves(name, in_tmp):
-    """--eval-every logs eval_* numbers and keeps the best checkpoint; --tensorboard writes events."""
+    """--eval-every logs eval_* numbers and keeps the best checkpoint;
+    --tensorboard writes events."""
     import glob
 
     m = load_script(name)
-    m.main([*tiny_args(m), "--steps", "4", "--eval-every", "2", "--eval-samples", "32", "--tensorboard", "--sample-every", "2", "--out", "ev"])
+    m.main(
+        [
+            *tiny_args(m),
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-samples",
+            "32",
+            "--tensorboard",
+            "--sample-every",
+            "2",
+            "--out",
+            "ev",
+        ]
+    )
     evals = [r for r in read_metrics("ev/metrics.jsonl") if "eval_fid" in r]
-    assert [r["step"] for r in evals] == [2, 4] and all(r["eval_fid"] == r["eval_fid"] and 0 <= r["eval_recall"] <= 1 for r in evals)
+    assert [r["step"] for r in evals] == [2, 4] and all(
+        r["eval_fid"] == r["eval_fid"] and 0 <= r["eval_recall"] <= 1 for r in evals
+    )
     best = json.load(open("ev/checkpoints/best.json"))
     assert best["eval_fid"] == min(r["eval_fid"] for r in evals)
-    assert torch.load("ev/checkpoints/best.pt", weights_only=True)["step"] == best["step"] == evals[-1]["eval_best_step"]
+    assert (
+        torch.load("ev/checkpoints/best.pt", weights_only=True)["step"]
+        == best["step"]
+        == evals[-1]["eval_best_step"]
+    )
     assert glob.glob("ev/tensorboard/events.out.tfevents.*")
     assert os.path.exists("ev/curves.png")
 
@@ -78,8 +126,20 @@ def test_torchrun_two_processes(name, in_tmp):
     """Two gloo ranks: every rank ends with the same parameters (gradients are averaged)."""
     m = load_script(name)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "tests", "ddp_driver.py"), name, *tiny_args(m), "--steps", "3", "--out", "ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(ROOT, "tests", "ddp_driver.py"),
+        name,
+        *tiny_args(m),
+        "--steps",
+        "3",
+        "--out",
+        "ddp",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     p0, p1 = (torch.load(f"ddp/params_rank{i}.pt", weights_only=True) for i in (0, 1))
@@ -92,7 +152,8 @@ def test_torchrun_two_processes(name, in_tmp):
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_copy_alone(name, tmp_path):
-    """The file imports with torch alone and its model and loss work, without common/."""
+    """The file imports with torch alone and its model and loss work, without common/; it
+    answers --help, and training ends in one line that asks for common/."""
     shutil.copy(os.path.join(ROOT, name + ".py"), tmp_path)
     code = (
         f"import sys, torch; import {name} as m\n"
@@ -104,8 +165,15 @@ def test_copy_alone(name, tmp_path):
         "assert m.g_loss(D(x)).ndim == 0 and callable(m.d_loss)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], **run)
     assert r.returncode == 0, r.stderr[-2000:]
+    # --help answers; training says in one line that common/ is needed, and exits 1.
+    r = subprocess.run([sys.executable, f"{name}.py", "--help"], **run)
+    assert r.returncode == 0 and "--batch-size" in r.stdout and "--sample" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, f"{name}.py", "--steps", "1"], **run)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "common/" in lines[0], r.stderr[-2000:]
 
 
 def bad_inputs(tmp):
@@ -142,24 +210,61 @@ def test_bad_input_one_line(name, in_tmp, capsys):
 
 def test_error_from_the_command_line(tmp_path):
     """End to end: a real process prints one line to stderr and exits 1."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "dcgan.py"), "--image-size", "48"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "power of two" in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "dcgan.py"), "--image-size", "48"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "power of two" in r.stderr, (
+        r.stderr
+    )
 
 
 def test_nan_keeps_last_good_checkpoint(in_tmp, capsys):
     m = load_script("dcgan")
     m.main([*tiny_args(m), "--steps", "2", "--out", "nan"])
     with pytest.raises(SystemExit):  # the resumed run diverges at once
-        m.main(["--resume", "auto", "--out", "nan", "--steps", "20", "--ckpt-every", "1", "--lr-d", "1e38", "--lr-g", "1e38"])
+        m.main(
+            [
+                "--resume",
+                "auto",
+                "--out",
+                "nan",
+                "--steps",
+                "20",
+                "--ckpt-every",
+                "1",
+                "--lr-d",
+                "1e38",
+                "--lr-g",
+                "1e38",
+            ]
+        )
     assert os.path.join("nan", "checkpoints", "last.pt (try") in capsys.readouterr().err
     ckpt = torch.load("nan/checkpoints/last.pt", weights_only=True)
-    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["G"].values() if v.is_floating_point())
+    assert ckpt["step"] == 2 and all(
+        torch.isfinite(v).all() for v in ckpt["G"].values() if v.is_floating_point()
+    )
 
 
 def test_evaluation_does_not_change_the_trajectory(in_tmp):
     m = load_script("dcgan")
     m.main([*tiny_args(m), "--steps", "4", "--out", "plain"])
-    m.main([*tiny_args(m), "--steps", "4", "--eval-every", "1", "--eval-samples", "16", "--out", "evald"])
+    m.main(
+        [
+            *tiny_args(m),
+            "--steps",
+            "4",
+            "--eval-every",
+            "1",
+            "--eval-samples",
+            "16",
+            "--out",
+            "evald",
+        ]
+    )
     assert [r for r in losses("evald") if "eval_fid" not in r] == losses("plain")
 
 
@@ -190,8 +295,24 @@ def test_folder_data_and_augmentation(in_tmp):
         arr = (torch.rand(24, 20, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(f"cats/{i}.jpg")
     m = load_script("dcgan")
-    m.main([*tiny_args(m), "--steps", "2", "--dataset", "folder", "--data-path", "cats", "--image-size", "16",
-            "--flip", "--color-jitter", "0.2", "--out", "cats_run"])
+    m.main(
+        [
+            *tiny_args(m),
+            "--steps",
+            "2",
+            "--dataset",
+            "folder",
+            "--data-path",
+            "cats",
+            "--image-size",
+            "16",
+            "--flip",
+            "--color-jitter",
+            "0.2",
+            "--out",
+            "cats_run",
+        ]
+    )
     ckpt = torch.load("cats_run/checkpoints/last.pt", weights_only=True)
     assert ckpt["channels"] == 3 and ckpt["num_classes"] == 0
 
@@ -212,5 +333,7 @@ def test_paper_defaults():
     G, D = m.build_models(a, 1, 0)
     assert not isinstance(D.net[1], torch.nn.BatchNorm2d)  # no BN on D's input layer
     assert isinstance(G.net[-1], torch.nn.Tanh) and not isinstance(G.net[-2], torch.nn.BatchNorm2d)
-    w = torch.cat([p.flatten() for n, p in G.named_parameters() if n.endswith("weight") and p.ndim > 1])
+    w = torch.cat(
+        [p.flatten() for n, p in G.named_parameters() if n.endswith("weight") and p.ndim > 1]
+    )
     assert abs(w.std().item() - 0.02) < 0.002

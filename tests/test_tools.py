@@ -1,5 +1,6 @@
 """tools/: evaluate (torch-fidelity with the digits classifier or a local Inception), compare,
 bench and plot, each on tiny runs so that nothing is downloaded and the suite stays short."""
+
 import json
 import os
 import subprocess
@@ -20,7 +21,9 @@ def write_folder(path, x):
 
     os.makedirs(path, exist_ok=True)
     for i, im in enumerate(x):
-        Image.fromarray(im[0].add(1).mul(127.5).round().to(torch.uint8).numpy()).save(os.path.join(path, f"{i:04d}.png"))
+        Image.fromarray(im[0].add(1).mul(127.5).round().to(torch.uint8).numpy()).save(
+            os.path.join(path, f"{i:04d}.png")
+        )
     return str(path)
 
 
@@ -42,12 +45,30 @@ def test_evaluate_digits_sanity(tmp_path):
     x, y = ev.real_digits()
     half = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:600]]
     ones = x[y == 1][torch.arange(600) % int((y == 1).sum())]
-    real = ev.evaluate(write_folder(tmp_path / "real", half), "digits", num_samples=600, metrics=("fid", "kid", "prc"))
-    one = ev.evaluate(write_folder(tmp_path / "ones", ones), "digits", num_samples=600, metrics=("fid", "kid", "prc"))
+    real = ev.evaluate(
+        write_folder(tmp_path / "real", half),
+        "digits",
+        num_samples=600,
+        metrics=("fid", "kid", "prc"),
+    )
+    one = ev.evaluate(
+        write_folder(tmp_path / "ones", ones),
+        "digits",
+        num_samples=600,
+        metrics=("fid", "kid", "prc"),
+    )
     r, o = real["metrics"], one["metrics"]
     assert r["fid"] < 15 and r["coverage"] == 10 and r["precision"] > 0.9 and r["recall"] > 0.9, r
-    assert o["fid"] > 50 * r["fid"] and o["coverage"] == 1 and o["recall"] < 0.5 and o["kid"] > 10 * abs(r["kid"]), o
-    assert real["protocol"]["generated"]["num_generated"] == 600 and real["protocol"]["real"]["num_real"] == 1797
+    assert (
+        o["fid"] > 50 * r["fid"]
+        and o["coverage"] == 1
+        and o["recall"] < 0.5
+        and o["kid"] > 10 * abs(r["kid"])
+    ), o
+    assert (
+        real["protocol"]["generated"]["num_generated"] == 600
+        and real["protocol"]["real"]["num_real"] == 1797
+    )
 
 
 def test_evaluate_checkpoint_writes_numbers_and_protocol(tiny_run):
@@ -58,10 +79,24 @@ def test_evaluate_checkpoint_writes_numbers_and_protocol(tiny_run):
     res = ev.main([tiny_run, "--num-samples", "64", "--device", "cpu"])
     path = os.path.join(tiny_run, "eval_step000002_digits.json")
     saved = json.load(open(path))
-    assert saved["metrics"] == res["metrics"] and set(res["metrics"]) >= {"fid", "kid", "is", "precision", "recall", "coverage"}
+    assert saved["metrics"] == res["metrics"] and set(res["metrics"]) >= {
+        "fid",
+        "kid",
+        "is",
+        "precision",
+        "recall",
+        "coverage",
+    }
     proto = saved["protocol"]
-    assert proto["generated"]["generator"] == "EMA" and proto["generated"]["num_generated"] == 64 and proto["generated"]["step"] == 2
-    assert proto["real"]["num_real"] == 1797 and len(proto["feature_extractor"]["weights_sha256"]) == 64
+    assert (
+        proto["generated"]["generator"] == "EMA"
+        and proto["generated"]["num_generated"] == 64
+        and proto["generated"]["step"] == 2
+    )
+    assert (
+        proto["real"]["num_real"] == 1797
+        and len(proto["feature_extractor"]["weights_sha256"]) == 64
+    )
     raw = evaluate(tiny_run, num_samples=64, metrics=("fid",), use_ema=False)
     assert raw["protocol"]["generated"]["generator"] == "raw"
 
@@ -76,7 +111,9 @@ def test_inception_path_with_local_weights(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(inc, "load_state_dict_from_url", lambda *a, **k: {})
     torch.manual_seed(0)
     weights = str(tmp_path / ev.INCEPTION_FILE)
-    torch.save(inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), weights)
+    torch.save(
+        inc.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict(), weights
+    )
     monkeypatch.undo()
 
     def no_download(*a, **k):
@@ -84,8 +121,18 @@ def test_inception_path_with_local_weights(tiny_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(inc, "load_state_dict_from_url", no_download)
-    res = ev.evaluate(tiny_run, num_samples=12, num_real=12, metrics=("fid", "isc"), feature_extractor="inception", inception_weights=weights)
-    assert res["protocol"]["feature_extractor"]["weights"] == weights and "299" in res["protocol"]["feature_extractor"]["resize"]
+    res = ev.evaluate(
+        tiny_run,
+        num_samples=12,
+        num_real=12,
+        metrics=("fid", "isc"),
+        feature_extractor="inception",
+        inception_weights=weights,
+    )
+    assert (
+        res["protocol"]["feature_extractor"]["weights"] == weights
+        and "299" in res["protocol"]["feature_extractor"]["resize"]
+    )
     assert res["metrics"]["fid"] > 0 and res["metrics"]["is"] > 0
 
 
@@ -101,14 +148,37 @@ def test_evaluate_missing_weights_is_one_line(tiny_run, tmp_path, capsys, monkey
     with pytest.raises(SystemExit) as e:
         ev.main([tiny_run, "--feature-extractor", "inception", "--num-samples", "8"])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 1 and err.count("\n") == 0 and "--inception-weights" in err and "weights-inception-2015-12-05" in err
+    assert (
+        e.value.code == 1
+        and err.count("\n") == 0
+        and "--inception-weights" in err
+        and "weights-inception-2015-12-05" in err
+    )
 
 
 def test_compare_two_scripts(tmp_path):
     out = tmp_path / "cmp"
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "compare.py"), "dcgan", "lsgan", "--steps", "2", "--num-samples", "40", "--show", "4",
-                        "--extra", "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(TOOLS, "compare.py"),
+            "dcgan",
+            "lsgan",
+            "--steps",
+            "2",
+            "--num-samples",
+            "40",
+            "--show",
+            "4",
+            "--extra",
+            "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     table = (out / "results.md").read_text()
     assert "| dcgan | 2 |" in table and "| lsgan | 2 |" in table and "coverage" in table
@@ -128,23 +198,65 @@ def test_compare_minutes_stops_at_the_deadline(tmp_path):
 
     out = tmp_path / "cmp"
     t0 = time.time()
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "compare.py"), "dcgan", "--minutes", "0.25", "--ckpt-every", "5",
-                        "--num-samples", "40", "--show", "2",
-                        "--extra", "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(TOOLS, "compare.py"),
+            "dcgan",
+            "--minutes",
+            "0.25",
+            "--ckpt-every",
+            "5",
+            "--num-samples",
+            "40",
+            "--show",
+            "2",
+            "--extra",
+            "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (res,) = json.load(open(out / "results.json"))
-    assert res["wall_s"] < 15 + 30 and res["step"] >= 5, res  # 15 s budget; the 60 s grace is never reached
+    assert res["wall_s"] < 15 + 30 and res["step"] >= 5, (
+        res
+    )  # 15 s budget; the 60 s grace is never reached
     assert time.time() - t0 < 200
 
 
 def test_bench_two_scripts(tmp_path):
     js = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, os.path.join(TOOLS, "bench.py"), "dcgan", "lsgan", "--steps", "1", "--batch-size", "8", "--amp", "off",
-                        "--extra", "--g-width 4 --d-width 4 --num-workers 0", "--json", str(js)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(TOOLS, "bench.py"),
+            "dcgan",
+            "lsgan",
+            "--steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--amp",
+            "off",
+            "--extra",
+            "--g-width 4 --d-width 4 --num-workers 0",
+            "--json",
+            str(js),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.load(open(js))
-    assert [x["script"] for x in res] == ["dcgan", "lsgan"] and all(x["img_per_s"] > 0 and x["peak_rss_mb"] > 0 for x in res)
+    assert [x["script"] for x in res] == ["dcgan", "lsgan"] and all(
+        x["img_per_s"] > 0 and x["peak_rss_mb"] > 0 for x in res
+    )
 
 
 def test_plot(tiny_run, tmp_path):
@@ -159,7 +271,8 @@ def test_plot(tiny_run, tmp_path):
 
 
 def test_color_digits(tmp_path):
-    """tools/color_digits.py: every digit as an RGB PNG, strokes in the four colours, both backgrounds."""
+    """tools/color_digits.py: every digit as an RGB PNG, strokes in the four colours,
+    both backgrounds."""
     import color_digits
     import numpy as np
     from PIL import Image
@@ -170,7 +283,9 @@ def test_color_digits(tmp_path):
     ims = np.stack([np.asarray(Image.open(tmp_path / f)) for f in files[:200]])
     assert ims.shape == (200, 16, 16, 3)
     backgrounds = {tuple(int(v) for v in b) for b in color_digits.BACKGROUNDS}
-    corners = [tuple(int(v) for v in c) for c in ims[:, 0, 0]]  # almost every digit leaves its corner blank
+    corners = [
+        tuple(int(v) for v in c) for c in ims[:, 0, 0]
+    ]  # almost every digit leaves its corner blank
     assert set(corners) >= backgrounds and sum(c in backgrounds for c in corners) >= 180
     images, labels = color_digits.color_digits(16)
     assert np.array_equal(images[:200], ims) and labels.shape == (1797,)

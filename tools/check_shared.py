@@ -9,6 +9,7 @@ shared section, byte for byte.
     python tools/check_shared.py          # report the first differing line per section
     python tools/check_shared.py --fix    # rewrite the copies from dcgan.py
 """
+
 import argparse
 import os
 import re
@@ -60,16 +61,24 @@ def check(root=ROOT, fix=False):
         for sec, (cs, ce) in canon_sections.items():
             have = sections(lines)
             if sec not in have:
-                problems.append(f"{name}: missing shared section {sec!r} (copy it from {CANONICAL}:{cs + 1})")
+                problems.append(
+                    f"{name}: missing shared section {sec!r} (copy it from {CANONICAL}:{cs + 1})"
+                )
                 continue
             s, e = have[sec]
             mine, theirs = lines[s:e], canon[cs:ce]
             if mine == theirs:
                 continue
-            k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+            k = next(
+                (i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b),
+                min(len(mine), len(theirs)),
+            )
             got = mine[k].rstrip("\n") if k < len(mine) else "<end of section>"
             want = theirs[k].rstrip("\n") if k < len(theirs) else "<end of section>"
-            problems.append(f"{name}:{s + k + 1}: shared section {sec!r} differs from {CANONICAL}:{cs + k + 1}\n  have: {got}\n  want: {want}")
+            problems.append(
+                f"{name}:{s + k + 1}: shared section {sec!r} differs from "
+                f"{CANONICAL}:{cs + k + 1}\n  have: {got}\n  want: {want}"
+            )
             if fix:
                 lines[s:e] = theirs
                 changed = True
@@ -88,7 +97,10 @@ def main(argv=None):
     for line in problems:
         print(line)
     if problems and not args.fix:
-        print(f"{len(problems)} shared-section difference(s); run python tools/check_shared.py --fix to copy {CANONICAL}'s version")
+        print(
+            f"{len(problems)} shared-section difference(s); "
+            f"run python tools/check_shared.py --fix to copy {CANONICAL}'s version"
+        )
         return 1
     if problems:
         print(f"rewrote {len(problems)} section(s) from {CANONICAL}")

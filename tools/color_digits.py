@@ -7,9 +7,11 @@ colours on a dark or a light background, picked at random per image (--seed), so
 generator has to learn shapes and a colour that is the same over one digit.
 
     python tools/color_digits.py runs/color_digits/img
-    python tools/quantize_celeba.py --num-colors 8 --size 32 runs/color_digits/img runs/color_digits/q8
+    python tools/quantize_celeba.py --num-colors 8 --size 32 \\
+        runs/color_digits/img runs/color_digits/q8
     python bgan.py --dataset folder --data-path runs/color_digits/q8 --steps 2000
 """
+
 import argparse
 import os
 
@@ -28,14 +30,27 @@ def color_digits(size=32, seed=0):
     rng = np.random.default_rng(seed)
     out = np.empty((len(digits.images), size, size, 3), np.uint8)
     for i, im in enumerate(digits.images):
-        a = np.asarray(Image.fromarray((im / 16 * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR), float)[..., None] / 255
-        stroke, background = STROKES[rng.integers(len(STROKES))], BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+        a = (
+            np.asarray(
+                Image.fromarray((im / 16 * 255).astype(np.uint8)).resize(
+                    (size, size), Image.BILINEAR
+                ),
+                float,
+            )[..., None]
+            / 255
+        )
+        stroke, background = (
+            STROKES[rng.integers(len(STROKES))],
+            BACKGROUNDS[rng.integers(len(BACKGROUNDS))],
+        )
         out[i] = (background * (1 - a) + stroke * a).clip(0, 255).astype(np.uint8)
     return out, digits.target
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("dst", help="output folder (created)")
     p.add_argument("--size", type=int, default=32, help="width and height of the images")
     p.add_argument("--seed", type=int, default=0, help="seed of the colour choices")

@@ -3,7 +3,8 @@ way, and write one table and one side-by-side image: a comparison without cherry
 
     python tools/compare.py --minutes 3                      # every script, digits, 3 min each
     python tools/compare.py dcgan wgan_gp began --steps 500  # the same number of G steps
-    python tools/compare.py --minutes 30 --dataset celeba --data-path ~/data --image-size 64 --extra "--amp bf16"
+    python tools/compare.py --minutes 30 --dataset celeba --data-path ~/data --image-size 64 \\
+        --extra "--amp bf16"
 
 Each script runs with its own defaults (the paper's), in a fresh process, with the
 given data flags and budget. A --minutes budget lets it run with a large --steps and a
@@ -17,6 +18,7 @@ of the image, in the order of the table: nothing is picked by hand.
 Output (--out, default runs/compare/<time>): results.md, results.json, samples.png and
 each script's run directory.
 """
+
 import argparse
 import json
 import os
@@ -33,11 +35,14 @@ from common.scripts import load_script, paper_scripts  # noqa: E402
 
 
 def train(name, out, flags, minutes, log):
-    """Run one script; returns (wall seconds, return code). A --minutes run is stopped by SIGTERM."""
+    """Run one script; returns (wall seconds, return code).
+    A --minutes run is stopped by SIGTERM."""
     cmd = [sys.executable, os.path.join(ROOT, name + ".py"), "--out", out, *flags]
     t0 = time.time()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
         try:
             rc = proc.wait(timeout=minutes * 60 if minutes else None)
         except subprocess.TimeoutExpired:
@@ -70,7 +75,12 @@ def side_by_side(rows, path, show):
 
     from common.images import make_grid
 
-    grids = [make_grid(x[:show].expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:show], nrow=show, min_size=0) for _, x in rows]
+    grids = [
+        make_grid(
+            x[:show].expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:show], nrow=show, min_size=0
+        )
+        for _, x in rows
+    ]
     k = max(1, 64 // max(1, rows[0][1].shape[-1]))  # upscale small images for viewing
     grids = [g.repeat(k, 0).repeat(k, 1) for g in grids]
     label_w, width = 110, max(g.shape[1] for g in grids)
@@ -89,18 +99,33 @@ def main(argv=None):
     from common.run import find_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("scripts", nargs="*", help=f"scripts to compare (default: all of {', '.join(paper_scripts())})")
+    p.add_argument(
+        "scripts",
+        nargs="*",
+        help=f"scripts to compare (default: all of {', '.join(paper_scripts())})",
+    )
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="the same number of generator updates for each")
     budget.add_argument("--minutes", type=float, help="the same wall time for each")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-path", default=None)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--extra", default="", help="more flags for every script, e.g. '--amp bf16 --device cuda'")
-    p.add_argument("--ckpt-every", type=int, default=50, help="with --minutes: steps between checkpoints (the last one is evaluated)")
-    p.add_argument("--num-samples", type=int, default=2000, help="generated images per script for the metrics")
+    p.add_argument(
+        "--extra", default="", help="more flags for every script, e.g. '--amp bf16 --device cuda'"
+    )
+    p.add_argument(
+        "--ckpt-every",
+        type=int,
+        default=50,
+        help="with --minutes: steps between checkpoints (the last one is evaluated)",
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=2000, help="generated images per script for the metrics"
+    )
     p.add_argument("--inception-weights", default=None, help="see tools/evaluate.py")
-    p.add_argument("--show", type=int, default=12, help="samples per script in the side-by-side image")
+    p.add_argument(
+        "--show", type=int, default=12, help="samples per script in the side-by-side image"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<time>)")
     args = p.parse_args(argv)
@@ -108,51 +133,117 @@ def main(argv=None):
     unknown = sorted(set(names) - set(paper_scripts()))
     if unknown:
         p.error(f"unknown script(s): {', '.join(unknown)}")
-    if (args.steps is not None and args.steps < 1) or (args.minutes is not None and args.minutes <= 0):
+    if (args.steps is not None and args.steps < 1) or (
+        args.minutes is not None and args.minutes <= 0
+    ):
         p.error("the budget must be positive")
-    out = os.path.abspath(args.out or os.path.join(ROOT, "runs", "compare", time.strftime("%Y%m%d-%H%M%S")))
+    out = os.path.abspath(
+        args.out or os.path.join(ROOT, "runs", "compare", time.strftime("%Y%m%d-%H%M%S"))
+    )
     os.makedirs(out, exist_ok=True)
-    data = ["--dataset", args.dataset, "--image-size", str(args.image_size), "--seed", str(args.seed)]
+    data = [
+        "--dataset",
+        args.dataset,
+        "--image-size",
+        str(args.image_size),
+        "--seed",
+        str(args.seed),
+    ]
     if args.data_path:
         data += ["--data-path", args.data_path]
     if args.steps:
         budget_flags = ["--steps", str(args.steps)]
     else:
-        budget_flags = ["--steps", str(10**7), "--ckpt-every", str(args.ckpt_every), "--sample-every", str(10 * args.ckpt_every)]
+        budget_flags = [
+            "--steps",
+            str(10**7),
+            "--ckpt-every",
+            str(args.ckpt_every),
+            "--sample-every",
+            str(10 * args.ckpt_every),
+        ]
     results, rows = [], []
     for name in names:
         run = os.path.join(out, name)
-        print(f"{name}: training ({f'{args.steps} steps' if args.steps else f'{args.minutes:g} min'})", flush=True)
-        wall, rc = train(name, run, [*data, *budget_flags, *args.extra.split()], args.minutes, os.path.join(out, f"{name}.log"))
+        print(
+            f"{name}: training "
+            f"({f'{args.steps} steps' if args.steps else f'{args.minutes:g} min'})",
+            flush=True,
+        )
+        wall, rc = train(
+            name,
+            run,
+            [*data, *budget_flags, *args.extra.split()],
+            args.minutes,
+            os.path.join(out, f"{name}.log"),
+        )
         rec = {"script": name, "wall_s": round(wall, 1), "img_per_s": round(mean_img_per_s(run), 1)}
         try:
             if rc != 0:
                 raise RuntimeError(f"exit status {rc}, see {name}.log")
             ckpt = find_checkpoint(name, run)
-            res = evaluation.evaluate(ckpt, args.dataset, args.data_path, args.num_samples, 0, evaluation.METRICS, "auto",
-                                      args.inception_weights, seed=args.seed, device="cpu" if "cuda" not in args.extra else "auto")
-            rec.update(step=res["protocol"]["generated"]["step"], **res["metrics"], protocol=res["protocol"])
+            res = evaluation.evaluate(
+                ckpt,
+                args.dataset,
+                args.data_path,
+                args.num_samples,
+                0,
+                evaluation.METRICS,
+                "auto",
+                args.inception_weights,
+                seed=args.seed,
+                device="cpu" if "cuda" not in args.extra else "auto",
+            )
+            rec.update(
+                step=res["protocol"]["generated"]["step"],
+                **res["metrics"],
+                protocol=res["protocol"],
+            )
             generate = load_script(name).load_generator(ckpt)
             rows.append((name, generate(args.show, seed=args.seed)))
         except Exception as e:  # noqa: BLE001 - one failing script does not end the comparison
             rec["error"] = str(e).splitlines()[-1] if str(e) else type(e).__name__
             print(f"{name}: failed: {rec['error']}", file=sys.stderr)
         results.append(rec)
-        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items() if k not in ("script", "protocol")), flush=True)
-    cols = ["fid", "kid", "is", "precision", "recall"] + (["coverage", "confidence"] if args.dataset == "digits" else [])
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in rec.items()
+                if k not in ("script", "protocol")
+            ),
+            flush=True,
+        )
+    cols = ["fid", "kid", "is", "precision", "recall"] + (
+        ["coverage", "confidence"] if args.dataset == "digits" else []
+    )
     budget = f"{args.steps} generator steps" if args.steps else f"{args.minutes:g} minutes"
-    fe = next((r["protocol"]["feature_extractor"]["name"] for r in results if "protocol" in r), "n/a")
-    lines = [f"Each script with its paper defaults on {args.dataset} at {args.image_size}x{args.image_size}, {budget} each"
-             f"{f' ({args.extra})' if args.extra else ''}; {args.num_samples} samples of the EMA generator against the whole training set,"
-             f" features: {fe}; device: {'CUDA' if 'cuda' in args.extra else f'CPU, {os.cpu_count()} cores'}.", "",
-             "| script | steps | wall time | img/s | " + " | ".join(c.upper() if c in ("fid", "kid", "is") else c for c in cols) + " |",
-             "| --- " * (4 + len(cols)) + "|"]
+    fe = next(
+        (r["protocol"]["feature_extractor"]["name"] for r in results if "protocol" in r), "n/a"
+    )
+    lines = [
+        f"Each script with its paper defaults on {args.dataset} at "
+        f"{args.image_size}x{args.image_size}, {budget} each"
+        f"{f' ({args.extra})' if args.extra else ''}; {args.num_samples} samples of the EMA "
+        "generator against the whole training set,"
+        f" features: {fe}; device: "
+        f"{'CUDA' if 'cuda' in args.extra else f'CPU, {os.cpu_count()} cores'}.",
+        "",
+        "| script | steps | wall time | img/s | "
+        + " | ".join(c.upper() if c in ("fid", "kid", "is") else c for c in cols)
+        + " |",
+        "| --- " * (4 + len(cols)) + "|",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['script']} | failed: {r['error']} |" + " |" * (2 + len(cols)))
             continue
         vals = [f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
-        lines.append(f"| {r['script']} | {r['step']} | {r['wall_s'] / 60:.1f} min | {r['img_per_s']:.0f} | " + " | ".join(vals) + " |")
+        lines.append(
+            f"| {r['script']} | {r['step']} | {r['wall_s'] / 60:.1f} min | {r['img_per_s']:.0f} | "
+            + " | ".join(vals)
+            + " |"
+        )
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -160,7 +251,9 @@ def main(argv=None):
     if rows:
         side_by_side(rows, os.path.join(out, "samples.png"), args.show)
     print("\n".join(lines))
-    print(f"wrote {os.path.join(out, 'results.md')}, results.json{' and samples.png' if rows else ''}")
+    print(
+        f"wrote {os.path.join(out, 'results.md')}, results.json{' and samples.png' if rows else ''}"
+    )
     return results
 
 

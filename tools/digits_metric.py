@@ -14,6 +14,7 @@ metric live in common/evaluation.py; this is their command line.
 Reference values (``--real``): real digits against real digits score a Fréchet
 distance near 0, coverage 10 and confidence near 1.
 """
+
 import argparse
 import json
 import os
@@ -25,7 +26,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from common.evaluation import as_trained, classifier, features_and_probs, real_digits, score  # noqa: E402
+from common.evaluation import (  # noqa: E402
+    as_trained,
+    classifier,
+    features_and_probs,
+    real_digits,
+    score,
+)
 from common.scripts import load_script  # noqa: E402
 
 
@@ -34,23 +41,38 @@ def generator_variants(checkpoint, compare_ema):
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module = load_script(ckpt.get("script", "dcgan"))
     if not compare_ema:
-        return [("ema" if ckpt.get("ema") is not None else "raw", module.load_generator(checkpoint))]
+        return [
+            ("ema" if ckpt.get("ema") is not None else "raw", module.load_generator(checkpoint))
+        ]
     out = [("raw G", module.load_generator(checkpoint, use_ema=False))]
     if ckpt.get("ema") is not None:
         copied = module.load_generator(checkpoint)
         bn = {k: v for k, v in ckpt["G"].items() if "running_" in k or "num_batches" in k}
         copied.model.load_state_dict({**copied.model.state_dict(), **bn})
-        out += [("EMA, G's batch-norm statistics copied", copied), ("EMA, statistics recalibrated (default)", module.load_generator(checkpoint))]
+        out += [
+            ("EMA, G's batch-norm statistics copied", copied),
+            ("EMA, statistics recalibrated (default)", module.load_generator(checkpoint)),
+        ]
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint .pt or run directory (any script trained on digits)")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a checkpoint .pt or run directory (any script trained on digits)",
+    )
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compare-ema", action="store_true", help="score raw G, EMA with copied BN statistics, and recalibrated EMA")
-    p.add_argument("--real", action="store_true", help="score half of the real digits (the reference point)")
+    p.add_argument(
+        "--compare-ema",
+        action="store_true",
+        help="score raw G, EMA with copied BN statistics, and recalibrated EMA",
+    )
+    p.add_argument(
+        "--real", action="store_true", help="score half of the real digits (the reference point)"
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     net = classifier()
@@ -58,18 +80,26 @@ def main(argv=None):
     reference = features_and_probs(net, x)[0]
     results = []
     if args.real:
-        half = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[: len(x) // 2]
+        half = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[
+            : len(x) // 2
+        ]
         results.append(("real digits (half)", score(x[half], net, reference)))
     if args.checkpoint:
         from common.run import find_checkpoint
 
-        path = find_checkpoint("", args.checkpoint) if os.path.isdir(args.checkpoint) else args.checkpoint
+        path = (
+            find_checkpoint("", args.checkpoint)
+            if os.path.isdir(args.checkpoint)
+            else args.checkpoint
+        )
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         viewed, view = as_trained(x, load_script(ckpt.get("script", "dcgan")), ckpt["args"])
         if view is not None:  # compare like with like (bgan.py: binarized digits)
             reference = features_and_probs(net, viewed)[0]
         for label, generate in generator_variants(path, args.compare_ema):
-            results.append((label, score(generate(args.num_samples, seed=args.seed), net, reference)))
+            results.append(
+                (label, score(generate(args.num_samples, seed=args.seed), net, reference))
+            )
     if not results:
         p.error("give a checkpoint or --real")
     print(f"{'generator':42s} {'FD':>8s} {'coverage':>9s} {'confidence':>11s}")

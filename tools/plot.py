@@ -7,6 +7,7 @@ One panel per logged quantity (losses, D(x), the Wasserstein estimate, BEGAN's k
 evaluation metrics, img/s), in the order they first appear; a light raw line and a
 moving average when the curve is noisy. Needs matplotlib (``pip install matplotlib``).
 """
+
 import argparse
 import os
 import sys

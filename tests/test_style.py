@@ -1,0 +1,62 @@
+"""The design's rules for how code reads: lines of at most 100 characters in every .py file;
+every paper script in the anatomy's order, within its length budget, with a ``train()`` that
+defines no function (the loop reads like the paper's algorithm box)."""
+import ast
+import os
+
+import pytest
+
+from conftest import ROOT, SCRIPTS
+
+MAX_LINE = 100
+# Issue 13's budgets (wc -l, docstring included); a new script gets the largest family's.
+BUDGET = {"dcgan": 350, "wgan": 450, "wgan_gp": 450, "lsgan": 450, "dragan": 450, "ebgan": 450,
+          "began": 600, "bgan": 600, "sagan": 600, "progan": 600, "stylegan2": 800}
+ORDER = ["parse_args", "add_common_args", "setup_distributed", "autocast", "ema_update",
+         "build_models", "train", "load_generator", "main"]
+
+
+def python_files():
+    """Every .py file of the repository, outside hidden folders and run outputs."""
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("runs", "data")]
+        yield from (os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
+
+
+def test_lines_at_most_100_characters():
+    long = []
+    for path in python_files():
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f.read().splitlines(), 1):
+                if len(line) > MAX_LINE:
+                    long.append(f"{os.path.relpath(path, ROOT)}:{i} ({len(line)})")
+    assert not long, f"{len(long)} line(s) over {MAX_LINE} characters: {long[:20]}"
+
+
+def script_tree(name):
+    with open(os.path.join(ROOT, name + ".py"), encoding="utf-8") as f:
+        text = f.read()
+    return text, ast.parse(text)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_train_defines_no_function(name):
+    _, tree = script_tree(name)
+    train = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train")
+    inner = [f"line {n.lineno}" for n in ast.walk(train) if n is not train
+             and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+    assert not inner, f"{name}.py: train() defines functions at {inner}"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_anatomy_order_and_length(name):
+    text, tree = script_tree(name)
+    top = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    missing = [f for f in ORDER if f not in top]
+    assert not missing, f"{name}.py lacks {missing}"
+    where = [top.index(f) for f in ORDER]
+    assert where == sorted(where), f"{name}.py: {ORDER} out of order: {top}"
+    docstring = ast.get_docstring(tree, clean=False)
+    assert docstring and docstring.count("\n") <= 45, f"{name}.py: docstring of about 40 lines"
+    lines = text.count("\n")
+    assert lines <= BUDGET.get(name, 600), f"{name}.py has {lines} lines, over its budget"
