@@ -334,7 +334,7 @@ def load_generator(path, device="cpu", use_ema=True):
     return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
-# ============================================================ main
+# ============================================================ shared: main
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -343,7 +343,7 @@ def main(argv=None):
         if e.name != "common":
             raise
         sys.exit(f"{SCRIPT}: error: training and sampling need common/: copy it beside {SCRIPT}.py")
-    return run_main(SCRIPT, args, train, load_generator)
+    return run_main(SCRIPT, args, train, load_generator, globals().get("sample"))
 
 
 if __name__ == "__main__":

@@ -10,60 +10,39 @@ with lambda = 10 and k = 1. Unlike WGAN-GP's penalty on lines between real and f
 samples, this one is local to the data, where the sharp gradients arise.
 
 Usage:
-    python dragan.py                                  # digits (embedded), 32x32, ~5 min on 2 CPU cores
+    python dragan.py                                  # digits (embedded), 32x32
     python dragan.py --lambda-gp 10 --perturb-std 0.5 # the penalty's weight and neighbourhood
     python dragan.py --dataset celeba --data-path ~/data --image-size 64
     torchrun --nproc_per_node=8 dragan.py --dataset cifar10 --data-path ~/data --amp bf16
     python dragan.py --resume auto                    # continue the latest run
     python dragan.py --sample 64 --checkpoint runs/dragan/<run>   # grid from the EMA generator
-    python dragan.py --sample 8 --interpolate 10 --checkpoint runs/dragan/<run>
 
 Based on dcgan.py; differs in the gradient penalty (``perturb``, ``gradient_penalty``, in
 D's loss only), D's normalisation (layer norm instead of batch norm), the optimizer
-(Adam 1e-4, betas 0.5/0.9) and the logged penalty ``gp``.
+(Adam 1e-4, betas 0.5/0.9) and the logged penalty ``gp``. Notes: docs/dragan.md.
 
 Departures from the paper, and choices where it is silent:
-* Perturbation: x_hat = x + alpha * delta with delta = --perturb-std * std(x) * N(0, I)
-  and alpha ~ U(0, 1), one per sample ([B, 1, 1, 1]). The paper draws delta ~ N(0, cI);
-  its authors' code (DRAGAN.ipynb) sets the scale from the data, 0.5 * the standard
-  deviation of the real minibatch: one number for the whole batch (over all samples and
-  pixels; per process under torchrun), not per pixel. That code draws the noise from
-  U(0, 1), so it only ever perturbs upwards, which the authors acknowledged to be a bug
-  (kodalinaveen3/DRAGAN issues 5 and 6): the noise here is two-sided, a Gaussian as in the
-  paper. The per-sample alpha along x -> x + delta is the code's (the final paper takes
-  x + delta itself); it spreads the penalty over the neighbourhood instead of a shell.
-* The penalty is on D's logit (pre-sigmoid output), as in the authors' code; through the
-  sigmoid the gradient would vanish wherever D is confident.
-* D has layer norm (GroupNorm(1, C): over C, H, W of each sample) where dcgan.py's D has
-  batch norm: with batch norm, D's output for one sample, and so its gradient, depends on
-  the rest of the batch, which breaks a per-sample penalty (WGAN-GP, Sec. 4, makes the same
-  replacement). G keeps dcgan.py's networks and batch norm.
-* Adam lr 1e-4 with betas (0.5, 0.9), batch 128, z of size 100 and lambda 10 are the
-  authors' code's (the paper's experiments use DCGAN-style networks, which dcgan.py's are).
-  The steps fit five minutes on a 2-core CPU; the paper trains far longer.
-* G's update reuses the fake batch of D's update (as dcgan.py); the authors' code draws a
-  second z.
-* ``--amp fp16`` follows PyTorch's recipe for gradient penalties: D's output is scaled
-  before autograd.grad and the gradient unscaled after, so small gradients do not
-  underflow. ``--compile`` compiles the models but the penalty runs the uncompiled D, as
-  compiled graphs do not support double backward. Under torchrun the penalty's double
-  backward works with the explicit all-reduce of the gradients after backward.
+* Perturbation: x_hat = x + alpha * delta, delta = --perturb-std * std(x) * N(0, I) with
+  one std for the whole batch, alpha ~ U(0, 1) per sample: the scale and alpha are the
+  authors' code's; its noise is one-sided U(0, 1), a bug the authors acknowledged, so the
+  noise here is the paper's two-sided Gaussian.
+* The penalty is on D's logit, as in the authors' code: through the sigmoid the gradient
+  would vanish wherever D is confident.
+* D has layer norm (GroupNorm(1, C)) where dcgan.py's D has batch norm, which would make a
+  sample's gradient depend on the rest of its batch (WGAN-GP, Sec. 4, does the same).
+* Adam lr 1e-4 with betas (0.5, 0.9), batch 128, z of size 100, lambda 10: the authors'
+  code's. G's update reuses D's fake batch (as dcgan.py); that code draws a second z.
+* ``--amp fp16`` scales D's output before autograd.grad and unscales the gradient after
+  (PyTorch's recipe). The penalty runs the uncompiled D (no double backward in compiled
+  graphs); under torchrun gradients are all-reduced explicitly after backward.
 * ``--conditional`` (dcgan.py's cGAN) and the EMA generator are not in the paper.
-
-Pitfalls avoided (shared/reference/pitfalls.md): only real data is perturbed; the
-perturbation is two-sided; alpha is per sample; the gradient norm is over all non-batch
-dimensions flattened, with create_graph=True so the penalty trains D; the penalty is in
-D's loss only; the std is per batch and the penalty on logits (both stated above).
 """
 import argparse
 import copy
 import math
 import os
-import random
 import sys
-import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -75,84 +54,85 @@ SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="DRAGAN (Kodali et al. 2017)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # The authors' code (DRAGAN.ipynb): minibatch 128, z of size 100, Adam lr 1e-4 for both nets. The
-    # steps fit five minutes on a 2-core CPU for the embedded digits; the paper trains far longer.
-    add_common_args(p, batch_size=128, steps=720, lr_g=1e-4, lr_d=1e-4, z_dim=100, image_size=32,
-                    sources={"batch_size": "authors' code", "lr_g": "authors' code", "lr_d": "authors' code", "z_dim": "authors' code"})
+    p = argparse.ArgumentParser(description="DRAGAN (Kodali et al. 2017)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # The authors' code (DRAGAN.ipynb): minibatch 128, z of size 100, Adam lr 1e-4 for both
+    # nets. The steps are a digits default; the paper trains far longer.
+    add_common_args(p, batch_size=128, steps=720, lr_g=1e-4, lr_d=1e-4, z_dim=100,
+                    sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")})
     m = p.add_argument_group("DRAGAN")
-    m.add_argument("--lambda-gp", type=float, default=10.0, help="weight lambda of the gradient penalty (paper and authors' code: 10)")
-    m.add_argument("--perturb-std", type=float, default=0.5, help="std of the perturbation delta, in units of the real batch's std (authors' code: 0.5 * X.std())")
-    m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer; doubles per resolution step")
-    m.add_argument("--d-width", type=int, default=64, help="channels of D's first layer; doubles per resolution step")
+    m.add_argument("--lambda-gp", type=float, default=10.0,
+                   help="weight lambda of the gradient penalty (paper and authors' code)")
+    m.add_argument("--perturb-std", type=float, default=0.5, help="std of the perturbation "
+                   "delta, in units of the real batch's std (authors' code: 0.5 * X.std())")
+    m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "
+                   "doubled per resolution step (dcgan.py's)")
+    m.add_argument("--d-width", type=int, default=64, help="channels of D's first layer")
     m.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (authors' code)")
     m.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (authors' code)")
-    m.add_argument("--conditional", action="store_true", help="class-conditional G and D (dcgan.py's cGAN); needs labelled data")
+    m.add_argument("--conditional", action="store_true",
+                   help="class-conditional G and D (dcgan.py's cGAN); needs labels")
     return parse_with_resume(p, argv)
 
 
 # ============================================================ shared: command line
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999, sources=None):
-    """Flags that mean the same in every script; the paper's values come in as arguments,
-    and ``sources`` names where in the paper each one comes from."""
-    cite = lambda k: f"; paper: {sources[k]}" if sources and k in sources else ""  # noqa: E731
-    g = p.add_argument_group("common (the same in every script)")
-    g.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"], help="training data; digits ships inside scikit-learn")
-    g.add_argument("--data-path", default=None, help="folder holding the dataset (or any folder of images for --dataset folder)")
-    g.add_argument("--download", action="store_true", help="download mnist/fashion-mnist/cifar10/celeba into --data-path first")
-    g.add_argument("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
-    g.add_argument("--channels", type=int, default=None, choices=[1, 3], help="image channels; None keeps the dataset's own")
-    g.add_argument("--flip", action="store_true", help="augment with random horizontal flips")
-    g.add_argument("--color-jitter", type=float, default=0.0, help="augment with colour jitter of this strength (0.1-0.3 is mild)")
-    g.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size per process{cite('batch_size')}")
-    g.add_argument("--steps", type=int, default=steps, help="number of generator updates")
-    g.add_argument("--lr-g", type=float, default=lr_g, help=f"generator learning rate{cite('lr_g')}")
-    g.add_argument("--lr-d", type=float, default=lr_d, help=f"discriminator / critic learning rate{cite('lr_d')}")
-    g.add_argument("--z-dim", type=int, default=z_dim, help=f"latent size{cite('z_dim')}")
-    g.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r for its latents)")
-    g.add_argument("--out", default=None, help="run directory (default runs/<script>/<time>)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (fp16 needs CUDA)")
-    g.add_argument("--ema-decay", type=float, default=ema_decay, help="EMA of G's weights per G step, with ramp-up; 0 turns EMA off")
-    g.add_argument("--log-every", type=int, default=25, help="steps between logged metrics (each log syncs with the device)")
-    g.add_argument("--sample-every", type=int, default=100, help="steps between sample grids")
-    g.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations of a checkpoint (FID, KID, precision/recall; digits: the digits classifier), logged as eval_* in metrics.jsonl; the best is kept as checkpoints/best.pt; 0: off")
-    g.add_argument("--eval-samples", type=int, default=1000, help="generated images per --eval-every evaluation")
-    g.add_argument("--tensorboard", action="store_true", help="also write the logged numbers and grids as TensorBoard events (<run>/tensorboard; needs the tensorboard package)")
-    g.add_argument("--resume", default=None, help="continue from a checkpoint: a .pt file, a run directory, or auto (latest run)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the models")
-    g.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes for image folders")
-    g.add_argument("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint instead of training")
-    g.add_argument("--checkpoint", default=None, help="checkpoint for --sample: a .pt file, a run directory, or auto")
-    g.add_argument("--temperature", type=float, default=1.0, help="--sample: scale of the latent (lower is tamer)")
-    g.add_argument("--interpolate", type=int, default=0, metavar="K", help="--sample: N latent walks of K steps (grid and GIF)")
-    g.add_argument("--no-ema", action="store_true", help="--sample: use the raw generator instead of the EMA one")
-
-
-class UserError(Exception):
-    """A mistake the user can fix: main() prints it as one line and exits with status 1."""
+def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
+                    sources=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+    paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--dataset", default="digits", help="training data (digits: embedded)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
+    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
+    a("--download", action="store_true", help="download the dataset into --data-path first")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
+    a("--flip", action="store_true", help="augment with random horizontal flips")
+    a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
+    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
+    a("--steps", type=int, default=steps, help="number of generator updates")
+    a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
+    a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
+    a("--z-dim", type=int, default=z_dim, help="latent size" + paper.get("z_dim", ""))
+    a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
+    a("--out", default=None, help="run directory (default runs/<script>/<time>)")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    a("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision")
+    a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
+    a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
+    a("--sample-every", type=int, default=100, help="steps between sample grids")
+    a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
+    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
+    a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
+    a("--tensorboard", action="store_true", help="also write TensorBoard events")
+    a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
+    a("--compile", action="store_true", help="torch.compile the models")
+    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
+    a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
+    a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
+    a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
+    a("--interpolate", type=int, default=0, metavar="K", help="--sample: N walks of K steps")
+    a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
 def parse_with_resume(p, argv):
-    """Parse argv; remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
     args = p.parse_args(argv)
-    if args.eval_every < 0 or args.eval_samples < 10:
-        p.error("--eval-every must be at least 0 (0: off) and --eval-samples at least 10")
-    saved = {a.dest: a.default for a in p._actions}
-    for a in p._actions:
+    for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
-    for a in p._actions:
-        a.default = saved[a.dest]
     return args
 
 
 # ============================================================ shared: distributed
 def setup_distributed(device):
     """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
-    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    from common import UserError
+
+    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    world = max(world, 1)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if device == "auto" else device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")
@@ -171,31 +151,15 @@ def average_gradients(module, world):
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
-    flat /= world
-    i = 0
-    for g in grads:
-        g.copy_(flat[i : i + g.numel()].view_as(g))
-        i += g.numel()
-
-
-def broadcast_module(module, world):
-    """Make every rank start from rank 0's parameters and buffers."""
-    if world > 1:
-        for t in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(t.data, 0)
-
-
-def all_ranks_mean(t, world):
-    if world > 1:
-        dist.all_reduce(t)
-        t /= world
-    return t
+    for g, f in zip(grads, flat.div_(world).split([g.numel() for g in grads])):
+        g.copy_(f.view_as(g))
 
 
 # ============================================================ shared: mixed precision
 def autocast(device, amp):
     """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
-    return torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "off")
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "off")
 
 
 def make_scaler(device, amp):
@@ -214,10 +178,9 @@ def optimizer_step(loss, opt, scaler, module, world):
 
 # ============================================================ shared: EMA
 def ema_update(ema, model, decay, step):
-    """ema <- d * ema + (1 - d) * model, with the ramp-up d = min(decay, (1 + t) / (10 + t)).
+    """ema <- d * ema + (1 - d) * model, d = min(decay, (1 + t) / (10 + t)); buffers copied.
 
-    The ramp-up keeps early averages from being dominated by the random initial weights;
-    buffers are copied.
+    The ramp-up keeps early averages from being dominated by the random initial weights.
     """
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
@@ -225,92 +188,6 @@ def ema_update(ema, model, decay, step):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(ema, batches):
-    """Recompute batch-norm running statistics for the averaged weights.
-
-    Running statistics copied from the raw generator belong to its weights, not the
-    averaged ones; running the EMA generator in train mode on fresh latents with a
-    cumulative average (momentum None) gives statistics that match.
-    """
-    bns = [m for m in ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    ema.train()
-    for inputs in batches:  # tuples of the generator's inputs
-        ema(*inputs)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    ema.eval()
-
-
-# ============================================================ shared: checkpoints
-def rng_state():
-    """This process's RNG states (python, numpy, torch, cuda) as weights_only-loadable values."""
-    np_state = np.random.get_state()
-    return {
-        "python": list(random.getstate()[1]) + [random.getstate()[2]],
-        "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(s):
-    random.setstate((3, tuple(s["python"][:-1]), s["python"][-1]))
-    np.random.set_state(("MT19937", s["numpy"][0].numpy().astype(np.uint32), *s["numpy"][1:]))
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def gather_rng_states(world):
-    """Every rank's RNG state, in rank order (a collective: call on all ranks)."""
-    if world == 1:
-        return [rng_state()]
-    states = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return states
-
-
-def save_checkpoint(path, state):
-    """torch.save to a temporary file, then rename: a kill mid-save keeps the old file whole."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, script, device="cpu"):
-    """Load a checkpoint of this script with weights_only=True; one clear error otherwise."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path!r} ({type(e).__name__}); is it a checkpoint of this project?") from None
-    if not isinstance(ckpt, dict) or ckpt.get("script") != script:
-        other = ckpt.get("script") if isinstance(ckpt, dict) else None
-        raise UserError(f"{path!r} is a checkpoint of {other or 'something else'}, not {script}.py; use {other or 'the matching'}.py with it")
-    return ckpt
-
-
-def last_good(out):
-    """Where the last good checkpoint is, for the message that stops a diverged run."""
-    path = os.path.join(out or ".", "checkpoints", "last.pt")
-    return f"the last good checkpoint is {path}" if os.path.exists(path) else "no checkpoint had been written yet"
-
-
-def load_state(module, state, what):
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"the checkpoint's {what} does not fit the model built from these flags ({first}); keep the run's model flags") from None
 
 
 # ============================================================ model
@@ -321,7 +198,8 @@ def widths(image_size, base):
 
 
 def init_weights(m):
-    """Sec. 4: all weights from N(0, 0.02); batch-norm gains from N(1, 0.02), biases 0."""
+    """DCGAN's (Sec. 4): weights from N(0, 0.02); batch/layer-norm gains from N(1, 0.02),
+    biases 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
@@ -337,8 +215,8 @@ def one_hot(y, num_classes, dtype):
 
 
 class Generator(nn.Module):
-    """z (and a one-hot label) -> "project and reshape" to 4x4 (Fig. 1: a matrix multiply),
-    then 2x transposed convs (kernel 4, stride 2) with BN + ReLU, and a tanh output."""
+    """dcgan.py's G: z (and a one-hot label) -> "project and reshape" to 4x4, then 2x
+    transposed convs (kernel 4, stride 2) with BN + ReLU, and a tanh output."""
 
     def __init__(self, z_dim=100, image_size=32, channels=1, width=64, num_classes=0):
         super().__init__()
@@ -347,8 +225,9 @@ class Generator(nn.Module):
         self.project = nn.Linear(z_dim + num_classes, w[0] * 4 * 4, bias=False)
         layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # no BN on G's output (Sec. 3)
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # no BN on the output
         self.net = nn.Sequential(*layers)
 
     def forward(self, z, y=None):
@@ -368,15 +247,24 @@ class Discriminator(nn.Module):
         self.num_classes = num_classes
         layers = [nn.Conv2d(channels + num_classes, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.GroupNorm(1, cout), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.GroupNorm(1, cout),
+                       nn.LeakyReLU(0.2, True)]
         self.net = nn.Sequential(*layers)
         self.out = nn.Linear(w[-1] * 4 * 4, 1)  # a logit; the sigmoid lives in the loss
 
     def forward(self, x, y=None):
         if self.num_classes:
-            planes = one_hot(y, self.num_classes, x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])
-            x = torch.cat([x, planes], 1)
+            planes = one_hot(y, self.num_classes, x.dtype)[:, :, None, None]
+            x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], 1)
         return self.out(self.net(x).flatten(1)).view(-1)
+
+
+def build_models(args, channels, num_classes):
+    g = Generator(args.z_dim, args.image_size, channels, args.g_width, num_classes)
+    d = Discriminator(args.image_size, channels, args.d_width, num_classes)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    return g, d
 
 
 # ============================================================ loss
@@ -392,7 +280,8 @@ def g_loss(fake_logits):
 
 def perturb(real, scale=0.5):
     """x + alpha * delta around real data only: delta ~ N(0, (scale * std(x))^2 I), two-sided,
-    with one std for the whole batch (the authors' 0.5 * X.std()); alpha ~ U(0, 1) per sample."""
+    with one std for the whole batch (the authors' 0.5 * X.std()); alpha ~ U(0, 1) per sample,
+    which spreads the penalty over the neighbourhood instead of a shell."""
     delta = scale * real.detach().float().std() * torch.randn_like(real)
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     return real.detach() + alpha * delta
@@ -415,302 +304,93 @@ def gradient_penalty(D, x_hat, y=None, scaler=None):
 
 
 # ============================================================ training
-def build_models(args, channels, num_classes):
-    g = Generator(args.z_dim, args.image_size, channels, args.g_width, num_classes)
-    d = Discriminator(args.image_size, channels, args.d_width, num_classes)
-    g.apply(init_weights)
-    d.apply(init_weights)
-    return g, d
-
-
 def check_args(args):
+    from common import UserError
+
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
-    for name in ("batch_size", "steps", "g_width", "d_width", "z_dim", "log_every", "sample_every", "ckpt_every"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= args.ema_decay < 1:
-        raise UserError(f"--ema-decay must be in [0, 1), not {args.ema_decay}")
+        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
+                        "so use a power of two >= 8 (32, 64, 128, ...)")
+    if min(args.g_width, args.d_width) < 1:
+        raise UserError("--g-width and --d-width must be at least 1")
     if args.lambda_gp < 0 or args.perturb_std < 0:
-        raise UserError(f"--lambda-gp and --perturb-std must not be negative (got {args.lambda_gp:g} and {args.perturb_std:g}); the paper's are 10 and 0.5")
+        raise UserError(f"--lambda-gp and --perturb-std must not be negative (got "
+                        f"{args.lambda_gp:g} and {args.perturb_std:g}); the paper's are 10 and 0.5")
 
 
 def train(args):
-    from tqdm import tqdm
-
-    from common.data import Batches, download_dataset, load_dataset
-    from common.images import progress_gif, save_grid
-    from common.run import Metrics, find_checkpoint, new_run_dir, run_dir_of, write_args
+    from common.run import Run, fixed_inputs
 
     rank, world, device = setup_distributed(args.device)
-    if args.amp == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
-    ckpt = None
-    if args.resume:
-        path = find_checkpoint(SCRIPT, args.resume, args.out)
-        ckpt = load_checkpoint(path, SCRIPT, "cpu")
-        for k, v in ckpt["args"].items():  # the run's flags, except those given now
-            if k not in args.explicit and k not in ("resume", "explicit"):
-                setattr(args, k, v)
-        args.out = run_dir_of(path)
-    check_args(args)
-
-    if args.download:
-        if rank == 0:
-            download_dataset(args.dataset, args.data_path)
-        if world > 1:
-            dist.barrier()
-    data = load_dataset(args.dataset, args.data_path, args.image_size, args.channels)
-    if args.conditional and not data.num_classes:
-        raise UserError(f"--conditional needs labelled data, and {args.dataset} at {args.data_path!r} has no classes (use class sub-folders)")
-    num_classes = data.num_classes if args.conditional else 0
-    batches = Batches(data, args.batch_size, device, args.seed, rank, world, args.num_workers, args.flip, args.color_jitter)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset(labels=args.conditional)
+    nc = data.num_classes if args.conditional else 0
+    batches = run.batches(data)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    G, D = build_models(args, data.channels, num_classes)
-    G, D = (m.to(device, memory_format=torch.channels_last) for m in (G, D))
-    broadcast_module(G, world)
-    broadcast_module(D, world)
+    G, D = (m.to(device, memory_format=torch.channels_last)
+            for m in build_models(args, data.channels, nc))
     ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay > 0 else None
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    step = 0
-    if ckpt is not None:
-        load_state(G, ckpt["G"], "generator")
-        load_state(D, ckpt["D"], "discriminator")
-        if ema is not None and ckpt.get("ema") is not None:
-            load_state(ema, ckpt["ema"], "EMA generator")
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        for opt, lr in ((opt_g, args.lr_g), (opt_d, args.lr_d)):  # a learning rate given now wins
-            for group in opt.param_groups:
-                group["lr"] = lr
-        scaler_g.load_state_dict(ckpt["scaler_g"])
-        scaler_d.load_state_dict(ckpt["scaler_d"])
-        batches.load_state_dict(ckpt["batches"])
-        step = ckpt["step"]
-        rngs = ckpt["rng"]
-        if len(rngs) == world:
-            set_rng_state(rngs[rank])
-        else:
-            torch.manual_seed(args.seed + rank + 7919 * step)
-            print(f"warning: resuming with {world} processes from a {len(rngs)}-process run; latents will differ", file=sys.stderr)
-    else:
-        torch.manual_seed(args.seed + rank)
-        random.seed(args.seed + rank)
-        np.random.seed(args.seed + rank)
+    grid = fixed_inputs(8 * nc if nc else 64, args.z_dim, nc, 1234, device)  # a row per class
+    calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
+              info={"channels": data.channels, "num_classes": nc},
+              note=f"lambda {args.lambda_gp:g}, perturbation std {args.perturb_std:g} x std(x)")
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
-    out = args.out
-    if rank == 0:
-        out = args.out if ckpt is not None else new_run_dir(SCRIPT, args.out)
-        args.out = out
-        write_args(out, args)
-        metrics = Metrics(out, resume_step=step if ckpt is not None else None, tensorboard=args.tensorboard,
-                          evaluate_dataset=args.dataset if args.eval_every else None)
-        print(f"{SCRIPT}: {args.dataset} {args.image_size}x{args.image_size}x{data.channels}, {len(data)} images"
-              f"{f', {num_classes} classes' if num_classes else ''}; batch {args.batch_size} x {world} process(es) = {args.batch_size * world};"
-              f" G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M, D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M params;"
-              f" {device}, amp {args.amp}; run dir {out}", flush=True)
-
-    # Fixed latents for the grids: a private generator, so sampling never moves the training RNG.
-    n_grid = 8 * num_classes if num_classes else 64
-    grid_z = torch.randn(n_grid, args.z_dim, generator=torch.Generator().manual_seed(1234)).to(device)
-    grid_y = torch.arange(num_classes).repeat_interleave(8).to(device) if num_classes else None
-
-    def calib_batches(n=4, size=256):
-        """Latents (and labels) for recalibrate_batchnorm: the same ones every time."""
-        g = torch.Generator().manual_seed(4321)
-        for _ in range(n):
-            z = torch.randn(size, args.z_dim, generator=g).to(device)
-            yield (z, torch.randint(num_classes, (size,), generator=g).to(device)) if num_classes else (z,)
-
-    def generator_for_use():
-        if ema is None:
-            return G
-        recalibrate_batchnorm(ema, calib_batches())
-        return ema
-
-    def save(step):
-        states = gather_rng_states(world)
-        if not all(torch.isfinite(p).all() for m in (G, D) for p in m.parameters()):
-            raise UserError(f"the weights became NaN/inf by step {step}; {last_good(out)} (try a lower --lr-d/--lr-g or --amp off)")
-        if rank == 0:
-            if ema is not None:
-                recalibrate_batchnorm(ema, calib_batches())
-            state = {
-                "script": SCRIPT, "step": step, "args": {k: v for k, v in vars(args).items() if k != "explicit"},
-                "channels": data.channels, "num_classes": num_classes,
-                "G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-                "batches": batches.state_dict(), "rng": states,
-            }
-            last = os.path.join(out, "checkpoints", "last.pt")
-            save_checkpoint(last, state)
-            numbered = os.path.join(out, "checkpoints", f"step_{step:06d}.pt")
-            if os.path.exists(numbered):
-                os.remove(numbered)
-            os.link(last, numbered)
-
-    def write_samples(step):
-        gen = generator_for_use()
-        was_training = gen.training
-        gen.eval()
-        with torch.no_grad(), autocast(device, args.amp):
-            x = gen(grid_z, grid_y) if num_classes else gen(grid_z)
-        gen.train(was_training)
-        metrics.image("samples", step, save_grid(x, os.path.join(out, "samples", f"step_{step:06d}.png"), nrow=8))
-        progress_gif(os.path.join(out, "samples"), os.path.join(out, "progress.gif"))
-
     stream = iter(batches)
-    acc = torch.zeros(5, device=device)  # d_loss, g_loss, D(x), D(G(z)), penalty summed since the last log
-    n_acc, t_log = 0, time.perf_counter()
-    pbar = tqdm(total=args.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc=SCRIPT)
-    while step < args.steps:
+    while run.step < args.steps:
         real, y = next(stream)
         real = real.contiguous(memory_format=torch.channels_last)
-        b = real.shape[0]
-        z = torch.randn(b, args.z_dim, device=device)
-        y_fake = torch.randint(num_classes, (b,), device=device) if num_classes else None
+        z = torch.randn(real.shape[0], args.z_dim, device=device)
+        y_fake = torch.randint(nc, (real.shape[0],), device=device) if nc else None
 
-        # D step: maximise log D(x) + log(1 - D(G(z))) (Goodfellow et al. 2014, Alg. 1), plus the
-        # DRAGAN penalty around the real batch. It runs the uncompiled D: double backward.
+        # D step: maximise log D(x) + log(1 - D(G(z))) (Goodfellow et al. 2014, Alg. 1), plus
+        # the DRAGAN penalty around the real batch. It runs the uncompiled D: double backward.
         with autocast(device, args.amp):
             fake = G_step(z, y_fake)
-            real_logits = D_step(real, y)
-            fake_logits = D_step(fake.detach(), y_fake)
+            real_logits, fake_logits = D_step(real, y), D_step(fake.detach(), y_fake)
             gp = gradient_penalty(D, perturb(real, args.perturb_std), y, scaler_d)
             loss_d = d_loss(real_logits, fake_logits) + args.lambda_gp * gp
         optimizer_step(loss_d, opt_d, scaler_d, D, world)
 
-        # G step: maximise log D(G(z)), the non-saturating form. D's weights need no grads here.
+        # G step: maximise log D(G(z)), the non-saturating form. D's weights need no grads.
         D.requires_grad_(False)
         with autocast(device, args.amp):
             loss_g = g_loss(D_step(fake, y_fake))
         optimizer_step(loss_g, opt_g, scaler_g, G, world)
         D.requires_grad_(True)
         if ema is not None:
-            ema_update(ema, G, args.ema_decay, step)
-        step += 1
+            ema_update(ema, G, args.ema_decay, run.step)
 
-        with torch.no_grad():
-            acc += torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                                torch.sigmoid(real_logits.detach().float()).mean(), torch.sigmoid(fake_logits.detach().float()).mean(), gp.detach()])
-        n_acc += 1
-        pbar.update(1)
-        if step % args.log_every == 0 or step == args.steps:
-            vals = (all_ranks_mean(acc, world) / n_acc).tolist()  # the one host sync per interval
-            dt = time.perf_counter() - t_log
-            if not all(map(math.isfinite, vals)):
-                pbar.close()
-                raise UserError(f"losses became NaN/inf by step {step}; {last_good(out)} (try a lower --lr-d/--lr-g or --amp off)")
-            rec = dict(step=step, d_loss=vals[0], g_loss=vals[1], d_real=vals[2], d_fake=vals[3], gp=vals[4],
-                       img_per_s=n_acc * args.batch_size * world / dt, time=time.time())
-            if rank == 0:
-                metrics.log(**rec)
-                pbar.set_postfix(d=f"{vals[0]:.3f}", g=f"{vals[1]:.3f}", Dx=f"{vals[2]:.2f}", DGz=f"{vals[3]:.2f}", gp=f"{vals[4]:.3f}", img_s=f"{rec['img_per_s']:.0f}")
-            acc.zero_()
-            n_acc, t_log = 0, time.perf_counter()
-        if rank == 0 and (step % args.sample_every == 0 or step == args.steps):
-            write_samples(step)
-        if step % args.ckpt_every == 0 or step == args.steps:
-            save(step)
-        if args.eval_every and step % args.eval_every == 0:
-            if step % args.ckpt_every and step != args.steps:
-                save(step)  # evaluation scores (and may keep as best.pt) the checkpoint of this step
-            if rank == 0:
-                metrics.evaluate(step, os.path.join(out, "checkpoints", "last.pt"), args.eval_samples)
-    pbar.close()
-    if rank == 0:
-        metrics.close()
-        print(f"done: {step} steps; samples in {os.path.join(out, 'samples')}, checkpoint {os.path.join(out, 'checkpoints', 'last.pt')}", flush=True)
-    if world > 1:
-        dist.barrier()
-    return {"out": out, "G": G, "D": D, "ema": ema}
+        run.end_step(d_loss=loss_d, g_loss=loss_g,
+                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
+                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(), gp=gp)
+    return run.finish()
 
 
 # ============================================================ sampling
-def slerp(a, b, t):
-    """Spherical interpolation between latents (White 2016), better than linear in high dimension."""
-    an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
-    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
 def load_generator(path, device="cpu", use_ema=True):
-    """A function generate(n, seed=0, temperature=1.0, z=None, labels=None) -> images in
-    [-1, 1] from a checkpoint's EMA generator (or raw G), for sampling and evaluation tools.
-    It carries .model, .z_dim, .num_classes and .used_ema."""
-    ckpt = load_checkpoint(path, SCRIPT, device)
-    run = argparse.Namespace(**ckpt["args"])
-    nc = ckpt["num_classes"]
-    G = Generator(run.z_dim, run.image_size, ckpt["channels"], run.g_width, nc).to(device)
-    used_ema = use_ema and ckpt["ema"] is not None
-    load_state(G, ckpt["ema"] if used_ema else ckpt["G"], "generator")
-    G.eval()
+    """generate(n, seed=0, temperature=1.0, z=None, labels=None) -> images in [-1, 1] from a
+    checkpoint's EMA generator (or raw G), for --sample and the evaluation tools."""
+    from common.run import Generate
 
-    @torch.no_grad()
-    def generate(n=None, seed=0, temperature=1.0, z=None, labels=None):
-        if z is None:
-            z = torch.randn(n, run.z_dim, generator=torch.Generator().manual_seed(seed)) * temperature
-        if nc and labels is None:
-            labels = torch.arange(len(z)) % nc
-        ys = labels.split(256) if nc else [None] * len(z)
-        return torch.cat([G(zc.to(device), yc.to(device) if nc else None).float().cpu() for zc, yc in zip(z.split(256), ys)])
-
-    generate.model, generate.z_dim, generate.num_classes, generate.used_ema = G, run.z_dim, nc, used_ema
-    return generate
+    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
-def sample(args):
-    from common.images import make_grid, save_gif, save_grid
-    from common.run import find_checkpoint, run_dir_of
-
-    if not args.checkpoint:
-        raise UserError("--sample needs --checkpoint (a .pt file, a run directory, or auto)")
-    if args.temperature <= 0 or args.interpolate < 0:
-        raise UserError("--temperature must be positive and --interpolate not negative")
-    _, _, device = setup_distributed(args.device)
-    path = find_checkpoint(SCRIPT, args.checkpoint)
-    generate = load_generator(path, device, use_ema=not args.no_ema)
-    nc, which = generate.num_classes, "EMA" if generate.used_ema else "raw"
-    out = args.out or os.path.join(run_dir_of(path), "samples")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    gen = torch.Generator().manual_seed(args.seed)
-    n = args.sample
-    if args.interpolate:  # n walks between random latents, k steps each: one row per walk
-        k = args.interpolate
-        keys = torch.randn(n + 1, generate.z_dim, generator=gen) * args.temperature
-        z = slerp(keys[:-1, None], keys[1:, None], torch.linspace(0, 1, k).view(1, k, 1)).reshape(n * k, -1)
-        y = torch.randint(nc, (n,), generator=gen).repeat_interleave(k) if nc else None
-        x = generate(z=z, labels=y)
-        png = save_grid(x, os.path.join(out, f"interpolate_{stamp}.png"), nrow=k)
-        frames = [make_grid(x[i::k], nrow=int(math.ceil(math.sqrt(n)))) for i in range(k)]
-        gif = save_gif(frames + frames[::-1], os.path.join(out, f"interpolate_{stamp}.gif"), last_ms=120)
-        print(f"wrote {png} and {gif} ({n} walks of {k} steps, {which} generator)")
-        return png
-    y = (torch.arange(n) % nc).sort().values if nc else None  # one row per class
-    x = generate(n, seed=args.seed, temperature=args.temperature, labels=y)
-    png = save_grid(x, os.path.join(out, f"sample_{stamp}.png"), nrow=int(math.ceil(n / nc)) if nc else None)
-    print(f"wrote {png} ({n} images, {which} generator, temperature {args.temperature})")
-    return png
-
-
-# ============================================================ main
+# ============================================================ shared: main
 def main(argv=None):
-    import common
-
     args = parse_args(argv)
     try:
-        return sample(args) if args.sample else train(args)
-    except (UserError, common.UserError) as e:  # a user's mistake: one line, no traceback
-        print(f"{SCRIPT}: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        from common.run import main as run_main
+    except ModuleNotFoundError as e:  # a copy of this file alone: models and losses only
+        if e.name != "common":
+            raise
+        sys.exit(f"{SCRIPT}: error: training and sampling need common/: copy it beside {SCRIPT}.py")
+    return run_main(SCRIPT, args, train, load_generator, globals().get("sample"))
 
 
 if __name__ == "__main__":

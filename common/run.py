@@ -91,9 +91,11 @@ def fixed_inputs(n, z_dim, num_classes, seed, device, latent=torch.randn):
 
 def check_common_args(args):
     """Ranges of the shared flags (the script checks its own)."""
-    for name in ("batch_size", "steps", "log_every", "sample_every", "ckpt_every", "z_dim"):
+    for name in ("batch_size", "log_every", "sample_every", "ckpt_every", "z_dim"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.steps < 0:  # 0 is a script's own length (ProGAN's schedule), else refused by start()
+        raise UserError(f"--steps must be at least 1, not {args.steps}")
     if args.ema_decay is not None and not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1), not {args.ema_decay}")
     if args.eval_every < 0 or args.eval_samples < 10:
@@ -170,6 +172,8 @@ class Run:
         self.state, self.grid, self.calibrate = state, grid, calibrate
         self.info = dict(info or {})
         self.total = total or self.args.steps
+        if self.total < 1:
+            raise UserError("--steps must be at least 1")
         for m in state.values():  # every rank starts from rank 0's weights
             if isinstance(m, nn.Module) and self.world > 1:
                 for t in list(m.parameters()) + list(m.buffers()):
@@ -285,13 +289,19 @@ class Run:
         self.pbar.close()
         raise UserError(f"{what}; {last_good(self.out)} (try a lower --lr-d/--lr-g or --amp off)")
 
+    def private_rng(self):
+        """A fork of the RNG: grids and batch-norm calibration never move the training RNG
+        (G may draw noise in its forward), so a resumed run follows the same trajectory."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     def generator(self):
         """The generator for grids and checkpoints: the EMA one (batch norm recalibrated)
         when there is one, else G."""
         ema = self.state.get("ema")
         if ema is None:
             return self.state["G"]
-        recalibrate_batchnorm(ema, self.calibrate)
+        with self.private_rng():
+            recalibrate_batchnorm(ema, self.calibrate)
         return ema
 
     @torch.no_grad()
@@ -299,8 +309,9 @@ class Run:
         """The grid's images from ``gen`` in eval mode, under the run's autocast."""
         was_training = gen.training
         gen.eval()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.args.amp == "bf16"
-                            else torch.float16, enabled=self.args.amp != "off"):
+        amp = self.args.amp
+        dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        with self.private_rng(), torch.autocast(self.device.type, dtype, enabled=amp != "off"):
             x = self.grid(gen) if callable(self.grid) else gen(*self.grid)
         gen.train(was_training)
         return x
@@ -542,7 +553,8 @@ class Sampling:
         a, nc = self.args, getattr(self.generate, "num_classes", 0)
         n, k = a.sample, a.interpolate
         gen = torch.Generator().manual_seed(a.seed)
-        keys = torch.randn(n + 1, self.generate.z_dim, generator=gen) * a.temperature
+        draw = getattr(self.generate, "latent", torch.randn)  # the latent the script draws
+        keys = draw(n + 1, self.generate.z_dim, generator=gen) * a.temperature
         t = torch.linspace(0, 1, k).view(1, k, 1)
         z = slerp(keys[:-1, None], keys[1:, None], t).reshape(n * k, -1)
         if nc:
@@ -561,10 +573,13 @@ def sample(script, args, load_generator):
     return s.interpolation() if args.interpolate else s.grid()
 
 
-def main(script, args, train, load_generator, sample=sample):
-    """Train, or sample with ``--sample``; a user's mistake ends in one line and status 1."""
+def main(script, args, train, load_generator, own_sample=None):
+    """Train, or sample with ``--sample`` (``own_sample``: the script's ``sample`` where it has
+    extra modes); a user's mistake ends in one line and status 1."""
     try:
-        return sample(script, args, load_generator) if args.sample else train(args)
+        if args.sample:
+            return (own_sample or sample)(script, args, load_generator)
+        return train(args)
     except UserError as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -18,14 +18,17 @@ m = load_script("began")
 def test_reconstruction_loss_is_l1_per_sample():
     v = torch.zeros(2, 1, 1, 2)
     r = torch.tensor([[[[1.0, -3.0]]], [[[0.5, 0.5]]]])
-    assert torch.equal(m.reconstruction_loss(v, r), torch.tensor([2.0, 0.5]))  # L2 would give 5 and 0.25
+    # L2 would give 5 and 0.25
+    assert torch.equal(m.reconstruction_loss(v, r), torch.tensor([2.0, 0.5]))
 
 
 def test_k_is_clipped_to_0_1():
     one, zero = torch.tensor(1.0), torch.tensor(0.0)
-    assert m.update_k(torch.tensor(0.9995), l_real=one, l_fake=zero, gamma=1.0, lambda_k=0.001).item() == 1.0
-    assert m.update_k(torch.tensor(0.0005), l_real=zero, l_fake=one, gamma=1.0, lambda_k=0.001).item() == 0.0
-    k = m.update_k(torch.tensor(0.5), l_real=torch.tensor(0.2), l_fake=torch.tensor(0.06), gamma=0.5, lambda_k=0.001)
+    up = m.update_k(torch.tensor(0.9995), l_real=one, l_fake=zero, gamma=1.0, lambda_k=0.001)
+    down = m.update_k(torch.tensor(0.0005), l_real=zero, l_fake=one, gamma=1.0, lambda_k=0.001)
+    assert up.item() == 1.0 and down.item() == 0.0
+    k = m.update_k(torch.tensor(0.5), l_real=torch.tensor(0.2), l_fake=torch.tensor(0.06),
+                   gamma=0.5, lambda_k=0.001)
     assert k.item() == pytest.approx(0.5 + 0.001 * (0.1 - 0.06))
 
 
@@ -35,14 +38,17 @@ def test_k_is_a_constant():
     k = torch.tensor(0.25, requires_grad=True)
     m.d_loss(real_l, fake_l, k).backward()
     assert k.grad is None
-    assert torch.allclose(fake_l.grad, torch.tensor([-0.125, -0.125])) and torch.allclose(real_l.grad, torch.tensor([0.5, 0.5]))
+    assert torch.allclose(fake_l.grad, torch.tensor([-0.125, -0.125]))
+    assert torch.allclose(real_l.grad, torch.tensor([0.5, 0.5]))
     assert not m.update_k(k, real_l.mean(), fake_l.mean()).requires_grad
 
 
 def test_convergence_measure():
-    assert m.convergence_measure(torch.tensor(0.2), torch.tensor(0.05), gamma=0.5).item() == pytest.approx(0.2 + 0.05)
-    assert m.convergence_measure(torch.tensor(0.2), torch.tensor(0.15), gamma=0.5).item() == pytest.approx(0.2 + 0.05)
-    assert m.convergence_measure(torch.tensor(0.2, dtype=torch.bfloat16), torch.tensor(0.1)).dtype == torch.float32
+    for l_fake in (0.05, 0.15):  # |gamma L(x) - L(G(z))| = 0.05 from below and from above
+        got = m.convergence_measure(torch.tensor(0.2), torch.tensor(l_fake), gamma=0.5)
+        assert got.item() == pytest.approx(0.2 + 0.05)
+    bf16 = torch.tensor(0.2, dtype=torch.bfloat16)
+    assert m.convergence_measure(bf16, torch.tensor(0.1)).dtype == torch.float32
 
 
 def test_stall_rule():
@@ -52,7 +58,8 @@ def test_stall_rule():
 
 
 def run_log(out, steps, *extra):
-    m.main([*tiny_args(m), "--steps", str(steps), "--lr-decay-patience", "1", "--sample-every", "3", "--out", out, *extra])
+    m.main([*tiny_args(m), "--steps", str(steps), "--lr-decay-patience", "1", "--sample-every", "3",
+            "--out", out, *extra])
     return read_metrics(os.path.join(out, "metrics.jsonl"))
 
 
@@ -68,18 +75,25 @@ def test_training_k_m_and_lr_halving(in_tmp):
         best = min(best, r["M"])
         assert r["lr_g"] == lr0 * scale and 0 <= r["k"] <= 1
         assert r["l_fake"] == r["g_loss"]  # k and M use the very L(G(z_G)) that G minimised
-        assert r["M"] == pytest.approx(r["l_real"] + abs(gamma * r["l_real"] - r["l_fake"]), rel=1e-5)
+        want = r["l_real"] + abs(gamma * r["l_real"] - r["l_fake"])
+        assert r["M"] == pytest.approx(want, rel=1e-5)
     assert scale < 1, "no stall in 8 steps: the test no longer exercises the decay"
     assert log[0]["k"] > 0  # gamma L(x) > L(G(z)) at the start: k rises from k_0 = 0
-    png = Image.open("full/convergence.png")
+    png = Image.open("full/convergence.png")  # drawn at the end of the run from metrics.jsonl
     assert png.size == (640, 360)
+    assert (31, 119, 180) in {c for _, c in png.convert("RGB").getcolors(1 << 16)}  # the curve
 
     part = run_log("part", 5, "--no-bn")
     m.main(["--resume", "auto", "--out", "part", "--steps", "8"])
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in rs]  # noqa: E731
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in rs]
+
     assert strip(read_metrics("part/metrics.jsonl")) == strip(log) and part
-    a, b = (torch.load(f"{d}/checkpoints/last.pt", weights_only=True)["equilibrium"] for d in ("full", "part"))
+    a, b = (torch.load(f"{d}/checkpoints/last.pt", weights_only=True)["equilibrium"]
+            for d in ("full", "part"))
+    assert set(a) == {"k", "m_sum", "m_best", "lr_scale"}
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["lr_scale"].item() == scale and os.path.exists("part/convergence.png")
 
 
 @pytest.mark.parametrize("size", [8, 16, 64])
@@ -87,27 +101,62 @@ def test_architecture_options(size):
     args = m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), "--skip", "--bn"])
     G, D = m.build_models(args, channels=3, num_classes=0)
     x = G(m.latents(2, args.z_dim))
-    assert x.shape == (2, 3, size, size) and D(x).shape == (2,) and D.reconstruct(x).shape == x.shape
+    assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
+    assert D.reconstruct(x).shape == x.shape
     assert D.encoder.net(x).shape[-2:] == (8, 8)  # the smallest feature map is 8x8 (Sec. 4.1)
-    plain = m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), "--no-bn"]), 3, 0)[0]
-    assert any(isinstance(l, torch.nn.BatchNorm2d) for l in G.modules()) and not any(isinstance(l, torch.nn.BatchNorm2d) for l in plain.modules())
-    skip = m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), "--skip", "--no-bn"]), 3, 0)[0]
+    def generator(*flags):
+        return m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), *flags]),
+                              3, 0)[0]
+
+    def has_bn(net):
+        return any(isinstance(layer, torch.nn.BatchNorm2d) for layer in net.modules())
+
+    plain, skip = generator("--no-bn"), generator("--skip", "--no-bn")
+    assert has_bn(G) and not has_bn(plain)
     grown = sum(p.numel() for p in skip.parameters()) > sum(p.numel() for p in plain.parameters())
     assert grown == (size > 8)  # skip connections widen the first conv after each upsampling
 
 
 def test_paper_defaults():
-    """--paper gives the paper's settings (flags given beside it win); the defaults are the digits recipe."""
+    """--paper gives the paper's settings (flags given beside it win); the defaults are the
+    digits recipe."""
     a = m.parse_args(["--paper"])
-    assert (a.gamma, a.lambda_k, a.nh, a.n_filters, a.z_dim, a.lr_g, a.lr_d, a.batch_size, a.beta1, a.bn) == (
-        0.5, 0.001, 64, 64, 64, 1e-4, 1e-4, 16, 0.9, False)
+    got = (a.gamma, a.lambda_k, a.nh, a.n_filters, a.z_dim, a.lr_g, a.lr_d, a.batch_size,
+           a.beta1, a.bn)
+    assert got == (0.5, 0.001, 64, 64, 64, 1e-4, 1e-4, 16, 0.9, False)
     b = m.parse_args(["--paper", "--gamma", "0.7", "--bn"])
     assert (b.gamma, b.bn, b.lambda_k) == (0.7, True, 0.001)
     d = m.parse_args([])
-    assert (d.gamma, d.lambda_k, d.nh, d.n_filters, d.bn, d.batch_size) == (1.0, 0.05, 32, 16, True, 64)
+    got = (d.gamma, d.lambda_k, d.nh, d.n_filters, d.bn, d.batch_size)
+    assert got == (1.0, 0.05, 32, 16, True, 64)
     assert m.parse_args(["--no-bn"]).bn is False
     z = m.latents(1000, 64)
     assert z.min() >= -1 and z.max() <= 1 and z.mean().abs() < 0.05  # U[-1, 1] (Sec. 3.5)
+
+
+def test_sampling_draws_uniform_latents(in_tmp):
+    """--sample and --interpolate draw z ~ U[-1, 1], the latents G was trained on."""
+    from common.run import sample
+
+    m.main([*tiny_args(m), "--steps", "1", "--out", "run"])
+    generate = m.load_generator("run/checkpoints/last.pt")
+    assert generate.latent is m.latents and generate.num_classes == 0
+    zs = []
+
+    def recording(path, device="cpu", use_ema=True):  # load_generator, noting G's inputs
+        g = m.load_generator(path, device, use_ema)
+        g.model.register_forward_pre_hook(lambda module, inputs: zs.append(inputs[0]))
+        return g
+
+    flags = ["--checkpoint", "run", "--out", "s", "--device", "cpu", "--seed", "3"]
+    args = m.parse_args(["--sample", "3", "--interpolate", "4", *flags])
+    sample("began", args, recording)  # common.run's --sample command
+    z = torch.cat(zs)
+    keys = m.latents(4, z.shape[1], torch.Generator().manual_seed(3))
+    assert z.shape == (12, 64)
+    torch.testing.assert_close(z[0::4], keys[:-1])  # each walk starts at a uniform key
+    torch.testing.assert_close(z[3::4], keys[1:])  # and ends at the next
+    assert len(os.listdir("s")) == 2  # the grid and the GIF
 
 
 @pytest.mark.parametrize("gamma", ["0", "-0.5", "1.5"])
@@ -119,7 +168,8 @@ def test_bad_gamma_one_line(gamma, in_tmp, capsys):
 
 
 def test_save_curve(tmp_path):
-    path = save_curve(str(tmp_path / "sub" / "c.png"), [1, 2, 3, 4], [0.5, 0.3, float("nan"), 0.2], "title")
+    path = save_curve(str(tmp_path / "sub" / "c.png"), [1, 2, 3, 4], [0.5, 0.3, float("nan"), 0.2],
+                      "title")
     img = Image.open(path).convert("RGB")
     assert img.size == (640, 360)
     assert (31, 119, 180) in {c for _, c in img.getcolors(1 << 16)}  # the curve is drawn

@@ -2,6 +2,7 @@
 logit, detached), the log-likelihood of the drawn values, sampling, the continuous loss, what G
 returns, the architecture flags, mean vs sum under Adam, the bad input; and the quantized path
 end to end: common/quantize.py, tools/quantize_celeba.py (resumable) and training on its output."""
+
 import json
 import os
 
@@ -13,7 +14,16 @@ from PIL import Image
 from conftest import assert_one_line_error, load_script, tiny_args
 from common import UserError
 from common.data import Batches, QuantizedFolderData, binarize, to_indices
-from common.quantize import dequantize, learn_palette, load_palette, load_png, quantize, sample_pixels, save_palette, save_png
+from common.quantize import (
+    dequantize,
+    learn_palette,
+    load_palette,
+    load_png,
+    quantize,
+    sample_pixels,
+    save_palette,
+    save_png,
+)
 
 m = load_script("bgan")
 
@@ -21,7 +31,14 @@ m = load_script("bgan")
 def load_tool():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("quantize_celeba", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "quantize_celeba.py"))
+    spec = importlib.util.spec_from_file_location(
+        "quantize_celeba",
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "tools",
+            "quantize_celeba.py",
+        ),
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -29,14 +46,18 @@ def load_tool():
 
 # ----------------------------------------------------------------------------- the estimator
 def test_weights_are_a_softmax_of_the_logit_within_each_latent():
-    logits = torch.tensor([0.0, 1.0, 2.0, -3.0, 5.0, 5.0])  # N = 2 latents, M = 3 samples, (n, m) order
+    logits = torch.tensor(
+        [0.0, 1.0, 2.0, -3.0, 5.0, 5.0]
+    )  # N = 2 latents, M = 3 samples, (n, m) order
     w = m.importance_weights(logits, 3)
     d = torch.sigmoid(logits).view(2, 3)
     ratio = d / (1 - d)  # w(x) = D / (1 - D), normalised over the M samples of one z
     assert torch.allclose(w, ratio / ratio.sum(1, keepdim=True), atol=1e-6)
     assert torch.allclose(w.sum(1), torch.ones(2))
     shifted = logits.clone()
-    shifted[3:] += 100  # D rating one latent's samples all higher changes nothing for that latent...
+    shifted[3:] += (
+        100  # D rating one latent's samples all higher changes nothing for that latent...
+    )
     assert torch.allclose(m.importance_weights(shifted, 3), w, atol=1e-6)
     across = torch.softmax(logits, 0).view(2, 3)  # ...unlike a softmax across the batch
     assert not torch.allclose(across, w, atol=1e-3)
@@ -59,11 +80,14 @@ def test_continuous_loss_is_half_the_squared_logit_and_discrete_is_not():
     discrete = m.g_loss(logits, ll)
     w = torch.softmax(logits.view(2, 2), 1)
     assert discrete.item() == pytest.approx(-(w * ll).sum(1).mean().item())
-    assert m.g_loss(logits + 7, ll).item() == pytest.approx(discrete.item())  # shift-invariant per latent; 0.5 logit^2 is not
+    assert m.g_loss(logits + 7, ll).item() == pytest.approx(
+        discrete.item()
+    )  # shift-invariant per latent; 0.5 logit^2 is not
 
 
 def test_baseline_keeps_the_expected_gradient():
-    """--baseline subtracts 1/M: the loss moves by (1/M) sum_m log g, whose gradient has zero mean."""
+    """--baseline subtracts 1/M: the loss moves by (1/M) sum_m log g, whose gradient has zero
+    mean."""
     logits = torch.randn(6)
     ll = torch.randn(2, 3)
     diff = m.g_loss(logits, ll, baseline=True) - m.g_loss(logits, ll)
@@ -81,7 +105,12 @@ def test_log_likelihood_of_the_drawn_values():
     k = torch.randn(2, 6, 4, 4, requires_grad=True)  # K = 6 colours
     idx = m.draw(k, 3, "quantized")
     assert idx.shape == (2, 3, 4, 4) and idx.dtype == torch.int64 and not idx.requires_grad
-    ref = torch.distributions.Categorical(logits=k.detach().permute(0, 2, 3, 1)[:, None]).log_prob(idx).flatten(2).sum(2)
+    ref = (
+        torch.distributions.Categorical(logits=k.detach().permute(0, 2, 3, 1)[:, None])
+        .log_prob(idx)
+        .flatten(2)
+        .sum(2)
+    )
     ll = m.log_likelihood(k, idx, "quantized")
     assert torch.allclose(ll, ref, atol=1e-5)
     ll.sum().backward()
@@ -94,8 +123,12 @@ def test_draw_matches_the_distribution():
     freq = torch.bincount(idx.flatten(), minlength=4).float() / idx.numel()
     assert torch.allclose(freq, torch.softmax(a[0, :, 0, 0], 0), atol=0.01)
     b = torch.full((1, 1, 20, 20), 1.0)
-    assert m.draw(b, 50, "binary").mean().item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01)
-    g1, g2 = (m.draw(a, 2, "quantized", generator=torch.Generator().manual_seed(3)) for _ in range(2))
+    assert m.draw(b, 50, "binary").mean().item() == pytest.approx(
+        torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01
+    )
+    g1, g2 = (
+        m.draw(a, 2, "quantized", generator=torch.Generator().manual_seed(3)) for _ in range(2)
+    )
     assert torch.equal(g1, g2)  # a private generator makes grids reproducible
 
 
@@ -108,7 +141,9 @@ def test_what_g_returns():
     G, D = m.build_models(args, channels=3, num_classes=0, num_colors=7)
     p = G(z)
     assert p.shape == (3, 7, 32, 32) and torch.allclose(p.sum(1), torch.ones(3, 32, 32), atol=1e-5)
-    assert D(p).shape == (3,) and D.net[0].in_channels == 7  # D reads one-hot planes over the palette
+    assert (
+        D(p).shape == (3,) and D.net[0].in_channels == 7
+    )  # D reads one-hot planes over the palette
     onehot = m.d_input(m.draw(G.logits(z), 2, "quantized").flatten(0, 1), "quantized", 7)
     assert onehot.shape == (6, 7, 32, 32) and torch.equal(onehot.sum(1), torch.ones(6, 32, 32))
     pal = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 0.0, -1.0]])
@@ -125,17 +160,32 @@ def test_architecture_flags():
     kinds = [type(x) for x in G.net]
     assert torch.nn.ELU in kinds and torch.nn.ReLU not in kinds
     i = kinds.index(torch.nn.ConvTranspose2d)
-    assert kinds[i + 1] is torch.nn.ELU and kinds[i + 2] is torch.nn.BatchNorm2d  # conv -> act -> BN
-    assert all(torch.nn.utils.parametrize.is_parametrized(x) for x in D.modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert (
+        kinds[i + 1] is torch.nn.ELU and kinds[i + 2] is torch.nn.BatchNorm2d
+    )  # conv -> act -> BN
+    assert all(
+        torch.nn.utils.parametrize.is_parametrized(x)
+        for x in D.modules()
+        if isinstance(x, (torch.nn.Conv2d, torch.nn.Linear))
+    )
     plain, Dp = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
-    assert isinstance(plain.net[1], torch.nn.ReLU) and isinstance(Dp.net[1], torch.nn.LeakyReLU)  # dcgan: ReLU in G, LeakyReLU in D
+    assert isinstance(plain.net[1], torch.nn.ReLU) and isinstance(
+        Dp.net[1], torch.nn.LeakyReLU
+    )  # dcgan: ReLU in G, LeakyReLU in D
     j = [type(x) for x in plain.net].index(torch.nn.ConvTranspose2d)
     assert isinstance(plain.net[j + 1], torch.nn.BatchNorm2d)
 
 
 def test_paper_defaults():
     a = m.parse_args([])
-    assert (a.n_mc_samples, a.mode, a.log_lik, a.lr_g, a.lr_d, a.z_dim) == (20, "discrete", "sum", 1e-3, 1e-4, 100)
+    assert (a.n_mc_samples, a.mode, a.log_lik, a.lr_g, a.lr_d, a.z_dim) == (
+        20,
+        "discrete",
+        "sum",
+        1e-3,
+        1e-4,
+        100,
+    )
 
 
 def test_mean_and_sum_agree_under_adam():
@@ -161,8 +211,14 @@ def test_mean_and_sum_agree_under_adam():
 
 
 def test_bad_input_one_line(in_tmp, capsys):
-    for flags, words in ((["--n-mc-samples", "1"], "--n-mc-samples"), (["--data-mode", "quantized"], "quantize_celeba"),
-                         (["--dataset", "folder", "--data-path", str(in_tmp), "--data-mode", "quantized"], "palette.json")):
+    for flags, words in (
+        (["--n-mc-samples", "1"], "--n-mc-samples"),
+        (["--data-mode", "quantized"], "quantize_celeba"),
+        (
+            ["--dataset", "folder", "--data-path", str(in_tmp), "--data-mode", "quantized"],
+            "palette.json",
+        ),
+    ):
         assert_one_line_error(m, flags, words, capsys)
 
 
@@ -170,11 +226,15 @@ def test_bad_input_one_line(in_tmp, capsys):
 def test_palette_learning_and_png_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     centres = np.array([[250, 10, 10], [10, 200, 20], [20, 20, 240]])
-    pixels = np.clip(centres[rng.integers(3, size=3000)] + rng.integers(-4, 5, (3000, 3)), 0, 255).astype(np.uint8)
+    pixels = np.clip(
+        centres[rng.integers(3, size=3000)] + rng.integers(-4, 5, (3000, 3)), 0, 255
+    ).astype(np.uint8)
     pal = learn_palette(pixels, 3, seed=0)
     assert pal.shape == (3, 3) and pal.dtype == np.uint8
     assert all(np.abs(pal.astype(int) - c).sum(1).min() <= 6 for c in centres)
-    assert len(learn_palette(np.array([[1, 2, 3], [4, 5, 6]] * 50), 16)) == 2  # fewer distinct colours than asked: no duplicates
+    assert (
+        len(learn_palette(np.array([[1, 2, 3], [4, 5, 6]] * 50), 16)) == 2
+    )  # fewer distinct colours than asked: no duplicates
     img = pixels[:64].reshape(8, 8, 3)
     idx = quantize(img, pal)
     d = ((img[:, :, None].astype(int) - pal[None, None].astype(int)) ** 2).sum(-1)
@@ -211,7 +271,20 @@ def colour_folder(root, n=12, size=40):
 def test_quantize_tool_resume_and_train(in_tmp, capsys):
     colour_folder("src")
     tool = load_tool()
-    res = tool.main(["--num-colors", "8", "--size", "16", "--workers", "1", "--fit-pixels", "5000", "src", "dst"])
+    res = tool.main(
+        [
+            "--num-colors",
+            "8",
+            "--size",
+            "16",
+            "--workers",
+            "1",
+            "--fit-pixels",
+            "5000",
+            "src",
+            "dst",
+        ]
+    )
     assert res["quantized"] == 12 and res["skipped_done"] == 0 and len(res["palette"]) <= 8
     pal = load_palette("dst")
     assert json.load(open("dst/palette.json"))["num_colors"] == len(pal)
@@ -219,14 +292,18 @@ def test_quantize_tool_resume_and_train(in_tmp, capsys):
     idx, pal_png = load_png("dst/im1.png")
     assert idx.shape == (16, 16) and np.array_equal(pal_png[: len(pal)], pal)
 
-    os.remove("dst/im1.png")  # a partly done folder: only the missing image is redone, with the same palette
+    os.remove(
+        "dst/im1.png"
+    )  # a partly done folder: only the missing image is redone, with the same palette
     mtime = os.path.getmtime("dst/im2.png")
     res = tool.main(["--num-colors", "8", "--size", "16", "--workers", "1", "src", "dst"])
     assert res["quantized"] == 1 and res["skipped_done"] == 11
     assert os.path.getmtime("dst/im2.png") == mtime and np.array_equal(load_palette("dst"), pal)
     assert np.array_equal(load_png("dst/im1.png")[0], idx)
     with pytest.raises(SystemExit):
-        tool.main(["--num-colors", "4", "src", "dst"])  # a smaller palette than the folder's: refused
+        tool.main(
+            ["--num-colors", "4", "src", "dst"]
+        )  # a smaller palette than the folder's: refused
     assert "more than --num-colors" in capsys.readouterr().err
 
     data = QuantizedFolderData("dst", 16)
@@ -234,16 +311,39 @@ def test_quantize_tool_resume_and_train(in_tmp, capsys):
     b = Batches(data, 4, "cpu", num_workers=0, flip=True)
     x, _ = next(iter(b))
     ii = to_indices(x)
-    assert ii.shape == (4, 16, 16) and ii.max() < len(pal) and torch.equal((ii.float() / 127.5 - 1)[:, None], x)
+    assert (
+        ii.shape == (4, 16, 16)
+        and ii.max() < len(pal)
+        and torch.equal((ii.float() / 127.5 - 1)[:, None], x)
+    )
 
-    r = m.main([*tiny_args(m), "--dataset", "folder", "--data-path", "dst", "--image-size", "16", "--batch-size", "4", "--steps", "3", "--out", "q"])
+    r = m.main(
+        [
+            *tiny_args(m),
+            "--dataset",
+            "folder",
+            "--data-path",
+            "dst",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--steps",
+            "3",
+            "--out",
+            "q",
+        ]
+    )
     ckpt = torch.load("q/checkpoints/last.pt", weights_only=True)
     assert ckpt["kind"] == "quantized" and torch.equal(ckpt["palette"], torch.from_numpy(pal))
     assert r["G"].net[-1].out_channels == len(pal)
     generate = m.load_generator("q/checkpoints/last.pt")
     img = generate(5, seed=0)
     assert img.shape == (5, 3, 16, 16)
-    colours = {tuple(c) for c in img.permute(0, 2, 3, 1).reshape(-1, 3).add(1).mul(127.5).round().int().tolist()}
+    colours = {
+        tuple(c)
+        for c in img.permute(0, 2, 3, 1).reshape(-1, 3).add(1).mul(127.5).round().int().tolist()
+    }
     assert colours <= {tuple(c) for c in pal.tolist()}  # decoded through the palette
     assert torch.equal(generate(5, seed=0), img)
     m.main(["--sample", "4", "--checkpoint", "q", "--out", "s", "--device", "cpu"])
@@ -260,7 +360,9 @@ def test_continuous_mode_trains_and_samples(in_tmp):
     log = [json.loads(line) for line in open("c/metrics.jsonl")]
     assert len(log) == 2 and "ess" not in log[0]
     x = m.load_generator("c/checkpoints/last.pt")(4)
-    assert x.shape == (4, 1, 32, 32) and x.abs().max() <= 1 and len(x.unique()) > 2  # a tanh image, not drawn pixels
+    assert (
+        x.shape == (4, 1, 32, 32) and x.abs().max() <= 1 and len(x.unique()) > 2
+    )  # a tanh image, not drawn pixels
 
 
 def test_binary_samples_are_drawn_pixels(in_tmp):
@@ -274,7 +376,8 @@ def test_binary_samples_are_drawn_pixels(in_tmp):
 
 def test_evaluation_compares_binary_samples_with_binarized_digits(in_tmp):
     """real_view: the metrics see the real digits binarized as for training (never grey digits
-    against drawn pixels); unchanged under --mode continuous. evaluate() applies it and records it."""
+    against drawn pixels); unchanged under --mode continuous. evaluate() applies it and records
+    it."""
     from common import evaluation
 
     x = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)

@@ -38,29 +38,36 @@ def test_penalty_norm_is_per_sample_over_all_pixels():
 
 def test_penalty_trains_d_and_fp16_recipe_unscales():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    nn = torch.nn
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 1))
     d = lambda x, y=None: net(x).view(-1)  # noqa: E731
     x = torch.randn(4, 1, 4, 4)
     gp = m.gradient_penalty(d, x)
-    gp.backward()  # create_graph=True: the penalty reaches D's weights (not the last bias: it has no input gradient)
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (net[1].weight, net[1].bias, net[3].weight))
+    # create_graph=True: the penalty reaches D's weights (not the last bias: it has no input
+    # gradient).
+    gp.backward()
+    trained = (net[1].weight, net[1].bias, net[3].weight)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
     scaled = m.gradient_penalty(d, x, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
     assert scaled.item() == pytest.approx(gp.item(), rel=1e-5)  # scaled before grad, unscaled after
-    assert m.gradient_penalty(d, x, scaler=m.make_scaler(torch.device("cpu"), "off")).item() == pytest.approx(gp.item(), rel=1e-6)
+    off = m.make_scaler(torch.device("cpu"), "off")
+    assert m.gradient_penalty(d, x, scaler=off).item() == pytest.approx(gp.item(), rel=1e-6)
 
 
 def test_perturbation_two_sided_per_sample_alpha_batch_std():
     torch.manual_seed(0)
     x = torch.cat([torch.zeros(256, 1, 16, 16), 0.8 * torch.randn(256, 1, 16, 16)])
     x_hat = m.perturb(x, 0.5)
-    assert x_hat.shape == x.shape and x_hat.dtype == x.dtype and torch.equal(x, torch.cat([torch.zeros(256, 1, 16, 16), x[256:]]))
+    assert x_hat.shape == x.shape and x_hat.dtype == x.dtype
+    assert torch.equal(x, torch.cat([torch.zeros(256, 1, 16, 16), x[256:]]))  # x is untouched
     d = (x_hat - x).flatten(1)
     assert abs((d > 0).float().mean().item() - 0.5) < 0.02  # two-sided, not the official U(0, 1)
     # Each sample's noise is delta * alpha with one alpha ~ U(0, 1): its std over the pixels,
     # in units of 0.5 * std(batch), spreads over (0, 1) with mean 1/2 (per-pixel alphas would
     # give every sample about sqrt(1/3)).
     r = d.std(1) / (0.5 * x.std())
-    assert r.max() < 1.15 and r.min() < 0.05 and r.max() > 0.9 and abs(r.mean().item() - 0.5) < 0.05
+    assert r.max() < 1.15 and r.min() < 0.05 and r.max() > 0.9
+    assert abs(r.mean().item() - 0.5) < 0.05
     # One std for the whole batch: the all-zero samples are perturbed as much as the others.
     assert abs(r[:256].mean() - r[256:].mean()) < 0.1
     assert m.perturb(x, 0.0).equal(x)
@@ -69,20 +76,24 @@ def test_perturbation_two_sided_per_sample_alpha_batch_std():
 def test_discriminator_has_no_batch_coupling():
     args = m.parse_args(m.SMOKE_ARGS)
     _, D = m.build_models(args, channels=1, num_classes=0)
-    assert not any(isinstance(l, torch.nn.modules.batchnorm._BatchNorm) for l in D.modules())
+    batch_norm = torch.nn.modules.batchnorm._BatchNorm
+    assert not any(isinstance(layer, batch_norm) for layer in D.modules())
     x = torch.randn(6, 1, 32, 32)
     torch.testing.assert_close(D(x)[:2], D(x[:2]))  # a sample's logit ignores the rest of its batch
 
 
 def test_paper_defaults():
     a = m.parse_args([])
-    assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2, a.z_dim, a.lambda_gp, a.perturb_std) == (128, 1e-4, 1e-4, 0.5, 0.9, 100, 10.0, 0.5)
+    got = (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2, a.z_dim, a.lambda_gp, a.perturb_std)
+    assert got == (128, 1e-4, 1e-4, 0.5, 0.9, 100, 10.0, 0.5)
 
 
 def test_training_logs_the_penalty(in_tmp):
     m.main([*tiny_args(m), "--steps", "2", "--conditional", "--out", "run"])
     rows = [json.loads(line) for line in open("run/metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2] and all(r["gp"] > 0 for r in rows)
+    generate = m.load_generator("run/checkpoints/last.pt")  # the checkpoint knows the classes
+    assert generate.num_classes == 10 and generate(3, labels=torch.tensor([0, 5, 9])).shape[0] == 3
 
 
 @pytest.mark.parametrize("flags", [["--lambda-gp", "-1"], ["--perturb-std", "-0.5"]])

@@ -18,15 +18,18 @@ def test_margin_hinge_is_per_sample():
     real = (torch.tensor([1.0, 3.0]), None)
     fake = (torch.tensor([5.0, 15.0]), None)  # batch mean 10: a hinge on the mean would be 0
     assert m.d_loss(real, fake, margin=10.0).item() == pytest.approx(2.0 + (5.0 + 0.0) / 2)
-    assert m.d_loss(real, (torch.tensor([12.0, 20.0]), None), margin=10.0).item() == pytest.approx(2.0)
+    far = (torch.tensor([12.0, 20.0]), None)  # both beyond the margin: no hinge term
+    assert m.d_loss(real, far, margin=10.0).item() == pytest.approx(2.0)
 
 
 def test_pulling_away_term_hand_made():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     # squared cosines: (1,2) 0, (1,3) 1/2, (2,3) 1/2; both orders over N(N-1) = 6 pairs
     assert m.pulling_away(s).item() == pytest.approx(2 * (0 + 0.5 + 0.5) / 6)
-    assert m.pulling_away(s * torch.tensor([[2.0], [3.0], [0.5]])).item() == pytest.approx(1 / 3)  # cosine: scale-free
-    assert m.pulling_away(torch.tensor([[1.0, 2.0], [-2.0, -4.0]])).item() == pytest.approx(1.0)  # squared: -1 counts as 1
+    scaled = s * torch.tensor([[2.0], [3.0], [0.5]])
+    assert m.pulling_away(scaled).item() == pytest.approx(1 / 3)  # cosine: scale-free
+    opposite = torch.tensor([[1.0, 2.0], [-2.0, -4.0]])
+    assert m.pulling_away(opposite).item() == pytest.approx(1.0)  # squared: -1 counts as 1
 
 
 def test_pulling_away_term_leaves_out_i_equals_j():
@@ -43,7 +46,8 @@ def test_pt_uses_the_encoder_embedding_and_goes_in_g_loss_only():
     assert torch.allclose(m.g_loss((e, s), pt_weight=0.3), e.mean() + 0.3 * m.pulling_away(s))
     assert torch.equal(m.g_loss((e, s), pt_weight=0.0), e.mean())
     s_leaf = s.detach().requires_grad_(True)
-    m.d_loss((e.detach(), s_leaf), (e.detach().requires_grad_(True), s_leaf), margin=10.0).backward()
+    fake = (e.detach().requires_grad_(True), s_leaf)
+    m.d_loss((e.detach(), s_leaf), fake, margin=10.0).backward()
     assert s_leaf.grad is None  # D's loss never sees the embedding
     m.g_loss((e.detach(), s_leaf), pt_weight=0.1).backward()
     assert s_leaf.grad is not None and s_leaf.grad.abs().sum() > 0
@@ -51,7 +55,8 @@ def test_pt_uses_the_encoder_embedding_and_goes_in_g_loss_only():
 
 def test_paper_defaults():
     a = m.parse_args([])
-    assert (a.margin, a.pt_weight, a.lr_g, a.lr_d, a.beta1, a.z_dim) == (10.0, 0.1, 1e-3, 1e-3, 0.5, 100)
+    assert ((a.margin, a.pt_weight, a.lr_g, a.lr_d, a.beta1, a.z_dim)
+            == (10.0, 0.1, 1e-3, 1e-3, 0.5, 100))
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -65,7 +70,8 @@ def test_bad_input_one_line(flags, words, in_tmp, capsys):
 
 
 def test_batch_of_one_trains_without_pt(in_tmp):
-    res = m.main([*tiny_args(m), "--batch-size", "1", "--pt-weight", "0", "--steps", "2", "--out", "one"])
+    res = m.main([*tiny_args(m), "--batch-size", "1", "--pt-weight", "0", "--steps", "2",
+                  "--out", "one"])
     assert res["out"] == "one"
 
 

@@ -10,12 +10,17 @@ m = load_script("lsgan")
 
 def reference(real, fake, a, b, c):
     """Eq. 2 written out: (D's loss, G's loss)."""
-    d = 0.5 * sum((r - b) ** 2 for r in real) / len(real) + 0.5 * sum((f - a) ** 2 for f in fake) / len(fake)
+    d = (0.5 * sum((r - b) ** 2 for r in real) / len(real)
+         + 0.5 * sum((f - a) ** 2 for f in fake) / len(fake))
     return d, 0.5 * sum((f - c) ** 2 for f in fake) / len(fake)
 
 
-@pytest.mark.parametrize("flags, abc", [([], (0, 1, 1)), (["--coding", "pearson"], (-1, 1, 0)),
-                                        (["--coding", "pearson", "--c", "1"], (-1, 1, 1)), (["--a", "-2", "--b", "2"], (-2, 2, 1))])
+@pytest.mark.parametrize("flags, abc", [
+    ([], (0, 1, 1)),
+    (["--coding", "pearson"], (-1, 1, 0)),
+    (["--coding", "pearson", "--c", "1"], (-1, 1, 1)),
+    (["--a", "-2", "--b", "2"], (-2, 2, 1)),
+])
 def test_codings_and_loss_values(flags, abc):
     args = m.parse_args(flags)
     assert m.coding(args) == abc
@@ -60,15 +65,19 @@ def test_training_uses_the_coding(in_tmp, monkeypatch):
 
 @pytest.mark.parametrize("size", [32, 48, 112])
 def test_paper_architecture(size):
-    args = m.parse_args(["--arch", "paper", "--image-size", str(size), "--g-width", "8", "--d-width", "8"])
+    args = m.parse_args(["--arch", "paper", "--image-size", str(size),
+                         "--g-width", "8", "--d-width", "8"])
     G, D = m.build_models(args, channels=3, num_classes=0)
     x = G(torch.randn(2, args.z_dim))
     assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
-    deconvs = [l for l in G.net if isinstance(l, torch.nn.ConvTranspose2d)]
-    assert [l.kernel_size for l in deconvs] == [(3, 3)] * 7 and [l.stride[0] for l in deconvs] == [2, 1, 2, 1, 2, 2, 1]
-    assert [l.out_channels for l in deconvs] == [32, 32, 32, 32, 16, 8, 3]  # 4w, 4w, 4w, 4w, 2w, w (Fig. 3a)
-    convs = [l for l in D.net if isinstance(l, torch.nn.Conv2d)]
-    assert [l.kernel_size for l in convs] == [(5, 5)] * 4 and [l.out_channels for l in convs] == [8, 16, 32, 64]
+    deconvs = [m for m in G.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.kernel_size for m in deconvs] == [(3, 3)] * 7
+    assert [m.stride[0] for m in deconvs] == [2, 1, 2, 1, 2, 2, 1]
+    # 4w, 4w, 4w, 4w, 2w, w (Fig. 3a), then the image
+    assert [m.out_channels for m in deconvs] == [32, 32, 32, 32, 16, 8, 3]
+    convs = [m for m in D.net if isinstance(m, torch.nn.Conv2d)]
+    assert [m.kernel_size for m in convs] == [(5, 5)] * 4
+    assert [m.out_channels for m in convs] == [8, 16, 32, 64]
     assert args.z_dim == 1024 and not isinstance(D.net[1], torch.nn.BatchNorm2d)
 
 
@@ -81,7 +90,8 @@ def test_paper_arch_trains_and_samples(in_tmp):
 
 def test_paper_defaults():
     a = m.parse_args([])
-    assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.z_dim, a.coding, a.arch) == (64, 1e-3, 1e-3, 0.5, 1024, "binary", "dcgan")
+    assert ((a.batch_size, a.lr_g, a.lr_d, a.beta1, a.z_dim, a.coding, a.arch)
+            == (64, 1e-3, 1e-3, 0.5, 1024, "binary", "dcgan"))
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -18,8 +18,11 @@ m = load_script("progan")
 
 def test_paper_defaults():
     a = m.parse_args([])
-    assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.eps_drift, a.ema_decay) == (1e-3, 1e-3, 0.0, 0.99, 10.0, 0.001, 0.999)
-    assert (a.fade_kimg, a.stable_kimg, a.z_dim, a.batch_size, a.mbstd_group, a.fmap_base, a.fmap_max) == (800, 800, 512, 16, 4, 8192, 512)
+    assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.eps_drift, a.ema_decay) == (
+        1e-3, 1e-3, 0.0, 0.99, 10.0, 0.001, 0.999)
+    assert (a.fade_kimg, a.stable_kimg, a.z_dim, a.batch_size, a.mbstd_group, a.fmap_base,
+            a.fmap_max) == (800, 800, 512, 16, 4, 8192, 512)
+    assert a.steps == 0  # to the end of the growing schedule
     # Table 2: 512 maps up to 32x32, then halving to 16 at 1024x1024.
     assert [m.feature_maps(r) for r in range(2, 11)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
 
@@ -36,13 +39,15 @@ def test_schedule():
     assert m.schedule(99_000_000, fade, stable, 4) == (3, 1.0, 6)  # ... for good
     # The end of the schedule: 4x4 stable, then fade + stable for 8, 16, 32: 5.6M images.
     assert m.schedule_steps(fade, stable, 4, lambda s: 16) == 5_600_000 // 16
-    assert m.schedule_steps(10, 10, 2, lambda s: [4, 8][s]) == 3 + 3  # 12 images at 4x4, then 18 more to 30 at 8 a step
+    # 12 images at 4x4, then 18 more to 30 at 8 a step.
+    assert m.schedule_steps(10, 10, 2, lambda s: [4, 8][s]) == 3 + 3
 
 
 def test_equalized_lr_scales_at_runtime():
     torch.manual_seed(0)
     conv = m.EqualizedConv2d(64, 32, 3)
-    assert abs(conv.weight.std().item() - 1) < 0.02 and conv.bias.abs().sum() == 0  # stored N(0, 1)
+    assert abs(conv.weight.std().item() - 1) < 0.02  # stored N(0, 1)
+    assert conv.bias.abs().sum() == 0
     x = torch.randn(2, 64, 5, 5)
     c = math.sqrt(2) / math.sqrt(64 * 9)  # He's constant, applied in forward
     torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight * c, conv.bias, padding=1))
@@ -52,7 +57,8 @@ def test_equalized_lr_scales_at_runtime():
     lin = m.EqualizedLinear(10, 3, gain=1.0)
     torch.testing.assert_close(lin(torch.ones(1, 10)), (lin.weight.sum(1) / math.sqrt(10))[None])
     G, D = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
-    assert not any(isinstance(x, (torch.nn.Conv2d, torch.nn.Linear)) for x in [*G.modules(), *D.modules()])
+    plain = (torch.nn.Conv2d, torch.nn.Linear)
+    assert not any(isinstance(x, plain) for x in [*G.modules(), *D.modules()])
 
 
 def test_pixel_norm_in_fp32_and_in_g_only():
@@ -63,7 +69,8 @@ def test_pixel_norm_in_fp32_and_in_g_only():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         yb = m.pixel_norm(xb)
     assert yb.dtype == torch.bfloat16
-    torch.testing.assert_close(yb, m.pixel_norm(xb.float()).bfloat16(), rtol=0, atol=0)  # computed in fp32
+    # Computed in fp32.
+    torch.testing.assert_close(yb, m.pixel_norm(xb.float()).bfloat16(), rtol=0, atol=0)
     calls = {"n": 0}
     orig = m.pixel_norm
 
@@ -95,7 +102,8 @@ def test_minibatch_stddev():
     torch.testing.assert_close(whole[0, 3, 0, 0], (x.var(0, unbiased=False) + 1e-8).sqrt().mean())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         yb = m.minibatch_stddev(x.bfloat16(), 4)
-    torch.testing.assert_close(yb[:, 3].float(), m.minibatch_stddev(x.bfloat16().float(), 4)[:, 3].bfloat16().float(), rtol=0, atol=0)
+    expect = m.minibatch_stddev(x.bfloat16().float(), 4)[:, 3].bfloat16().float()
+    torch.testing.assert_close(yb[:, 3].float(), expect, rtol=0, atol=0)
     with pytest.raises(ValueError):
         m.minibatch_stddev(torch.randn(6, 3, 4, 4), 4)
     assert m.minibatch_stddev(torch.randn(3, 2, 4, 4), 4).shape == (3, 3, 4, 4)  # min(group, batch)
@@ -107,22 +115,26 @@ def test_fade_in_of_g_d_and_reals():
     z = torch.randn(4, 8)
     assert G(z).shape == (4, 1, 32, 32) and G(z, 1).shape == (4, 1, 8, 8)
     old = G(z, 0)
-    torch.testing.assert_close(G(z, 1, 0.0), F.interpolate(old, scale_factor=2.0, mode="nearest"))  # alpha 0: the old output
+    # alpha 0: the old output.
+    torch.testing.assert_close(G(z, 1, 0.0), F.interpolate(old, scale_factor=2.0, mode="nearest"))
     torch.testing.assert_close(G(z, 1, 0.25), 0.75 * G(z, 1, 0.0) + 0.25 * G(z, 1, 1.0))
     x = torch.randn(4, 1, 8, 8)
-    torch.testing.assert_close(D(x, 1, 0.0), D(F.avg_pool2d(x, 2), 0))  # alpha 0: the old path on the downsampled input
+    # alpha 0: the old path on the downsampled input.
+    torch.testing.assert_close(D(x, 1, 0.0), D(F.avg_pool2d(x, 2), 0))
     assert D(torch.randn(4, 1, 32, 32)).shape == (4,)
     # Real images: box-filtered to the stage, and blended during a fade exactly like G's output.
     real = torch.randn(4, 1, 32, 32)
     r8 = F.avg_pool2d(real, 4)
     torch.testing.assert_close(m.fade_reals(real, 8, 1.0), r8)
-    torch.testing.assert_close(m.fade_reals(real, 8, 0.0), F.interpolate(F.avg_pool2d(r8, 2), scale_factor=2.0, mode="nearest"))
-    torch.testing.assert_close(m.fade_reals(real, 8, 0.3), 0.7 * m.fade_reals(real, 8, 0.0) + 0.3 * r8)
+    low = F.interpolate(F.avg_pool2d(r8, 2), scale_factor=2.0, mode="nearest")
+    torch.testing.assert_close(m.fade_reals(real, 8, 0.0), low)
+    torch.testing.assert_close(m.fade_reals(real, 8, 0.3), 0.7 * low + 0.3 * r8)
 
 
 def test_losses_drift_and_penalty():
     real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.5, -0.5])
-    assert m.d_loss(real, fake).item() == pytest.approx(0.0 - 2.0 + 0.001 * 5.0)  # drift 0.001 E[D(x)^2]
+    # Drift 0.001 E[D(x)^2].
+    assert m.d_loss(real, fake).item() == pytest.approx(0.0 - 2.0 + 0.001 * 5.0)
     assert m.g_loss(fake).item() == 0.0
     w = torch.randn(1, 4, 4)
 
@@ -130,35 +142,79 @@ def test_losses_drift_and_penalty():
         return (x * (2 * w / w.norm())).flatten(1).sum(1)
 
     x_hat = m.interpolate(torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4))
-    assert m.gradient_penalty(critic(x_hat), x_hat).item() == pytest.approx(1.0)  # (||g|| - 1)^2 with ||g|| = 2
+    # (||g|| - 1)^2 with ||g|| = 2.
+    assert m.gradient_penalty(critic(x_hat), x_hat).item() == pytest.approx(1.0)
     x_hat = m.interpolate(torch.zeros(8, 1, 2, 2), torch.ones(8, 1, 2, 2))
-    assert torch.equal(x_hat.flatten(1), x_hat.flatten(1)[:, :1].expand(8, 4))  # one eps per sample
+    # One eps per sample.
+    assert torch.equal(x_hat.flatten(1), x_hat.flatten(1)[:, :1].expand(8, 4))
 
 
-def test_growing_run_resumes_exactly_across_a_batch_change(in_tmp):
+def logged(run_dir):
+    return [{k: v for k, v in r.items() if k not in ("img_per_s", "time")}
+            for r in read_metrics(f"{run_dir}/metrics.jsonl")]
+
+
+def test_growing_run_resumes_exactly_across_a_batch_change(in_tmp, capsys):
     """Batch 16 at 4x4, 8 from 8x8 on; interrupted mid-fade, resumed: the same run."""
-    common = [*tiny_args(m), "--image-size", "16", "--batch-sizes", "8:8,16:8", "--stable-kimg", "0.032", "--fade-kimg", "0.016",
-              "--sample-every", "7", "--ckpt-every", "3"]
+    common = [*tiny_args(m), "--image-size", "16", "--batch-sizes", "8:8,16:8",
+              "--stable-kimg", "0.032", "--fade-kimg", "0.016", "--sample-every", "7",
+              "--ckpt-every", "3"]
     m.main([*common, "--out", "full"])  # --steps 0: to the end of the schedule
-    strip = lambda d: [{k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in read_metrics(f"{d}/metrics.jsonl")]  # noqa: E731
-    full = strip("full")
-    # 32 images at 4x4 (2 steps of 16), 8x8: fade 16 + stable 32 (6 steps of 8), 16x16: the same (6 steps).
-    assert [(r["resolution"], r["alpha"]) for r in full] == [(4, 1.0)] * 2 + [(8, 0.0), (8, 0.5)] + [(8, 1.0)] * 4 + [(16, 0.0), (16, 0.5)] + [(16, 1.0)] * 4
+    full = logged("full")
+    # 32 images at 4x4 (2 steps of 16), 8x8: fade 16 + stable 32 (6 steps of 8), 16x16: the
+    # same (6 steps).
+    assert [(r["resolution"], r["alpha"]) for r in full] == (
+        [(4, 1.0)] * 2 + [(8, 0.0), (8, 0.5)] + [(8, 1.0)] * 4 + [(16, 0.0), (16, 0.5)]
+        + [(16, 1.0)] * 4)
     assert full[-1]["kimg"] == pytest.approx(0.032 + 2 * 0.048) and len(full) == 14
     m.main([*common, "--steps", "3", "--out", "part"])  # stops mid-fade into 8x8
-    ck = torch.load("part/checkpoints/last.pt", weights_only=True)["schedule"]
-    assert (ck["images"], ck["stage"], ck["alpha"], ck["batch_size"]) == (40, 1, 0.0, 8)
+    ck = torch.load("part/checkpoints/last.pt", weights_only=True)
+    sched, batches = ck["schedule"], ck["batches"]
+    assert (sched["images"], sched["stage"], sched["alpha"], sched["phase"]) == (40, 1, 0.0, 1)
+    assert batches == {"epoch": 1, "batch": 1, "batch_size": 8}  # switched at the next epoch
+    assert ck["opt_g"]["state"]  # Adam's moments since the fade began (reset at step 2)
     m.main(["--resume", "auto", "--out", "part", "--steps", "0"])
-    assert strip("part") == full
+    assert logged("part") == full
     a, b = (torch.load(f"{r}/checkpoints/last.pt", weights_only=True) for r in ("full", "part"))
     assert a["schedule"] == b["schedule"] and a["batches"] == b["batches"]
     for key in ("G", "D", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    for key in ("opt_g", "opt_d"):
+        assert all(torch.equal(u, v) for k in a[key]["state"]
+                   for u, v in zip(a[key]["state"][k].values(), b[key]["state"][k].values()))
     generate = m.load_generator("full/checkpoints/last.pt")
     assert generate(5).shape == (5, 1, 16, 16) and generate.resolution == 16
     part2 = m.load_generator("part/checkpoints/step_000003.pt")
     x = part2(2)  # an 8x8 sample shown at 16x16: 2x2 blocks of equal pixels
-    assert part2.resolution == 8 and torch.equal(x, F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest"))
+    assert part2.resolution == 8 and part2.alpha == 0.0
+    assert torch.equal(x, F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest"))
+    # A schedule given now that would take the run back to a lower resolution: one line.
+    assert_one_line_error(m, ["--resume", "auto", "--out", "part", "--stable-kimg", "1"],
+                          "back from 16x16", capsys)
+
+
+def test_batches_switch_batch_size_at_the_next_epoch():
+    """Batches.set_batch_size, as the growing schedule uses it: the next batch is the first of
+    the next epoch at the new size, and the size is part of the stream's state."""
+    from common import UserError
+    from common.data import Batches, MemoryData
+
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2)
+    data = MemoryData(images.contiguous())
+    a = Batches(data, 8, "cpu", seed=3)
+    it = iter(a)
+    next(it), next(it)  # two of epoch 0's five batches
+    a.set_batch_size(4)
+    assert a.state_dict() == {"epoch": 1, "batch": 0, "batch_size": 4}
+    b = Batches(data, 4, "cpu", seed=3)
+    b.load_state_dict({"epoch": 1, "batch": 0})  # an older state without a size keeps 4
+    x = next(iter(a))[0]
+    assert x.shape[0] == 4 and torch.equal(x, next(iter(b))[0])
+    c = Batches(data, 16, "cpu", seed=3)
+    c.load_state_dict(a.state_dict())  # the size comes with the state
+    assert (c.batch_size, c.batches_per_epoch, c.epoch, c.batch) == (4, 10, 1, 1)
+    with pytest.raises(UserError):
+        c.set_batch_size(41)
 
 
 @pytest.mark.parametrize("flags,words", [

@@ -27,12 +27,14 @@ def test_attention_matches_the_equations():
     a.keep = True
     y = a(x)
     beta = a.beta  # (B, queries j, keys i)
-    assert beta.shape == (2, 12, 12) and torch.allclose(beta.sum(-1), torch.ones(2, 12))  # softmax over the keys
+    # softmax over the keys
+    assert beta.shape == (2, 12, 12) and torch.allclose(beta.sum(-1), torch.ones(2, 12))
     f, g, h = (conv(x).flatten(2) for conv in (a.f, a.g, a.h))
     ref = torch.empty_like(y)
     for b in range(2):
         for j in range(12):
-            s = torch.stack([f[b, :, i] @ g[b, :, j] for i in range(12)])  # s_ij = f(x_i)^T g(x_j), Eq. 1
+            # s_ij = f(x_i)^T g(x_j), Eq. 1
+            s = torch.stack([f[b, :, i] @ g[b, :, j] for i in range(12)])
             bj = torch.softmax(s, 0)
             assert torch.allclose(bj, beta[b, j], atol=1e-6)
             o = sum(bj[i] * h[b, :, i] for i in range(12))  # Eq. 2 before v
@@ -41,15 +43,19 @@ def test_attention_matches_the_equations():
 
 
 def sn_layers(module):
-    return [mod for mod in module.modules() if isinstance(mod, (nn.Conv2d, nn.Linear, nn.Embedding))]
+    kinds = (nn.Conv2d, nn.Linear, nn.Embedding)
+    return [mod for mod in module.modules() if isinstance(mod, kinds)]
 
 
 @pytest.mark.parametrize("nc", [0, 10])
 def test_spectral_norm_on_every_layer_and_orthogonal_init(nc):
     args = m.parse_args(["--g-width", "4", "--d-width", "4"])
     G, D = m.build_models(args, 1, nc)
-    cbn = {id(e) for net in (G, D) for mod in net.modules() if isinstance(mod, m.ConditionalBatchNorm) and mod.num_classes for e in (mod.gain, mod.bias)}
-    cbn.add(id(G.shared))  # CBN gains and their shared embedding: no SN (authors' code; BigGAN's shared embedding)
+    cbn = {id(e) for net in (G, D) for mod in net.modules()
+           if isinstance(mod, m.ConditionalBatchNorm) and mod.num_classes
+           for e in (mod.gain, mod.bias)}
+    # CBN gains and their shared embedding: no SN (authors' code; BigGAN's shared embedding)
+    cbn.add(id(G.shared))
     layers = [layer for net in (G, D) for layer in sn_layers(net) if id(layer) not in cbn]
     assert len(layers) > 20 and (D.embed in layers) == bool(nc)
     for layer in layers:
@@ -89,7 +95,8 @@ def test_power_iteration_vector_is_persistent_and_depends_on_w_only():
     D2(torch.rand(8, 1, 32, 32), torch.randint(10, (8,)))
     moved = [not torch.equal(a, b) for a, b in zip(u0, m.spectral_norm_buffers(D1))]
     assert sum(moved) > 0.8 * len(moved)  # one power iteration each (a 1-row W has a constant u)
-    assert all(torch.equal(a, b) for a, b in zip(m.spectral_norm_buffers(D1), m.spectral_norm_buffers(D2)))
+    assert all(torch.equal(a, b)
+               for a, b in zip(m.spectral_norm_buffers(D1), m.spectral_norm_buffers(D2)))
 
 
 def test_hinge_loss():
@@ -100,8 +107,10 @@ def test_hinge_loss():
 
 def test_paper_defaults_and_placement():
     a = m.parse_args([])
-    assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.z_dim, a.unconditional, a.shared_dim) == (1e-4, 4e-4, 0.0, 0.9, 128, False, 128)
-    assert a.attention_res == 8 and m.parse_args(["--image-size", "128"]).attention_res == 32  # Sec. 5.1: feat32 at 128x128
+    assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.z_dim, a.unconditional, a.shared_dim) == (
+        1e-4, 4e-4, 0.0, 0.9, 128, False, 128)
+    assert a.attention_res == 8
+    assert m.parse_args(["--image-size", "128"]).attention_res == 32  # Sec. 5.1: feat32 at 128
     assert m.parse_args(["--image-size", "8"]).attention_res == 4
     seen = []
     G, D = m.build_models(a, 1, 10)
@@ -110,7 +119,8 @@ def test_paper_defaults_and_placement():
     y = torch.arange(2)
     D(G(torch.randn(2, 128), y), y)
     assert seen == [("G", 8, 8), ("D", 8, 8)]
-    assert isinstance(G.blocks[0].b1.bn, nn.BatchNorm2d) and not G.blocks[0].b1.bn.affine  # CBN carries the affine part
+    bn = G.blocks[0].b1.bn
+    assert isinstance(bn, nn.BatchNorm2d) and not bn.affine  # CBN carries the affine part
     with pytest.raises(SystemExit):
         m.main(["--attention-res", "32", "--steps", "1"])
 
@@ -120,7 +130,8 @@ def test_labels_flow_through_cbn_and_projection(shared_dim):
     args = m.parse_args(["--g-width", "4", "--d-width", "4", "--shared-dim", str(shared_dim)])
     G, D = m.build_models(args, 1, 10)
     cbn = G.blocks[0].b1
-    assert isinstance(cbn.gain, nn.Linear if shared_dim else nn.Embedding) and (G.shared is not None) == bool(shared_dim)
+    assert isinstance(cbn.gain, nn.Linear if shared_dim else nn.Embedding)
+    assert (G.shared is not None) == bool(shared_dim)
     assert not cbn.gain.weight.any() and not cbn.bias.weight.any()  # gain 1, bias 0 at the start
     with torch.no_grad():
         for mod in G.modules():
@@ -137,32 +148,41 @@ def test_labels_flow_through_cbn_and_projection(shared_dim):
 
 def test_conditional_run_grid_attention_map_and_errors(in_tmp, capsys):
     res = m.main([*tiny_args(m), "--steps", "2", "--out", "run"])
-    assert res["G"].num_classes == 10 and res["D"].embed is not None  # conditional by default on digits
+    # conditional by default on digits
+    assert res["G"].num_classes == 10 and res["D"].embed is not None
     grid = Image.open("run/samples/step_000002.png")
-    assert round(grid.size[1] / grid.size[0] * (8 * 34 + 2)) == 10 * 34 + 2  # 32-pixel tiles, 2 padding: 10 rows of 8, one per class
-    png = m.main(["--sample", "20", "--attention-map", "--attention-query", "3", "30", "--checkpoint", "run", "--out", "s", "--device", "cpu"])
+    # 32-pixel tiles, 2 padding: 10 rows of 8, one per class
+    assert round(grid.size[1] / grid.size[0] * (8 * 34 + 2)) == 10 * 34 + 2
+    sample = ["--checkpoint", "run", "--out", "s", "--device", "cpu"]
+    png = m.main(["--sample", "20", "--attention-map", "--attention-query", "3", "30", *sample])
     im = Image.open(png)
-    assert os.path.basename(png).startswith("attention_") and im.size[0] / im.size[1] == pytest.approx((4 * 34 + 2) / (10 * 34 + 2), rel=0.01)
+    assert os.path.basename(png).startswith("attention_")
+    assert im.size[0] / im.size[1] == pytest.approx((4 * 34 + 2) / (10 * 34 + 2), rel=0.01)
     generate = m.load_generator("run/checkpoints/last.pt")
     z = torch.randn(2, generate.z_dim)
     x, beta = m.attention_map(generate, z, torch.tensor([1, 2]), (31, 0), 32)
     assert beta.shape == (2, 64) and torch.allclose(beta.sum(1), torch.ones(2))
-    assert torch.equal(x, generate(z=z, labels=torch.tensor([1, 2])))  # the map belongs to these very images
+    # the map belongs to these very images
+    assert torch.equal(x, generate(z=z, labels=torch.tensor([1, 2])))
     generate.model.attention.keep = True
     generate(z=z, labels=torch.tensor([1, 2]))
-    assert torch.equal(generate.model.attention.beta[:, 7 * 8 + 0], beta)  # pixel (31, 0) -> feature (7, 0)
+    # pixel (31, 0) -> feature (7, 0)
+    assert torch.equal(generate.model.attention.beta[:, 7 * 8 + 0], beta)
     fig = m.attention_figure(x, beta, (31, 0))
-    assert fig.shape == (4, 3, 32, 32) and fig[1, :, 31, 0].tolist() == [1.0, -1.0, -1.0]  # the query marked red
+    assert fig.shape == (4, 3, 32, 32)
+    assert fig[1, :, 31, 0].tolist() == [1.0, -1.0, -1.0]  # the query marked red
     for flags, words in ((["--attention-query", "32", "0"], "outside"), ):
         capsys.readouterr()
         with pytest.raises(SystemExit):
-            m.main(["--sample", "4", "--attention-map", *flags, "--checkpoint", "run", "--out", "s", "--device", "cpu"])
+            m.main(["--sample", "4", "--attention-map", *flags, *sample])
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and words in err
-    m.main([*tiny_args(m), "--steps", "1", "--attention-res", "0", "--unconditional", "--out", "noattn"])
+    m.main([*tiny_args(m), "--steps", "1", "--attention-res", "0", "--unconditional",
+            "--out", "noattn"])
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        m.main(["--sample", "4", "--attention-map", "--checkpoint", "noattn", "--out", "s", "--device", "cpu"])
+        m.main(["--sample", "4", "--attention-map", "--checkpoint", "noattn", "--out", "s",
+                "--device", "cpu"])
     assert "no attention layer" in capsys.readouterr().err
     assert torch.load("noattn/checkpoints/last.pt", weights_only=True)["num_classes"] == 0
 
@@ -171,9 +191,12 @@ def test_unlabelled_folder_falls_back_to_unconditional(in_tmp, capsys):
     os.makedirs("imgs")
     g = torch.Generator().manual_seed(0)
     for i in range(20):
-        Image.fromarray((torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()).save(f"imgs/{i}.png")
-    m.main([*tiny_args(m), "--steps", "1", "--dataset", "folder", "--data-path", "imgs", "--image-size", "16", "--out", "f"])
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        arr = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(f"imgs/{i}.png")
+    m.main([*tiny_args(m), "--steps", "1", "--dataset", "folder", "--data-path", "imgs",
+            "--image-size", "16", "--out", "f"])
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "unconditional" in warnings[0]
     assert torch.load("f/checkpoints/last.pt", weights_only=True)["num_classes"] == 0
 
@@ -185,7 +208,8 @@ from conftest import load_script
 m = load_script("sagan")
 m.sync_spectral_norm = lambda module, world: None  # show that u agrees without the safety net
 res = m.main(sys.argv[1:])
-bufs = {{f"{{k}}.{{n}}": b.clone() for k in ("G", "D") for n, b in res[k].named_buffers() if n.endswith(("._u", "._v"))}}
+bufs = {{f"{{k}}.{{n}}": b.clone() for k in ("G", "D") for n, b in res[k].named_buffers()
+        if n.endswith(("._u", "._v"))}}
 torch.save(bufs, os.path.join("ddp", f"u_rank{{os.environ['RANK']}}.pt"))
 """
 
@@ -194,8 +218,8 @@ def test_torchrun_ranks_keep_equal_power_iteration_vectors(in_tmp):
     with open("driver.py", "w") as f:
         f.write(DRIVER.format(tests=os.path.join(ROOT, "tests")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "driver.py",
-           *tiny_args(m), "--steps", "3", "--out", "ddp"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "driver.py", *tiny_args(m), "--steps", "3", "--out", "ddp"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     u0, u1 = (torch.load(f"ddp/u_rank{i}.pt", weights_only=True) for i in (0, 1))

@@ -1,6 +1,7 @@
 """wgan.py's own checks: clipping, the critic schedule, fresh batches, the losses, the
 logistic-mixture output head and the script's bad input."""
 import json
+import os
 
 import pytest
 import torch
@@ -10,12 +11,20 @@ from conftest import assert_one_line_error, load_script, tiny_args
 m = load_script("wgan")
 
 
+def strip(run_dir):
+    """metrics.jsonl without the wall-clock fields."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")}
+            for line in open(f"{run_dir}/metrics.jsonl")]
+
+
 def test_paper_defaults():
     a = m.parse_args([])
-    assert (a.batch_size, a.lr_g, a.lr_d, a.n_critic, a.clip, a.n_critic_boost, a.z_dim) == (64, 5e-5, 5e-5, 5, 0.01, 0, 100)
+    assert (a.batch_size, a.lr_g, a.lr_d, a.n_critic, a.clip, a.n_critic_boost, a.z_dim) == (
+        64, 5e-5, 5e-5, 5, 0.01, 0, 100)
     assert a.output == "tanh"
     G, D = m.build_models(a, 1, 0)
-    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in D.modules())  # the authors' DCGAN critic has BN
+    # the authors' DCGAN critic has batch norm
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in D.modules())
     assert not any(isinstance(x, (torch.nn.Sigmoid, torch.nn.Tanh)) for x in D.modules())
 
 
@@ -35,12 +44,14 @@ def test_critic_schedule():
 def test_clipping_fresh_batches_and_log(in_tmp):
     """After training, every critic parameter (BN gains and biases too) lies in [-c, c]; each
     critic step took its own real batch; the log carries the Wasserstein estimate."""
-    res = m.main([*tiny_args(m), "--steps", "2", "--n-critic-boost", "3", "--clip", "0.005", "--out", "run"])
+    res = m.main([*tiny_args(m), "--steps", "2", "--n-critic-boost", "3", "--clip", "0.005",
+                  "--out", "run"])
     params = list(res["D"].parameters())
     assert all(p.abs().max().item() <= 0.005 for p in params)
     assert any(p.abs().max().item() == pytest.approx(0.005) for p in params)  # clipping was active
     ckpt = torch.load("run/checkpoints/last.pt", weights_only=True)
-    assert ckpt["batches"] == {"epoch": 0, "batch": 2 * 3}  # 3 critic steps per G step, one batch each
+    # 3 critic steps per G step, one batch each
+    assert (ckpt["batches"]["epoch"], ckpt["batches"]["batch"]) == (0, 2 * 3)
     recs = [json.loads(line) for line in open("run/metrics.jsonl")]
     assert [r["n_critic"] for r in recs] == [3, 3]
     assert all(r["wasserstein"] == pytest.approx(r["d_real"] - r["d_fake"]) for r in recs)
@@ -70,22 +81,28 @@ def test_dmol_head_samples_on_the_data_grid_and_is_differentiable(channels):
     grad = head.bias.grad
     assert grad[:k].abs().sum() > 0  # component logits (Gumbel-softmax, straight-through)
     assert grad[k : k + channels * k].abs().sum() > 0  # means
-    assert grad[k + channels * k : k + 2 * channels * k].abs().sum() > 0  # log-scales (reparameterised)
+    # log-scales (reparameterised)
+    assert grad[k + channels * k : k + 2 * channels * k].abs().sum() > 0
 
 
 def test_dmol_train_resume_sample(in_tmp):
     """The head's pixel noise moves neither the resume nor the training RNG: resumes are exact."""
-    common = [*tiny_args(m), "--output", "dmol", "--mixtures", "3", "--n-critic-boost", "0", "--n-critic", "2", "--ckpt-every", "2", "--sample-every", "1"]
+    common = [*tiny_args(m), "--output", "dmol", "--mixtures", "3", "--n-critic-boost", "0",
+              "--n-critic", "2", "--ckpt-every", "2", "--sample-every", "1"]
     m.main([*common, "--steps", "4", "--out", "full"])
     m.main([*common, "--steps", "2", "--out", "part"])
     m.main(["--resume", "auto", "--out", "part", "--steps", "4"])
-    strip = lambda d: [{k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")} for line in open(f"{d}/metrics.jsonl")]  # noqa: E731
     assert strip("full") == strip("part")
     a, b = (torch.load(f"{r}/checkpoints/last.pt", weights_only=True) for r in ("full", "part"))
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
     generate = m.load_generator("full/checkpoints/last.pt")
-    assert torch.equal(generate(4, seed=1), generate(4, seed=1)) and not torch.equal(generate(4, seed=1), generate(4, seed=2))
-    m.main(["--sample", "4", "--checkpoint", "full", "--out", "s", "--device", "cpu", "--temperature", "0.5"])
+    assert torch.equal(generate(4, seed=1), generate(4, seed=1))
+    assert not torch.equal(generate(4, seed=1), generate(4, seed=2))
+    m.main(["--sample", "4", "--checkpoint", "full", "--out", "s", "--device", "cpu",
+            "--temperature", "0.5"])
+    m.main(["--sample", "2", "--interpolate", "3", "--checkpoint", "full", "--out", "s",
+            "--device", "cpu", "--seed", "3"])
+    assert sorted(f.split("_")[0] for f in os.listdir("s")) == ["interpolate"] * 2 + ["sample"]
 
 
 @pytest.mark.parametrize("flags,words", [

@@ -11,6 +11,12 @@ from conftest import assert_one_line_error, load_script, tiny_args
 m = load_script("wgan_gp")
 
 
+def strip(run_dir):
+    """metrics.jsonl without the wall-clock fields."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")}
+            for line in open(f"{run_dir}/metrics.jsonl")]
+
+
 class Linear(torch.nn.Module):
     """D(x) = <w, x>: its gradient is w everywhere, so the penalty is (||w|| - 1)^2."""
 
@@ -31,8 +37,10 @@ def test_penalty_is_zero_for_unit_gradient_and_two_sided():
     w = torch.randn(3, 4, 4)
     assert penalty_of(Linear(w / w.norm())).item() < 1e-10  # the norm is over C, H, W flattened
     assert penalty_of(Linear(2 * w / w.norm())).item() == pytest.approx(1.0)  # (2 - 1)^2
-    assert penalty_of(Linear(0.5 * w / w.norm())).item() == pytest.approx(0.25)  # below 1 is penalised too
-    per_channel = w / w.flatten(1).norm(dim=1).view(3, 1, 1)  # unit norm per channel: norm sqrt(3) overall
+    # below 1 is penalised too
+    assert penalty_of(Linear(0.5 * w / w.norm())).item() == pytest.approx(0.25)
+    # unit norm per channel: norm sqrt(3) overall
+    per_channel = w / w.flatten(1).norm(dim=1).view(3, 1, 1)
     assert penalty_of(Linear(per_channel)).item() == pytest.approx((3**0.5 - 1) ** 2)
 
 
@@ -65,7 +73,8 @@ def test_one_epsilon_per_sample():
 
 def test_paper_defaults_and_no_batch_norm_in_the_critic():
     a = m.parse_args([])
-    assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.n_critic, a.z_dim) == (64, 1e-4, 1e-4, 0.0, 0.9, 10.0, 5, 128)
+    assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.n_critic, a.z_dim) == (
+        64, 1e-4, 1e-4, 0.0, 0.9, 10.0, 5, 128)
     assert (a.arch, a.g_width, a.d_width) == ("dcgan", 64, 64)
     r = m.parse_args(["--arch", "resnet"])
     assert (r.g_width, r.d_width) == (128, 128)  # Table 4
@@ -73,12 +82,14 @@ def test_paper_defaults_and_no_batch_norm_in_the_critic():
         _, D = m.build_models(args, 1, 0)
         assert not any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in D.modules())
     _, D = m.build_models(a, 1, 0)
-    assert any(isinstance(x, torch.nn.GroupNorm) and x.num_groups == 1 for x in D.modules())  # layer norm
+    # layer norm
+    assert any(isinstance(x, torch.nn.GroupNorm) and x.num_groups == 1 for x in D.modules())
 
 
 @pytest.mark.parametrize("size", [8, 16, 32, 64])
 def test_resnet_shapes(size):
-    args = m.parse_args(["--arch", "resnet", "--g-width", "8", "--d-width", "8", "--image-size", str(size)])
+    args = m.parse_args(["--arch", "resnet", "--g-width", "8", "--d-width", "8",
+                         "--image-size", str(size)])
     G, D = m.build_models(args, channels=3, num_classes=0)
     x = G(torch.randn(2, args.z_dim))
     assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
@@ -88,14 +99,15 @@ def test_resnet_shapes(size):
 
 
 def test_resnet_lr_decay_resume(in_tmp):
-    common = [*tiny_args(m), "--arch", "resnet", "--lr-decay", "4", "--n-critic", "2", "--ckpt-every", "2", "--sample-every", "2"]
+    common = [*tiny_args(m), "--arch", "resnet", "--lr-decay", "4", "--n-critic", "2",
+              "--ckpt-every", "2", "--sample-every", "2"]
     m.main([*common, "--steps", "4", "--out", "full"])
     m.main([*common, "--steps", "2", "--out", "part"])
     m.main(["--resume", "auto", "--out", "part", "--steps", "4"])
-    strip = lambda d: [{k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")} for line in open(f"{d}/metrics.jsonl")]  # noqa: E731
     assert strip("full") == strip("part")
     ckpt = torch.load("full/checkpoints/last.pt", weights_only=True)
-    assert ckpt["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * (1 - 3 / 4))  # set before the last step
+    # set before the last step
+    assert ckpt["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * (1 - 3 / 4))
     assert all(torch.isfinite(torch.tensor(r["gp"])) for r in strip("full"))
     m.main(["--sample", "4", "--checkpoint", "full", "--out", "s", "--device", "cpu"])
 
