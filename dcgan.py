@@ -30,7 +30,6 @@ Departures from the paper, and choices where it is silent:
   the EMA generator draws a grid or is saved.
 """
 import argparse
-import copy
 import math
 import os
 import sys
@@ -282,10 +281,7 @@ def train(args):
     nc = data.num_classes if args.conditional else 0
     batches = run.batches(data)
 
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
-    G, D = (m.to(device, memory_format=torch.channels_last)
-            for m in build_models(args, data.channels, nc))
-    ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay > 0 else None
+    G, D, ema = run.models(build_models, data.channels, nc)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)

@@ -29,7 +29,6 @@ Based on dcgan.py, with wgan_gp.py's penalty. Departures (docs/progan.md has the
 * ``--compile`` compiles G only; PixelNorm and minibatch stddev run in fp32 under --amp.
 """
 import argparse
-import copy
 import functools
 import math
 import os
@@ -485,11 +484,9 @@ def train(args):
     total = total_steps(args, len(data), world, run.resumed)
     batches = run.batches(data, sizes[0])  # one stream; its batch size follows the stage
 
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
     # Channels-last helps convolutions on CUDA but slows the penalty's double backward on CPU.
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    G, D = (m.to(device, memory_format=fmt) for m in build_models(args, data.channels, 0))
-    ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay > 0 else None
+    G, D, ema = run.models(build_models, data.channels, 0, memory_format=fmt)
     betas = (args.beta1, args.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, eps=1e-8)
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, eps=1e-8)

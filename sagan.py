@@ -39,7 +39,6 @@ Departures from the paper, and choices where it is silent (docs/sagan.md has the
 * EMA generator (not in the paper): its batch-norm statistics are recomputed before use.
 """
 import argparse
-import copy
 import math
 import os
 import sys
@@ -449,10 +448,7 @@ def train(args):
     nc = 0 if args.unconditional else data.num_classes
     batches = run.batches(data)
 
-    torch.manual_seed(args.seed)  # the same initial weights and u, v on every rank
-    G, D = (m.to(device, memory_format=torch.channels_last)
-            for m in build_models(args, data.channels, nc))
-    ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay > 0 else None
+    G, D, ema = run.models(build_models, data.channels, nc)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)

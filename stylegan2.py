@@ -38,7 +38,6 @@ Departures from the paper, and choices where it is silent (more in docs/stylegan
 """
 import argparse
 import contextlib
-import copy
 import functools
 import math
 import os
@@ -655,9 +654,7 @@ def train(args):
     data = run.dataset()
     batches = run.batches(data)
 
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
-    G, D = (m.to(device) for m in build_models(args, data.channels, 0))
-    ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay != 0 else None
+    G, D, ema = run.models(build_models, data.channels, 0, memory_format=torch.contiguous_format)
     pl_on, r1_on = args.pl_weight > 0, args.r1_gamma > 0
     betas = (args.beta1, args.beta2)
     opt_g, _ = lazy_adam(G.parameters(), args.lr_g, betas, args.pl_every if pl_on else 0)

@@ -35,7 +35,6 @@ Departures from the paper, and choices where it is silent (more in docs/wgan.md)
 """
 import argparse
 import contextlib
-import copy
 import math
 import os
 import sys
@@ -354,10 +353,7 @@ def train(args):
     data = run.dataset()
     batches = run.batches(data)
 
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
-    G, D = (m.to(device, memory_format=torch.channels_last)
-            for m in build_models(args, data.channels, 0))
-    ema = copy.deepcopy(G).eval().requires_grad_(False) if args.ema_decay > 0 else None
+    G, D, ema = run.models(build_models, data.channels, 0)
     opt_g = torch.optim.RMSprop(G.parameters(), lr=args.lr_g)  # Sec. 4: no momentum
     opt_d = torch.optim.RMSprop(D.parameters(), lr=args.lr_d)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)

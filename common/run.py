@@ -22,6 +22,7 @@ TensorBoard; curves. ``main`` and ``sample`` are the command line's other half: 
 errors and ``--sample``/``--interpolate``.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -155,6 +156,14 @@ class Run:
         a = self.args
         return Batches(data, batch_size or a.batch_size, self.device, a.seed, self.rank,
                        self.world, a.num_workers, a.flip, a.color_jitter)
+
+    def models(self, build, *inputs, memory_format=torch.channels_last):
+        """``build(args, *inputs)`` -> (G, D): seeded alike on every rank and moved to the
+        device; returns G, D and G's EMA copy (None with --ema-decay 0)."""
+        torch.manual_seed(self.args.seed)
+        G, D = (m.to(self.device, memory_format=memory_format) for m in build(self.args, *inputs))
+        ema = None if self.args.ema_decay == 0 else copy.deepcopy(G).eval().requires_grad_(False)
+        return G, D, ema
 
     # ------------------------------------------------------------------ start
     def start(self, state, grid, calibrate=None, info=None, note="", total=None):
