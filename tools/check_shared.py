@@ -1,8 +1,8 @@
 """Keep the shared sections of the paper scripts identical.
 
 Each script repeats a few sections on purpose (command-line flags, distributed setup,
-mixed precision, EMA, checkpoints) so that it stands alone. A section starts at a
-banner line ``# ====...==== shared: NAME`` and runs to the next ``# ====`` banner.
+mixed precision, EMA, main) so that it stands alone. A section starts at a banner line
+``# ====...==== shared: NAME`` and runs to the next ``# ====`` banner or the file's end.
 ``dcgan.py`` is the canonical copy: every other top-level script must hold every
 shared section, byte for byte.
 
