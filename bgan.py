@@ -88,121 +88,6 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
-# ============================================================ shared: command line
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
-    paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
-    a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--dataset", default="digits", help="training data (digits: embedded)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
-    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
-    a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
-    a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
-    a("--flip", action="store_true", help="augment with random horizontal flips")
-    a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
-    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
-    a("--steps", type=int, default=steps, help="number of generator updates")
-    a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
-    a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
-    a("--z-dim", type=int, default=z_dim, help="latent size" + paper.get("z_dim", ""))
-    a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
-    a("--out", default=None, help="run directory (default runs/<script>/<time>)")
-    a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision")
-    a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
-    a("--sample-every", type=int, default=100, help="steps between sample grids")
-    a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
-    a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
-    a("--tensorboard", action="store_true", help="also write TensorBoard events")
-    a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
-    a("--compile", action="store_true", help="torch.compile the models")
-    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
-    a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
-    a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
-    a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
-    a("--interpolate", type=int, default=0, metavar="K", help="--sample: N walks of K steps")
-    a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
-
-
-def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
-    args = p.parse_args(argv)
-    for a in p._actions:  # parsed again without defaults: what remains was given
-        a.default = argparse.SUPPRESS
-    args.explicit = sorted(vars(p.parse_args(argv)))
-    return args
-
-
-# ============================================================ shared: distributed
-def setup_distributed(device):
-    """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
-    from common import UserError
-
-    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda, but CUDA is not available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def average_gradients(module, world):
-    """All-reduce-average gradients across ranks in one flat buffer (works with double backward)."""
-    if world == 1:
-        return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    for g, f in zip(grads, flat.div_(world).split([g.numel() for g in grads])):
-        g.copy_(f.view_as(g))
-
-
-# ============================================================ shared: mixed precision
-def autocast(device, amp):
-    """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp != "off")
-
-
-def make_scaler(device, amp):
-    """One GradScaler per optimizer; enabled for fp16 only (bf16 has fp32's range)."""
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-
-
-def optimizer_step(loss, opt, scaler, module, world):
-    """Backward (scaled under fp16), average gradients across ranks, step."""
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    average_gradients(module, world)
-    scaler.step(opt)
-    scaler.update()
-
-
-# ============================================================ shared: EMA
-def ema_update(ema, model, decay, step):
-    """ema <- d * ema + (1 - d) * model, d = min(decay, (1 + t) / (10 + t)); buffers copied.
-
-    The ramp-up keeps early averages from being dominated by the random initial weights.
-    """
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm.detach(), 1 - d)
-        for be, bm in zip(ema.buffers(), model.buffers()):
-            be.copy_(bm)
-
-
 # ============================================================ model
 def widths(image_size, base):
     """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
@@ -391,6 +276,121 @@ def effective_sample_size(fake_logits, m):
     """1 / sum_m w~^2 per latent, averaged: M when D rates the M samples alike, 1 at worst."""
     w = importance_weights(fake_logits, m)
     return (1.0 / w.pow(2).sum(1)).mean()
+
+
+# ============================================================ shared: command line
+def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
+                    sources=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+    paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--dataset", default="digits", help="training data (digits: embedded)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
+    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
+    a("--download", action="store_true", help="download the dataset into --data-path first")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
+    a("--flip", action="store_true", help="augment with random horizontal flips")
+    a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
+    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
+    a("--steps", type=int, default=steps, help="number of generator updates")
+    a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
+    a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
+    a("--z-dim", type=int, default=z_dim, help="latent size" + paper.get("z_dim", ""))
+    a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
+    a("--out", default=None, help="run directory (default runs/<script>/<time>)")
+    a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    a("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision")
+    a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
+    a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
+    a("--sample-every", type=int, default=100, help="steps between sample grids")
+    a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
+    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
+    a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
+    a("--tensorboard", action="store_true", help="also write TensorBoard events")
+    a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
+    a("--compile", action="store_true", help="torch.compile the models")
+    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
+    a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
+    a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
+    a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
+    a("--interpolate", type=int, default=0, metavar="K", help="--sample: N walks of K steps")
+    a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
+
+
+def parse_with_resume(p, argv):
+    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    args = p.parse_args(argv)
+    for a in p._actions:  # parsed again without defaults: what remains was given
+        a.default = argparse.SUPPRESS
+    args.explicit = sorted(vars(p.parse_args(argv)))
+    return args
+
+
+# ============================================================ shared: distributed
+def setup_distributed(device):
+    """(rank, world size, torch.device) from torchrun's environment; starts the process group."""
+    from common import UserError
+
+    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    world = max(world, 1)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                          if device == "auto" else device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda, but CUDA is not available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def average_gradients(module, world):
+    """All-reduce-average gradients across ranks in one flat buffer (works with double backward)."""
+    if world == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    for g, f in zip(grads, flat.div_(world).split([g.numel() for g in grads])):
+        g.copy_(f.view_as(g))
+
+
+# ============================================================ shared: mixed precision
+def autocast(device, amp):
+    """bf16 (CPU or CUDA) or fp16 (CUDA) autocast; a no-op for --amp off."""
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "off")
+
+
+def make_scaler(device, amp):
+    """One GradScaler per optimizer; enabled for fp16 only (bf16 has fp32's range)."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def optimizer_step(loss, opt, scaler, module, world):
+    """Backward (scaled under fp16), average gradients across ranks, step."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    average_gradients(module, world)
+    scaler.step(opt)
+    scaler.update()
+
+
+# ============================================================ shared: EMA
+def ema_update(ema, model, decay, step):
+    """ema <- d * ema + (1 - d) * model, d = min(decay, (1 + t) / (10 + t)); buffers copied.
+
+    The ramp-up keeps early averages from being dominated by the random initial weights.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm.detach(), 1 - d)
+        for be, bm in zip(ema.buffers(), model.buffers()):
+            be.copy_(bm)
 
 
 # ============================================================ training

@@ -63,6 +63,89 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
+# ============================================================ model
+def widths(image_size, base):
+    """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
+    n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
+    return [base * min(2 ** (n - 1 - i), 8) for i in range(n)]  # [4x4, 8x8, ..., image_size/2]
+
+
+def init_weights(m):
+    """Sec. 4: all weights from N(0, 0.02); batch-norm gains from N(1, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
+        nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def one_hot(y, num_classes, dtype):
+    """One-hot labels without F.one_hot's range check, which syncs with a CUDA device."""
+    return (y[:, None] == torch.arange(num_classes, device=y.device)).to(dtype)
+
+
+class Generator(nn.Module):
+    """z (and a one-hot label) -> "project and reshape" to 4x4 (Fig. 1: a matrix multiply),
+    then 2x transposed convs (kernel 4, stride 2) with BN + ReLU, and a tanh output."""
+
+    def __init__(self, z_dim=100, image_size=32, channels=1, width=64, num_classes=0):
+        super().__init__()
+        w = widths(image_size, width)
+        self.num_classes, self.w0 = num_classes, w[0]
+        self.project = nn.Linear(z_dim + num_classes, w[0] * 4 * 4, bias=False)
+        layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
+        for cin, cout in zip(w[:-1], w[1:]):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # no BN (Sec. 3)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z, y=None):
+        if self.num_classes:
+            z = torch.cat([z, one_hot(y, self.num_classes, z.dtype)], 1)
+        return self.net(self.project(z).view(-1, self.w0, 4, 4))
+
+
+class Discriminator(nn.Module):
+    """Strided convs (kernel 4, stride 2) with BN + LeakyReLU(0.2) down to 4x4, then the
+    last conv layer is flattened into one output (Fig. 1 caption). No BN on the input layer."""
+
+    def __init__(self, image_size=32, channels=1, width=64, num_classes=0):
+        super().__init__()
+        w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
+        self.num_classes = num_classes
+        layers = [nn.Conv2d(channels + num_classes, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for cin, cout in zip(w[:-1], w[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                       nn.LeakyReLU(0.2, True)]
+        self.net = nn.Sequential(*layers)
+        self.out = nn.Linear(w[-1] * 4 * 4, 1)  # a logit; the sigmoid lives in the loss
+
+    def forward(self, x, y=None):
+        if self.num_classes:
+            planes = one_hot(y, self.num_classes, x.dtype)[:, :, None, None]
+            x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], 1)
+        return self.out(self.net(x).flatten(1)).view(-1)
+
+
+def build_models(args, channels, num_classes):
+    g = Generator(args.z_dim, args.image_size, channels, args.g_width, num_classes)
+    d = Discriminator(args.image_size, channels, args.d_width, num_classes)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    return g, d
+
+
+# ============================================================ loss
+def d_loss(real_logits, fake_logits):
+    """Goodfellow et al. 2014, Eq. 1, for D: -log D(x) - log(1 - D(G(z))), from logits."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def g_loss(fake_logits):
+    """The non-saturating generator loss (Goodfellow et al. 2014, Sec. 3): -log D(G(z))."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
                     sources=None):
@@ -176,89 +259,6 @@ def ema_update(ema, model, decay, step):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ model
-def widths(image_size, base):
-    """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
-    n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
-    return [base * min(2 ** (n - 1 - i), 8) for i in range(n)]  # [4x4, 8x8, ..., image_size/2]
-
-
-def init_weights(m):
-    """Sec. 4: all weights from N(0, 0.02); batch-norm gains from N(1, 0.02), biases 0."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
-        nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-def one_hot(y, num_classes, dtype):
-    """One-hot labels without F.one_hot's range check, which syncs with a CUDA device."""
-    return (y[:, None] == torch.arange(num_classes, device=y.device)).to(dtype)
-
-
-class Generator(nn.Module):
-    """z (and a one-hot label) -> "project and reshape" to 4x4 (Fig. 1: a matrix multiply),
-    then 2x transposed convs (kernel 4, stride 2) with BN + ReLU, and a tanh output."""
-
-    def __init__(self, z_dim=100, image_size=32, channels=1, width=64, num_classes=0):
-        super().__init__()
-        w = widths(image_size, width)
-        self.num_classes, self.w0 = num_classes, w[0]
-        self.project = nn.Linear(z_dim + num_classes, w[0] * 4 * 4, bias=False)
-        layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
-        for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # no BN (Sec. 3)
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z, y=None):
-        if self.num_classes:
-            z = torch.cat([z, one_hot(y, self.num_classes, z.dtype)], 1)
-        return self.net(self.project(z).view(-1, self.w0, 4, 4))
-
-
-class Discriminator(nn.Module):
-    """Strided convs (kernel 4, stride 2) with BN + LeakyReLU(0.2) down to 4x4, then the
-    last conv layer is flattened into one output (Fig. 1 caption). No BN on the input layer."""
-
-    def __init__(self, image_size=32, channels=1, width=64, num_classes=0):
-        super().__init__()
-        w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
-        self.num_classes = num_classes
-        layers = [nn.Conv2d(channels + num_classes, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.LeakyReLU(0.2, True)]
-        self.net = nn.Sequential(*layers)
-        self.out = nn.Linear(w[-1] * 4 * 4, 1)  # a logit; the sigmoid lives in the loss
-
-    def forward(self, x, y=None):
-        if self.num_classes:
-            planes = one_hot(y, self.num_classes, x.dtype)[:, :, None, None]
-            x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], 1)
-        return self.out(self.net(x).flatten(1)).view(-1)
-
-
-def build_models(args, channels, num_classes):
-    g = Generator(args.z_dim, args.image_size, channels, args.g_width, num_classes)
-    d = Discriminator(args.image_size, channels, args.d_width, num_classes)
-    g.apply(init_weights)
-    d.apply(init_weights)
-    return g, d
-
-
-# ============================================================ loss
-def d_loss(real_logits, fake_logits):
-    """Goodfellow et al. 2014, Eq. 1, for D: -log D(x) - log(1 - D(G(z))), from logits."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
-
-
-def g_loss(fake_logits):
-    """The non-saturating generator loss (Goodfellow et al. 2014, Sec. 3): -log D(G(z))."""
-    return F.softplus(-fake_logits.float()).mean()
 
 
 # ============================================================ training

@@ -74,6 +74,108 @@ def parse_args(argv=None):
     return parse_with_resume(p, argv)
 
 
+# ============================================================ model
+def widths(image_size, base):
+    """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
+    n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
+    return [base * min(2 ** (n - 1 - i), 8) for i in range(n)]  # [4x4, 8x8, ..., image_size/2]
+
+
+def init_weights(m):
+    """DCGAN's initialisation (the paper follows DCGAN's guidance, Sec. 4.3): weights from
+    N(0, 0.02), batch-norm gains from N(1, 0.02), biases 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
+        nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    """dcgan.py's generator: z -> "project and reshape" to 4x4, then 2x transposed convs
+    (kernel 4, stride 2) with BN + ReLU, and a tanh output."""
+
+    def __init__(self, z_dim=100, image_size=32, channels=1, width=64):
+        super().__init__()
+        w = widths(image_size, width)
+        self.w0 = w[0]
+        self.project = nn.Linear(z_dim, w[0] * 4 * 4, bias=False)
+        layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
+        for cin, cout in zip(w[:-1], w[1:]):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(self.project(z).view(-1, self.w0, 4, 4))
+
+
+class Discriminator(nn.Module):
+    """The auto-encoder of Sec. 2.3. Encoder: strided convs (kernel 4, stride 2) with
+    BN + LeakyReLU(0.2) down to 4x4 (no BN on the input layer); decoder: the mirror image,
+    transposed convs with BN + ReLU, and a linear output. forward(x) returns the energy
+    D(x) of each sample and the embedding S (the encoder's 4x4 output, flattened)."""
+
+    def __init__(self, image_size=32, channels=1, width=64):
+        super().__init__()
+        w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
+        enc = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for cin, cout in zip(w[:-1], w[1:]):
+            enc += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                    nn.LeakyReLU(0.2, True)]
+        dec = []
+        for cin, cout in zip(w[:0:-1], w[-2::-1]):
+            dec += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
+                    nn.ReLU(True)]
+        dec += [nn.ConvTranspose2d(w[0], channels, 4, 2, 1)]
+        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+
+    def forward(self, x):
+        s = self.encoder(x)
+        return energy(x, self.decoder(s)), s.flatten(1)
+
+
+def build_models(args, channels, num_classes=0):
+    """G and D (unconditional: num_classes is accepted for the common signature and unused)."""
+    g = Generator(args.z_dim, args.image_size, channels, args.g_width)
+    d = Discriminator(args.image_size, channels, args.d_width)
+    g.apply(init_weights)
+    d.apply(init_weights)
+    return g, d
+
+
+# ============================================================ loss
+def energy(x, reconstruction):
+    """Sec. 2.3: D(x) = ||Dec(Enc(x)) - x||, the L2 norm of each sample's reconstruction
+    error, in fp32."""
+    return torch.linalg.vector_norm((reconstruction.float() - x.float()).flatten(1), dim=1)
+
+
+def pulling_away(s):
+    """Sec. 2.4, Eq. 7: f_PT(S) = 1/(N(N-1)) sum_{i != j} (S_i^T S_j / (|S_i| |S_j|))^2, the
+    mean squared cosine similarity over pairs of different samples; needs N >= 2."""
+    n = s.shape[0]
+    with torch.autocast(s.device.type, enabled=False):  # fp32: autocast would matmul in half
+        s = F.normalize(s.float().flatten(1), dim=1)
+        cos2 = (s @ s.t()).pow(2)
+    same = torch.eye(n, dtype=torch.bool, device=s.device)
+    return cos2.masked_fill(same, 0).sum() / (n * (n - 1))  # over pairs i != j
+
+
+def d_loss(real_out, fake_out, margin=10.0):
+    """Eq. 1: L_D = D(x) + [m - D(G(z))]^+, the hinge taken per sample, then averaged.
+    real_out and fake_out are D's outputs, (energies, embeddings)."""
+    return real_out[0].mean() + F.relu(margin - fake_out[0]).mean()
+
+
+def g_loss(fake_out, pt_weight=0.1):
+    """Eq. 2: L_G = D(G(z)); EBGAN-PT adds pt_weight * f_PT of the generated batch's
+    embeddings (Sec. 2.4). The term is in G's loss only."""
+    e, s = fake_out
+    loss = e.mean()
+    return loss + pt_weight * pulling_away(s) if pt_weight else loss
+
+
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
                     sources=None):
@@ -187,108 +289,6 @@ def ema_update(ema, model, decay, step):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ model
-def widths(image_size, base):
-    """Channels per resolution from 4x4 up to image_size/2: base * 2^k, capped at 8 * base."""
-    n = int(math.log2(image_size)) - 2  # number of 2x steps between 4x4 and image_size
-    return [base * min(2 ** (n - 1 - i), 8) for i in range(n)]  # [4x4, 8x8, ..., image_size/2]
-
-
-def init_weights(m):
-    """DCGAN's initialisation (the paper follows DCGAN's guidance, Sec. 4.3): weights from
-    N(0, 0.02), batch-norm gains from N(1, 0.02), biases 0."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
-        nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-class Generator(nn.Module):
-    """dcgan.py's generator: z -> "project and reshape" to 4x4, then 2x transposed convs
-    (kernel 4, stride 2) with BN + ReLU, and a tanh output."""
-
-    def __init__(self, z_dim=100, image_size=32, channels=1, width=64):
-        super().__init__()
-        w = widths(image_size, width)
-        self.w0 = w[0]
-        self.project = nn.Linear(z_dim, w[0] * 4 * 4, bias=False)
-        layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
-        for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z):
-        return self.net(self.project(z).view(-1, self.w0, 4, 4))
-
-
-class Discriminator(nn.Module):
-    """The auto-encoder of Sec. 2.3. Encoder: strided convs (kernel 4, stride 2) with
-    BN + LeakyReLU(0.2) down to 4x4 (no BN on the input layer); decoder: the mirror image,
-    transposed convs with BN + ReLU, and a linear output. forward(x) returns the energy
-    D(x) of each sample and the embedding S (the encoder's 4x4 output, flattened)."""
-
-    def __init__(self, image_size=32, channels=1, width=64):
-        super().__init__()
-        w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
-        enc = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for cin, cout in zip(w[:-1], w[1:]):
-            enc += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                    nn.LeakyReLU(0.2, True)]
-        dec = []
-        for cin, cout in zip(w[:0:-1], w[-2::-1]):
-            dec += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                    nn.ReLU(True)]
-        dec += [nn.ConvTranspose2d(w[0], channels, 4, 2, 1)]
-        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
-
-    def forward(self, x):
-        s = self.encoder(x)
-        return energy(x, self.decoder(s)), s.flatten(1)
-
-
-def build_models(args, channels, num_classes=0):
-    """G and D (unconditional: num_classes is accepted for the common signature and unused)."""
-    g = Generator(args.z_dim, args.image_size, channels, args.g_width)
-    d = Discriminator(args.image_size, channels, args.d_width)
-    g.apply(init_weights)
-    d.apply(init_weights)
-    return g, d
-
-
-# ============================================================ loss
-def energy(x, reconstruction):
-    """Sec. 2.3: D(x) = ||Dec(Enc(x)) - x||, the L2 norm of each sample's reconstruction
-    error, in fp32."""
-    return torch.linalg.vector_norm((reconstruction.float() - x.float()).flatten(1), dim=1)
-
-
-def pulling_away(s):
-    """Sec. 2.4, Eq. 7: f_PT(S) = 1/(N(N-1)) sum_{i != j} (S_i^T S_j / (|S_i| |S_j|))^2, the
-    mean squared cosine similarity over pairs of different samples; needs N >= 2."""
-    n = s.shape[0]
-    with torch.autocast(s.device.type, enabled=False):  # fp32: autocast would matmul in half
-        s = F.normalize(s.float().flatten(1), dim=1)
-        cos2 = (s @ s.t()).pow(2)
-    same = torch.eye(n, dtype=torch.bool, device=s.device)
-    return cos2.masked_fill(same, 0).sum() / (n * (n - 1))  # over pairs i != j
-
-
-def d_loss(real_out, fake_out, margin=10.0):
-    """Eq. 1: L_D = D(x) + [m - D(G(z))]^+, the hinge taken per sample, then averaged.
-    real_out and fake_out are D's outputs, (energies, embeddings)."""
-    return real_out[0].mean() + F.relu(margin - fake_out[0]).mean()
-
-
-def g_loss(fake_out, pt_weight=0.1):
-    """Eq. 2: L_G = D(G(z)); EBGAN-PT adds pt_weight * f_PT of the generated batch's
-    embeddings (Sec. 2.4). The term is in G's loss only."""
-    e, s = fake_out
-    loss = e.mean()
-    return loss + pt_weight * pulling_away(s) if pt_weight else loss
 
 
 # ============================================================ training
