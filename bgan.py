@@ -577,7 +577,7 @@ def sample(script, args, load_generator):
     from common.run import Sampling
 
     s = Sampling(script, args, load_generator)
-    return s.interpolation(seed=args.seed, shared_noise=True) if args.interpolate else s.grid()
+    return s.interpolation(shared_noise=True) if args.interpolate else s.grid()
 
 
 # ============================================================ shared: main

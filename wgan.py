@@ -31,10 +31,10 @@ Departures from the paper, and choices where it is silent (more in docs/wgan.md)
 * ``--output dmol`` (not in the paper): the cat-faces WGAN reference's head, a sampled
   discretized mixture of ``--mixtures`` logistics per pixel (``LogisticMixture``).
 * EMA generator (not in the paper, see dcgan.py), batch norm recalibrated. The dmol head's
-  pixel noise in grids, recalibration and ``--sample`` comes from a seeded private RNG.
+  pixel noise in grids, recalibration and ``--sample`` comes from a seeded private RNG
+  (common.run.private_rng), so it never moves the training RNG.
 """
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -86,14 +86,6 @@ def init_weights(m):
             nn.init.zeros_(m.bias)
 
 
-@contextlib.contextmanager
-def private_rng(device, seed):
-    """Run on an RNG seeded with ``seed``, then restore the caller's (training's) RNG."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 def quantize(x):
     """Round to the data's 256 grey levels in [-1, 1]; straight-through (identity) gradient."""
     q = ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
@@ -137,8 +129,7 @@ class LogisticMixture(nn.Module):
 
 class Generator(nn.Module):
     """dcgan.py's generator: z -> "project and reshape" to 4x4, then 2x transposed convs
-    (kernel 4, stride 2) with BN + ReLU, and a tanh output or the logistic-mixture head.
-    ``noise_seed``: draw the dmol head's noise from a private RNG seeded with it."""
+    (kernel 4, stride 2) with BN + ReLU, and a tanh output or the logistic-mixture head."""
 
     def __init__(self, z_dim=100, image_size=32, channels=1, width=64, output="tanh", mixtures=10):
         super().__init__()
@@ -156,10 +147,8 @@ class Generator(nn.Module):
             layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z, noise_seed=None):
-        h = self.project(z).view(-1, self.w0, 4, 4)
-        with contextlib.nullcontext() if noise_seed is None else private_rng(z.device, noise_seed):
-            return self.net(h)
+    def forward(self, z):
+        return self.net(self.project(z).view(-1, self.w0, 4, 4))
 
 
 class Critic(nn.Module):
@@ -357,9 +346,8 @@ def train(args):
     opt_g = torch.optim.RMSprop(G.parameters(), lr=args.lr_g)  # Sec. 4: no momentum
     opt_d = torch.optim.RMSprop(D.parameters(), lr=args.lr_d)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    # G's inputs for grids and recalibration, with a seed for the dmol head's pixel noise.
-    grid = (fixed_inputs(64, args.z_dim, 0, 1234, device)[0], 1234)
-    calibrate = [(fixed_inputs(256, args.z_dim, 0, s, device)[0], s) for s in range(4321, 4325)]
+    grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]
+    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
     run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
                "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
               info={"channels": data.channels, "num_classes": 0},
@@ -402,32 +390,12 @@ def train(args):
 
 
 # ============================================================ sampling
-class SeededNoise:
-    """``common.run.Generate`` (and its attributes) with the dmol pixel noise drawn from
-    ``seed`` too, by a private RNG: the caller's does not move."""
-
-    def __init__(self, generate):
-        self.__dict__.update(vars(generate), generate=generate)
-
-    def __call__(self, n=None, seed=0, **kw):
-        with private_rng(torch.device(self.device), seed):
-            return self.generate(n, seed, **kw)
-
-
 def load_generator(path, device="cpu", use_ema=True):
     """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
     EMA generator (or raw G), for --sample and the evaluation tools."""
     from common.run import Generate
 
-    return SeededNoise(Generate(SCRIPT, path, device, use_ema, build_models))
-
-
-def sample(script, args, load_generator):
-    """--sample N [--interpolate K]; the walks' dmol pixel noise is drawn from --seed too."""
-    from common.run import Sampling
-
-    s = Sampling(script, args, load_generator)
-    return s.interpolation(seed=args.seed) if args.interpolate else s.grid()
+    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: main

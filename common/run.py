@@ -22,6 +22,7 @@ TensorBoard; curves. ``main`` and ``sample`` are the command line's other half: 
 errors and ``--sample``/``--interpolate``.
 """
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -78,6 +79,16 @@ def recalibrate_batchnorm(model, batches):
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.eval()
+
+
+@contextlib.contextmanager
+def private_rng(device, seed):
+    """Run on a fork of the RNG seeded with ``seed`` and give the caller's back afterwards: G's
+    own noise (a dmol head, StyleGAN2's noise inputs) is then reproducible in grids, batch-norm
+    calibration and sampling, and never moves the training trajectory."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def fixed_inputs(n, z_dim, num_classes, seed, device, latent=torch.randn):
@@ -298,18 +309,13 @@ class Run:
         self.pbar.close()
         raise UserError(f"{what}; {last_good(self.out)} (try a lower --lr-d/--lr-g or --amp off)")
 
-    def private_rng(self):
-        """A fork of the RNG: grids and batch-norm calibration never move the training RNG
-        (G may draw noise in its forward), so a resumed run follows the same trajectory."""
-        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
-
     def generator(self):
         """The generator for grids and checkpoints: the EMA one (batch norm recalibrated)
         when there is one, else G."""
         ema = self.state.get("ema")
         if ema is None:
             return self.state["G"]
-        with self.private_rng():
+        with private_rng(self.device, 4321):
             recalibrate_batchnorm(ema, self.calibrate)
         return ema
 
@@ -320,7 +326,8 @@ class Run:
         gen.eval()
         amp = self.args.amp
         dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-        with self.private_rng(), torch.autocast(self.device.type, dtype, enabled=amp != "off"):
+        autocast = torch.autocast(self.device.type, dtype, enabled=amp != "off")
+        with private_rng(self.device, 1234), autocast:
             x = self.grid(gen) if callable(self.grid) else gen(*self.grid)
         gen.train(was_training)
         return x
@@ -504,9 +511,10 @@ class Generate:
         if self.num_classes and labels is None:
             labels = torch.arange(len(z)) % self.num_classes
         out = []
-        for i in range(0, len(z), 256):
-            inputs = [z[i : i + 256]] + ([labels[i : i + 256]] if self.num_classes else [])
-            out.append(self.model(*(t.to(self.device) for t in inputs), **kw).float().cpu())
+        with private_rng(torch.device(self.device), seed):  # G's own noise, from seed too
+            for i in range(0, len(z), 256):
+                inputs = [z[i : i + 256]] + ([labels[i : i + 256]] if self.num_classes else [])
+                out.append(self.model(*(t.to(self.device) for t in inputs), **kw).float().cpu())
         return torch.cat(out)
 
 
@@ -568,7 +576,7 @@ class Sampling:
         z = slerp(keys[:-1, None], keys[1:, None], t).reshape(n * k, -1)
         if nc:
             kw["labels"] = torch.randint(nc, (n,), generator=gen).repeat_interleave(k)
-        x = self.generate(z=z, **kw)
+        x = self.generate(z=z, seed=a.seed, **kw)
         png = save_grid(x, self.file("interpolate"), nrow=k)
         frames = [make_grid(x[i::k], nrow=int(math.ceil(math.sqrt(n)))) for i in range(k)]
         gif = save_gif(frames + frames[::-1], self.file("interpolate", "gif"), last_ms=120)

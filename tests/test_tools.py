@@ -156,30 +156,21 @@ def test_evaluate_missing_weights_is_one_line(tiny_run, tmp_path, capsys, monkey
     )
 
 
+TINY = "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu"
+
+
+def run_compare(out, *flags, **kw):
+    """tools/compare.py on tiny models, writing to ``out``; the finished process."""
+    cmd = [sys.executable, os.path.join(TOOLS, "compare.py"), *flags, "--num-samples", "40",
+           "--extra", TINY, "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
 def test_compare_two_scripts(tmp_path):
     out = tmp_path / "cmp"
-    r = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(TOOLS, "compare.py"),
-            "dcgan",
-            "lsgan",
-            "--steps",
-            "2",
-            "--num-samples",
-            "40",
-            "--show",
-            "4",
-            "--extra",
-            "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_compare(out, "dcgan", "lsgan", "--steps", "2", "--show", "4")
     table = (out / "results.md").read_text()
     assert "| dcgan | 2 |" in table and "| lsgan | 2 |" in table and "coverage" in table
     results = json.load(open(out / "results.json"))
@@ -190,42 +181,24 @@ def test_compare_two_scripts(tmp_path):
     assert w > 4 * 32 and h >= 2 * 32
 
 
+def ignore_sigint():
+    """As a background job (`nohup ... &`) inherits it: SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_compare_minutes_stops_at_the_deadline(tmp_path):
     """A --minutes budget ends each run at its deadline even when the tool runs as a background
     job (SIGINT inherited as ignored, as under `nohup ... &`), and the last checkpoint is scored."""
-    import signal
     import time
 
-    out = tmp_path / "cmp"
-    t0 = time.time()
-    r = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(TOOLS, "compare.py"),
-            "dcgan",
-            "--minutes",
-            "0.25",
-            "--ckpt-every",
-            "5",
-            "--num-samples",
-            "40",
-            "--show",
-            "2",
-            "--extra",
-            "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    out, t0 = tmp_path / "cmp", time.time()
+    run_compare(out, "dcgan", "--minutes", "0.25", "--ckpt-every", "5", "--show", "2",
+                preexec_fn=ignore_sigint)
     (res,) = json.load(open(out / "results.json"))
-    assert res["wall_s"] < 15 + 30 and res["step"] >= 5, (
-        res
-    )  # 15 s budget; the 60 s grace is never reached
+    # A 15 s budget; the 60 s grace is never reached.
+    assert res["wall_s"] < 15 + 30 and res["step"] >= 5, res
     assert time.time() - t0 < 200
 
 
