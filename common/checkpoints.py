@@ -2,16 +2,19 @@
 written, read and checked, and the RNG states that make a resumed run exact.
 
 A checkpoint is one ``torch.save`` dict of state_dicts and plain values that loads with
-``torch.load(weights_only=True)``: no pickled objects. It is written atomically (a
-temporary file renamed into place), so a kill during a save keeps the previous one whole.
+``torch.load(weights_only=True)``: no pickled objects. It is written durably (a
+temporary file flushed to disk, then renamed into place), so a kill or a crash during a
+save keeps the previous one whole.
 
 This module imports nothing else of ``common`` but ``UserError``, so that ``common.run``
 and ``common.evaluation`` can both use it without importing each other.
 """
+import contextlib
 import glob
 import json
 import os
 import random
+import shutil
 import time
 
 import numpy as np
@@ -20,17 +23,28 @@ import torch
 from common import UserError
 
 
-def new_run_dir(script, out=None):
-    """Create and return a fresh run directory; refuse a non-empty existing one."""
+def new_run_dir(script, out=None, restart=False):
+    """Create and return a fresh run directory; refuse a non-empty existing one, unless
+    ``restart``: a run directory with no checkpoint yet (``--resume auto --out DIR`` of a run
+    stopped before its first one), whose earlier samples are then cleared."""
     if out is None:
         out = os.path.join("runs", script, time.strftime("%Y%m%d-%H%M%S"))
         base, k = out, 1
         while os.path.exists(out):
             out, k = f"{base}-{k}", k + 1
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out!r} is a file, not a folder; choose another --out")
     if os.path.isdir(out) and os.listdir(out):
-        raise UserError(f"run directory {out!r} already exists and is not empty; resume it with "
-                        f"--resume auto --out {out}, or choose another --out")
-    os.makedirs(out, exist_ok=True)
+        if not (restart and os.path.exists(os.path.join(out, "args.json"))):
+            raise UserError(f"run directory {out!r} already exists and is not empty; resume it "
+                            f"with --resume auto --out {out}, or choose another --out")
+        for old in glob.glob(os.path.join(out, "samples", "step_*.png")):
+            os.remove(old)
+        remove_stale(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {out!r}: {e.strerror or e}") from None
     return out
 
 
@@ -72,12 +86,51 @@ def plain_args(args):
     return {k: v for k, v in vars(args).items() if k != "explicit"}
 
 
-def save_checkpoint(path, state):
-    """torch.save to a temporary file, then rename: a kill mid-save keeps the old file whole."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def save_checkpoint(path, state, links=()):
+    """Write ``state`` to ``path`` so that it survives a kill or a crash at any moment: into a
+    temporary file, flushed to disk, renamed into place, the folder flushed after; ``links``
+    are more names for the same file (``step_N.pt``). A failed write (disk full, quota) ends
+    in one line that names the last good checkpoint, and leaves no temporary file."""
+    folder = os.path.dirname(path) or "."
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for link in links:
+            if os.path.exists(link):
+                os.remove(link)
+            try:
+                os.link(path, link)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, link)
+        fsync_dir(folder)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        good = (f"the last good checkpoint is {path}" if os.path.exists(path)
+                else "no checkpoint had been written yet")
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; {good}") from None
+
+
+def fsync_dir(folder):
+    """Flush a folder's entries (a rename into it) to disk, where the system allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale(out):
+    """Temporary files a killed save left behind in ``out/checkpoints``."""
+    for tmp in glob.glob(os.path.join(out, "checkpoints", "*.tmp")):
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def load_checkpoint(path, script, device="cpu"):

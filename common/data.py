@@ -450,6 +450,17 @@ def augment(x, generator, flip=False, color_jitter=0.0):
 
 
 # ----------------------------------------------------------------------------- batch stream
+def ignore_stop_signals(worker_id):
+    """A loader worker leaves Ctrl-C and SIGTERM to the training process, which stops at the
+    end of its step and then shuts the workers down (a worker killed by the signal would fail
+    the run at its next batch)."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class Batches:
     """Endless, resumable stream of (images in [-1, 1] on ``device``, labels or None).
 
@@ -545,6 +556,7 @@ class Batches:
                     num_workers=self.num_workers,
                     pin_memory=self.device.type == "cuda",
                     persistent_workers=False,
+                    worker_init_fn=ignore_stop_signals,
                 )
                 for b, (x, y) in enumerate(loader, start):
                     self.batch = b + 1

@@ -18,17 +18,21 @@ flags given now over the stored ones, every object of the state restored, RNG st
 every rank); checkpoint files (atomic, numbered copies, the NaN guard that names the last
 good checkpoint); metrics summed on the device with one host sync per ``--log-every``;
 the progress bar; sample grids and ``progress.gif``; ``--eval-every`` and ``best.pt``;
-TensorBoard; curves. ``main`` and ``sample`` are the command line's other half: one-line
+TensorBoard; curves; and stopping: SIGINT (Ctrl-C), SIGTERM or SIGUSR1 end the run at a step
+boundary with a checkpoint of that step (``Stopped``; ``main`` says how to continue). ``main`` and ``sample`` are the command line's other half: one-line
 errors and ``--sample``/``--interpolate``.
 """
 import argparse
 import contextlib
 import copy
+import errno
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -36,9 +40,13 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from common import UserError
+from common.flags import check_ranges
 from common.checkpoints import (  # noqa: F401 - find_checkpoint, read_metrics: for the tools
     find_checkpoint, last_good, load_checkpoint, load_state, new_run_dir, plain_args, read_metrics,
-    rng_state, run_dir_of, save_checkpoint, seed_everything, set_rng_state, write_args)
+    remove_stale, rng_state, run_dir_of, save_checkpoint, seed_everything, set_rng_state,
+    write_args)
+
+STOP_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, n)]
 
 
 def all_ranks_mean(t, world):
@@ -49,13 +57,21 @@ def all_ranks_mean(t, world):
     return t
 
 
-def gather_rng_states(world):
-    """Every rank's RNG state, in rank order (a collective: call on all ranks)."""
+def gather_ranks(world, mine):
+    """Every rank's ``mine``, in rank order (a collective: call on all ranks)."""
     if world == 1:
-        return [rng_state()]
+        return [mine]
     states = [None] * world
-    dist.all_gather_object(states, rng_state())
+    dist.all_gather_object(states, mine)
     return states
+
+
+class Stopped(Exception):
+    """A run stopped by a signal at a step boundary, its checkpoint written."""
+
+    def __init__(self, signum, step, out, rank):
+        super().__init__(f"stopped at step {step}")
+        self.signum, self.step, self.out, self.rank = signum, step, out, rank
 
 
 @torch.no_grad()
@@ -101,19 +117,10 @@ def fixed_inputs(n, z_dim, num_classes, seed, device, latent=torch.randn):
     return z, torch.arange(n).remainder(num_classes).sort().values.to(device)
 
 
-def check_common_args(args):
-    """Ranges of the shared flags (the script checks its own)."""
-    for name in ("batch_size", "log_every", "sample_every", "ckpt_every", "z_dim"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.steps < 0:  # 0 is a script's own length (ProGAN's schedule), else refused by start()
-        raise UserError(f"--steps must be at least 1, not {args.steps}")
-    if args.ema_decay is not None and not 0 <= args.ema_decay < 1:
-        raise UserError(f"--ema-decay must be in [0, 1), not {args.ema_decay}")
-    if args.eval_every < 0 or args.eval_samples < 10:
-        raise UserError("--eval-every must be at least 0 (0: off) and --eval-samples at least 10")
-    if args.num_workers < 0:
-        raise UserError(f"--num-workers must be at least 0, not {args.num_workers}")
+def check_common_args(script, args):
+    """The range of every numeric flag (``common.flags``: one table for every script); the
+    script's own ``check_args`` checks what depends on several of its flags."""
+    check_ranges(script, args)
 
 
 class Run:
@@ -124,12 +131,25 @@ class Run:
     paper state a script keeps outside the objects it hands to ``start``.
     """
 
+    active = None  # the run whose signal handlers are installed, for ``main``
+
     def __init__(self, script, args, rank, world, device, check=None):
         self.script, self.args, self.device = script, args, device
         self.rank, self.world = rank, world
         if args.amp == "fp16" and device.type != "cuda":
             raise UserError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
-        self.resumed = None
+        self.resumed, self.restart = None, False
+        last = os.path.join(args.out or "", "checkpoints", "last.pt")
+        if args.resume == "auto" and args.out and not os.path.isfile(last):
+            # A requeued job whose first lap was stopped before its first checkpoint: start it.
+            if os.path.isdir(args.out) and os.listdir(args.out) and not os.path.isfile(
+                    os.path.join(args.out, "args.json")):
+                raise UserError(f"--resume auto: {args.out!r} has no checkpoint and is not a run "
+                                "directory; choose another --out")
+            self.restart, args.resume = True, None
+            if rank == 0:
+                print(f"warning: --resume auto: {args.out} has no checkpoint yet; starting the "
+                      "run at step 0", file=sys.stderr)
         if args.resume:
             path = find_checkpoint(script, args.resume, args.out)
             self.resumed = load_checkpoint(path, script, "cpu")
@@ -137,10 +157,11 @@ class Run:
                 if k not in args.explicit and k not in ("resume", "explicit"):
                     setattr(args, k, v)
             args.out = run_dir_of(path)
-        check_common_args(args)
+        check_common_args(script, args)
         if check is not None:
             check(args)
         self.step, self.out, self.data, self.metrics, self.pbar = 0, args.out, None, None, None
+        self.saved_step, self.signum, self.agreed = -1, None, False
 
     # ------------------------------------------------------------------ data
     def dataset(self, labels=False):
@@ -204,11 +225,14 @@ class Run:
         else:
             self._restore(ckpt)
         if self.rank == 0:
-            self.out = self.args.out = (self.args.out if ckpt is not None
-                                        else new_run_dir(self.script, self.args.out))
+            if ckpt is not None:
+                remove_stale(self.args.out)
+            self.out = self.args.out = (self.args.out if ckpt is not None else
+                                        new_run_dir(self.script, self.args.out, self.restart))
             write_args(self.out, self.args)
             a = self.args
-            self.metrics = Metrics(self.out, resume_step=self.step if ckpt else None,
+            since = self.step if ckpt else 0 if self.restart else None
+            self.metrics = Metrics(self.out, resume_step=since,
                                    tensorboard=a.tensorboard,
                                    evaluate_dataset=a.dataset if a.eval_every else None)
             print(self._banner(note), flush=True)
@@ -217,7 +241,47 @@ class Run:
         self.pbar = tqdm(total=self.total, initial=self.step, disable=self.rank != 0,
                          dynamic_ncols=True, desc=self.script)
         self.acc, self.n_acc, self.n_img, self.t_log = None, 0, 0, time.perf_counter()
+        logs = (ckpt or {}).get("log")
+        if logs and len(logs) == self.world and logs[self.rank]["n"]:  # a log interval's start
+            self.acc, self.n_acc = logs[self.rank]["acc"].to(self.device), logs[self.rank]["n"]
+        self.catch_signals()
         return self.step
+
+    # ------------------------------------------------------------------ signals
+    def catch_signals(self):
+        """From here on SIGINT (Ctrl-C), SIGTERM and SIGUSR1 stop the run at the end of the
+        step (under torchrun: of the next --log-every step, where the ranks agree anyway);
+        a second Ctrl-C stops at once."""
+        self.signum, self.t_signal, self.noted, self.agreed = None, 0.0, False, False
+        self.handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup/&: stay deaf to it
+                    self.handlers[sig] = signal.signal(sig, self.on_signal)
+        Run.active = self
+
+    def on_signal(self, signum, frame):
+        if self.signum is None:
+            self.signum, self.t_signal = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self.t_signal > 1:
+            raise KeyboardInterrupt  # the second Ctrl-C (torchrun forwards the first at once)
+
+    def release_signals(self):
+        for sig, handler in getattr(self, "handlers", {}).items():
+            signal.signal(sig, handler)
+        self.handlers = {}
+        if Run.active is self:
+            Run.active = None
+
+    def stop(self):
+        """Leave at a step boundary with a checkpoint of this step (every rank)."""
+        if self.saved_step != self.step:
+            self.save()
+        self.pbar.close()
+        self.release_signals()
+        if self.rank == 0:
+            self.metrics.close(curves=False)
+        raise Stopped(self.signum or signal.SIGTERM, self.step, self.out, self.rank)
 
     def _restore(self, ckpt):
         for name, obj in self.state.items():
@@ -289,9 +353,20 @@ class Run:
             if self.rank == 0:
                 self.metrics.evaluate(step, os.path.join(self.out, "checkpoints", "last.pt"),
                                       a.eval_samples)
+        if self.signum is not None and not self.noted and not last:
+            self.noted = True
+            self.write(f"{signal.Signals(self.signum).name}: stopping at the end of "
+                       f"{'this step' if self.world == 1 else 'the next --log-every step'}")
+        if not last and (self.agreed if self.world > 1 else self.signum is not None):
+            self.stop()
 
     def _log(self):
-        vals = (all_ranks_mean(self.acc, self.world) / self.n_acc).tolist()  # the one host sync
+        acc = self.acc
+        if self.world > 1:  # the ranks agree on a stop in the reduction the log does anyway
+            acc = torch.cat([acc, acc.new_tensor([float(self.signum is not None)])])
+        vals = (all_ranks_mean(acc, self.world) / self.n_acc).tolist()  # the one host sync
+        if self.world > 1:
+            self.agreed = vals.pop() > 0
         dt = time.perf_counter() - self.t_log
         if not all(map(math.isfinite, vals)):
             self.fail(f"losses became NaN/inf by step {self.step}")
@@ -307,6 +382,7 @@ class Run:
     def fail(self, what):
         """Stop a diverged run with one line that names the last good checkpoint."""
         self.pbar.close()
+        self.release_signals()
         raise UserError(f"{what}; {last_good(self.out)} (try a lower --lr-d/--lr-g or --amp off)")
 
     def generator(self):
@@ -344,7 +420,9 @@ class Run:
 
     def save(self):
         """``checkpoints/last.pt`` and ``step_N.pt`` (a collective: every rank calls it)."""
-        states = gather_rng_states(self.world)
+        acc = None if self.acc is None else self.acc.detach().cpu()
+        ranks = gather_ranks(self.world, {"rng": rng_state(), "log": {"acc": acc, "n": self.n_acc}})
+        self.saved_step = self.step
         modules = [m for m in self.state.values() if isinstance(m, nn.Module)]
         if not all(torch.isfinite(p).all() for m in modules for p in m.parameters()):
             self.fail(f"the weights became NaN/inf by step {self.step}")
@@ -352,16 +430,13 @@ class Run:
             return
         self.generator()  # the EMA generator's batch-norm statistics, recomputed
         ckpt = {"script": self.script, "step": self.step, "args": plain_args(self.args),
-                **self.info, "rng": states}
+                **self.info, "rng": [r["rng"] for r in ranks], "log": [r["log"] for r in ranks]}
         for name, obj in self.state.items():
             ckpt[name] = (None if obj is None else dict(obj) if isinstance(obj, dict)
                           else obj.state_dict())
-        last = os.path.join(self.out, "checkpoints", "last.pt")
-        save_checkpoint(last, ckpt)
-        numbered = os.path.join(self.out, "checkpoints", f"step_{self.step:06d}.pt")
-        if os.path.exists(numbered):
-            os.remove(numbered)
-        os.link(last, numbered)
+        folder = os.path.join(self.out, "checkpoints")
+        save_checkpoint(os.path.join(folder, "last.pt"), ckpt,
+                        links=[os.path.join(folder, f"step_{self.step:06d}.pt")])
 
     def write(self, message):
         """A line above the progress bar (rank 0)."""
@@ -372,6 +447,7 @@ class Run:
         """Close the bar, the metrics and the curves; a barrier under torchrun. Returns what
         the tests and tools use: the run directory and the models."""
         self.pbar.close()
+        self.release_signals()
         if self.rank == 0:
             self.metrics.close()
             print(f"done: {self.step} steps{note}; samples in {os.path.join(self.out, 'samples')}, "
@@ -464,10 +540,12 @@ class Metrics:
         self.log(step=step, **m, eval_best_step=best["step"])
         return m
 
-    def close(self):
+    def close(self, curves=True):
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+        if not curves:
+            return
         try:
             from common.images import plot_curves
 
@@ -592,14 +670,45 @@ def sample(script, args, load_generator):
 
 def main(script, args, train, load_generator, own_sample=None):
     """Train, or sample with ``--sample`` (``own_sample``: the script's ``sample`` where it has
-    extra modes); a user's mistake ends in one line and status 1."""
+    extra modes). A user's mistake ends in one line and status 1; a stop by a signal in one
+    line that says how to continue, and status 128 + the signal."""
     try:
+        check_ranges(script, args)
         if args.sample:
             return (own_sample or sample)(script, args, load_generator)
         return train(args)
+    except Stopped as e:
+        if e.rank == 0:
+            print(f"{script}: stopped at step {e.step}; continue with --resume {e.out}",
+                  file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # before the run began, or a second Ctrl-C
+        print(f"{script}: interrupted{end_active_run()}", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGINT)
     except UserError as e:
+        end_active_run()
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = end_active_run()
+        print(f"{script}: error: {e.strerror} writing {e.filename or 'a file'}{where}",
+              file=sys.stderr)
+        sys.exit(1)
     finally:
+        end_active_run()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def end_active_run():
+    """Close the bar of a run that ends by an exception and give the signals back; returns
+    "; <where the last good checkpoint is>" for the line that reports it."""
+    run = Run.active
+    if run is None:
+        return ""
+    if run.pbar is not None:
+        run.pbar.close()
+    run.release_signals()
+    return f"; {last_good(run.out)}" if run.out else ""

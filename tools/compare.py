@@ -7,10 +7,10 @@ way, and write one table and one side-by-side image: a comparison without cherry
         --extra "--amp bf16"
 
 Each script runs with its own defaults (the paper's), in a fresh process, with the
-given data flags and budget. A --minutes budget lets it run with a large --steps and a
-checkpoint every --ckpt-every steps, stops it at the deadline and evaluates its last
-checkpoint, so a script that needs more critic steps per G step gets the same wall
-time, not the same number of steps. Every script is then scored by tools/evaluate.py
+given data flags and budget. A --minutes budget lets it run with a large --steps and sends
+it SIGTERM at the deadline: the run ends at the end of its step with a checkpoint of that
+step, which is evaluated, so a script that needs more critic steps per G step gets the same
+wall time, not the same number of steps. Every script is then scored by tools/evaluate.py
 with the same protocol (digits: the digits classifier; otherwise the FID Inception),
 and the first --show samples of its EMA generator from one fixed seed go into one row
 of the image, in the order of the table: nothing is picked by hand.
@@ -35,8 +35,8 @@ from common.scripts import load_script, paper_scripts  # noqa: E402
 
 
 def train(name, out, flags, minutes, log):
-    """Run one script; returns (wall seconds, return code).
-    A --minutes run is stopped by SIGTERM."""
+    """Run one script; returns (wall seconds, return code). A --minutes run is stopped by
+    SIGTERM at the deadline, and ends with a checkpoint of the step it reached."""
     cmd = [sys.executable, os.path.join(ROOT, name + ".py"), "--out", out, *flags]
     t0 = time.time()
     with open(log, "w") as f:
@@ -47,15 +47,15 @@ def train(name, out, flags, minutes, log):
             rc = proc.wait(timeout=minutes * 60 if minutes else None)
         except subprocess.TimeoutExpired:
             # SIGTERM, not SIGINT: a job started in the background (nohup ... &) inherits SIGINT
-            # ignored, and the run would go on for the whole grace period. Checkpoints are written
-            # atomically, so the last one is whole.
+            # ignored. The run finishes its step, writes its checkpoint and exits 128 + 15.
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # a step longer than the grace: the last periodic
+                os.killpg(proc.pid, signal.SIGKILL)  # checkpoint (written durably) is scored
                 proc.wait()
-            rc = 0
+                rc = 128 + signal.SIGTERM
+            rc = 0 if rc == 128 + signal.SIGTERM else rc
     return time.time() - t0, rc
 
 
@@ -116,8 +116,8 @@ def main(argv=None):
     p.add_argument(
         "--ckpt-every",
         type=int,
-        default=50,
-        help="with --minutes: steps between checkpoints (the last one is evaluated)",
+        default=500,
+        help="with --minutes: steps between periodic checkpoints (the deadline writes one too)",
     )
     p.add_argument(
         "--num-samples", type=int, default=2000, help="generated images per script for the metrics"
