@@ -15,12 +15,12 @@ A script's ``train()`` creates one ``Run`` and hands it what the paper defines:
 
 and the run does the rest: the run directory and ``args.json``; resume (the checkpoint,
 flags given now over the stored ones, every object of the state restored, RNG states of
-every rank); checkpoint files (atomic, numbered copies, the NaN guard that names the last
+every rank); checkpoint files (durable, numbered copies, the NaN guard that names the last
 good checkpoint); metrics summed on the device with one host sync per ``--log-every``;
 the progress bar; sample grids and ``progress.gif``; ``--eval-every`` and ``best.pt``;
-TensorBoard; curves; and stopping: SIGINT (Ctrl-C), SIGTERM or SIGUSR1 end the run at a step
-boundary with a checkpoint of that step (``Stopped``; ``main`` says how to continue). ``main`` and ``sample`` are the command line's other half: one-line
-errors and ``--sample``/``--interpolate``.
+TensorBoard; curves; and stopping: SIGINT (Ctrl-C), SIGTERM or SIGUSR1 end the run at a
+step boundary with a checkpoint of that step. ``main`` and ``sample`` are the command
+line's other half: flag ranges, one-line errors, the stop line, ``--sample``/``--interpolate``.
 """
 import argparse
 import contextlib
