@@ -170,3 +170,32 @@ def test_out_naming_a_file_is_one_line(in_tmp, capsys):
     m = load_script("dcgan")
     open("taken", "w").close()
     assert_one_line_error(m, ["--out", "taken"], ["--out", "is a file"], capsys)
+
+
+def test_second_ctrl_c_stops_at_once(in_tmp, capsys, monkeypatch):
+    """The first signal only asks for a stop; a Ctrl-C more than a second later (not
+    torchrun's forwarded copy of the first) interrupts at once, in one line and status 130."""
+    from common.run import Run
+
+    m = load_script("dcgan")
+    m.main([*tiny_args(m), "--steps", "1", "--out", "run"])
+    seen, before = [], signal.getsignal(signal.SIGINT)
+    capsys.readouterr()
+
+    def train(args):  # a run whose step never ends, interrupted twice
+        run = Run("dcgan", args, 0, 1, torch.device("cpu"))
+        run.out = "run"
+        run.catch_signals()
+        run.on_signal(signal.SIGUSR1, None)
+        run.on_signal(signal.SIGINT, None)  # at once after the first: torchrun's copy
+        seen.append(run.signum)
+        run.t_signal -= 2
+        run.on_signal(signal.SIGINT, None)
+
+    monkeypatch.setattr(m, "train", train)
+    with pytest.raises(SystemExit) as e:
+        m.main([*tiny_args(m), "--steps", "1", "--out", "other"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and seen == [signal.SIGUSR1], err
+    assert err == "dcgan: interrupted; the last good checkpoint is run/checkpoints/last.pt"
+    assert signal.getsignal(signal.SIGINT) == before and Run.active is None  # given back
