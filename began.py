@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """BEGAN: Boundary Equilibrium Generative Adversarial Networks. Berthelot, Schumm, Metz,
 2017. arXiv:1703.10717.
 
@@ -75,7 +76,8 @@ def parse_args(argv=None):
                    "E[L(x)] that k_t maintains (Sec. 3.3), in (0, 1]; paper 0.5")
     m.add_argument("--lambda-k", type=float, default=0.05,
                    help="proportional gain of k_t (Sec. 3.4); paper 0.001")
-    # N_h and n are spelled --nh and --n-filters: torchrun's parser reads "--h" as --help.
+    # n is spelled --n-filters: torchrun (torch 2.14) rejects a "--n" even after the script, as
+    # an ambiguous prefix of its own --nnodes, --nproc-per-node, ...; N_h is --nh to match.
     m.add_argument("--nh", type=int, default=32,
                    help="embedding size N_h of D's auto-encoder (Sec. 4.1: 64)")
     m.add_argument("--n-filters", type=int, default=16, help="filters per conv, Fig. 1's n "

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """BGAN: Boundary-Seeking Generative Adversarial Networks. Hjelm, Jacob, Che, Trischler, Cho,
 Bengio, ICLR 2018. arXiv:1702.08431 (section numbers of v4, the ICLR version).
 
@@ -28,11 +29,13 @@ Departures from the paper, and choices where it is silent (measurements: docs/bg
 * --log-lik sum is the paper's log g(x | z); mean (the PyTorch reimplementation's) divides
   by the pixels; under Adam the two differ only through its epsilon.
 * D reads binary samples as images in {-1, 1}, quantized ones as K one-hot planes.
-* Not in the paper, on by default: --d-noise 1.5, Gaussian noise on D's inputs (real and
-  drawn; the weights come from that same pass), and --baseline, w~ - 1/M (a control
-  variate: the same expected gradient, less variance). --d-noise 0 --no-baseline: the paper.
-* Adam (beta1 0.5, as DCGAN); D's lr is the official code's 1e-4, G's 1e-3 (equal rates
-  let D win at once). Batch 32 and widths 32/16 fit a small CPU (official code: batch 128).
+* Not in the paper: --baseline (on), w~ - 1/M (a control variate: the same expected gradient,
+  less variance), and --d-noise, Gaussian noise on D's inputs (real and drawn; the weights
+  come from that same pass): 1.5 in the discrete modes, 0 in --mode continuous, where it
+  hurt (docs/bgan.md). --d-noise 0 --no-baseline: the paper.
+* Adam (beta1 0.5, as DCGAN); D's lr is the official code's 1e-4, G's 1e-3 in every mode
+  (equal rates let D win at once). Batch 32 and widths 32/16 fit a small CPU (official code:
+  batch 128). z ~ N(0, I); the official code (lib/train.py) draws z ~ U[0, 1).
 * From the PyTorch reimplementation, off by default: --activation, --bn-after-act,
   --spectral-norm. Binary pixels: intensity >= --binarize-threshold, after resizing.
 * EMA generator (not in the paper): as dcgan.py's, batch norm recalibrated.
@@ -81,11 +84,14 @@ def parse_args(argv=None):
     a("--bn-after-act", action="store_true",
       help="conv -> activation -> BN, not conv -> BN -> activation (the PyTorch reimpl.'s)")
     a("--spectral-norm", action="store_true", help="spectral norm on D (Miyato et al. 2018)")
-    a("--d-noise", type=float, default=1.5,
-      help="std of Gaussian noise on D's inputs (not in the paper, docs/bgan.md); 0: off")
+    a("--d-noise", type=float, default=None, help="std of Gaussian noise on D's inputs (not in "
+      "the paper, docs/bgan.md); None: 1.5, or 0 with --mode continuous; 0: off")
     a("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN's)")
     a("--beta2", type=float, default=0.999, help="Adam beta2 (Adam's default)")
-    return parse_with_resume(p, argv)
+    args = parse_with_resume(p, argv)
+    if args.d_noise is None:  # it helps Algorithm 1 and hurts the continuous loss (docs/bgan.md)
+        args.d_noise = 0.0 if args.mode == "continuous" else 1.5
+    return args
 
 
 # ============================================================ model
@@ -165,9 +171,8 @@ class Discriminator(nn.Module):
 
 
 def build_models(args, channels, num_classes=0, num_colors=0):
-    """G and D for image ``channels``; ``num_colors`` > 0 makes them categorical over a palette
-    (G outputs K logits per pixel, D reads K one-hot planes). num_classes: the common signature,
-    unused (BGAN is unconditional). --mode continuous gives a tanh G, as dcgan.py."""
+    """G and D for image ``channels``; ``num_colors`` > 0: categorical over a palette (G: K logits
+    per pixel, D: K one-hot planes); num_classes unused (unconditional); continuous: a tanh G."""
     kind = "continuous" if args.mode == "continuous" else "quantized" if num_colors else "binary"
     planes = num_colors if kind == "quantized" else channels
     g = Generator(args.z_dim, args.image_size, planes, args.g_width, kind, args.activation,
@@ -228,8 +233,7 @@ def d_input(samples, kind, num_colors=0, dtype=torch.float32):
 
 
 def d_view(x, std):
-    """D's training input: channels-last, plus --d-noise Gaussian noise of ``std`` (drawn in
-    that layout: randn_like is slower)."""
+    """D's training input: channels-last, plus --d-noise Gaussian noise of ``std`` (drawn so)."""
     x = x.contiguous(memory_format=torch.channels_last)
     if std <= 0:
         return x

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """DCGAN: Unsupervised Representation Learning with Deep Convolutional Generative
 Adversarial Networks. Radford, Metz, Chintala, ICLR 2016. arXiv:1511.06434.
 
@@ -6,7 +7,7 @@ a handful of architectural rules (Sec. 3): strided convolutions instead of pooli
 fractionally-strided (transposed) convolutions in G, batch norm in both (but not on
 G's output or D's input), no fully connected hidden layers, ReLU in G with tanh on the
 output, LeakyReLU(0.2) in D. Trained with the non-saturating loss, Adam (lr 2e-4,
-beta1 0.5), batch 128, z ~ N(0, I) of size 100, weights from N(0, 0.02) (Sec. 4).
+beta1 0.5), batch 128, weights from N(0, 0.02) (Sec. 4), z of size 100 (Fig. 1).
 
 Usage:
     python dcgan.py                                   # digits (embedded), 32x32
@@ -19,15 +20,18 @@ Usage:
 Departures from the paper, and choices where it is silent:
 * Widths: ``--g-width``/``--d-width`` (default 64) are the channels of G's last hidden
   layer and D's first, doubled per resolution step down to 4x4 (capped at 8x). Fig. 1's
-  64x64 generator (1024 channels at 4x4) is ``--g-width 128``; 64 halves the CPU cost.
-* D outputs a logit and the loss uses softplus (= BCE with logits): the objective of
-  sigmoid + log, without its overflow.
-* G's update reuses the fake batch of D's update (as the authors' dcgan.torch does).
+  64x64 generator (1024 channels at 4x4) is ``--g-width 128``; 64 suits a CPU.
+* From the authors' code: z ~ N(0, I) and 4x4 kernels (stride 2, padding 1: an exact 2x)
+  as dcgan.torch (co-author Chintala's Torch port), where Fig. 1 and the Theano code
+  (Newmu/dcgan_code) draw z ~ U(-1, 1) and use 5x5 kernels; every script here draws
+  Gaussian latents (``--temperature``, slerp walks). The Theano code's 1e-5 L2 weight decay
+  is not used. Batch-norm gains from N(1, 0.02), biases 0: both codes' init, not Sec. 4's.
+* D outputs a logit, the loss uses softplus (BCE with logits: sigmoid + log without its
+  overflow); G's update reuses D's fake batch (as dcgan.torch does).
 * ``--conditional`` is the cGAN of Mirza & Osindero (2014), not in the paper: a one-hot
   label appended to z in G and as constant input planes in D.
-* EMA generator (not in the paper): batch-norm statistics copied from G do not fit the
-  averaged weights, so the run recomputes them on fixed latents (``calibrate``) before
-  the EMA generator draws a grid or is saved.
+* EMA generator (not in the paper): its batch-norm statistics are recomputed on fixed
+  latents (``calibrate``) before it draws a grid or is saved; G's do not fit its weights.
 """
 import argparse
 import math
@@ -71,7 +75,7 @@ def widths(image_size, base):
 
 
 def init_weights(m):
-    """Sec. 4: all weights from N(0, 0.02); batch-norm gains from N(1, 0.02), biases 0."""
+    """Sec. 4: all weights from N(0, 0.02); batch-norm gains N(1, 0.02), biases 0 (the code's)."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
         nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
         if m.bias is not None:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """DRAGAN: On Convergence and Stability of GANs (first titled "How to Train Your DRAGAN").
 Kodali, Abernethy, Hays, Kira, 2017. arXiv:1705.07215.
 
@@ -19,22 +20,28 @@ Usage:
 
 Based on dcgan.py; differs in the gradient penalty (``perturb``, ``gradient_penalty``, in
 D's loss only), D's normalisation (layer norm instead of batch norm), the optimizer
-(Adam 1e-4, betas 0.5/0.9) and the logged penalty ``gp``. Notes: docs/dragan.md.
+(Adam 1e-4, betas 0.5/0.9) and the logged penalty ``gp``. Notes: docs/dragan.md. It keeps
+dcgan.py's departures from DCGAN's paper: z ~ N(0, I) and 4x4 kernels (dcgan.torch), no
+weight decay, norm gains from N(1, 0.02) (the authors' code, not DCGAN's Sec. 4).
 
 Departures from the paper, and choices where it is silent:
 * Perturbation: x_hat = x + alpha * delta, delta = --perturb-std * std(x) * N(0, I) with
   one std for the whole batch, alpha ~ U(0, 1) per sample: the scale and alpha are the
-  authors' code's; its noise is one-sided U(0, 1), a bug the authors acknowledged, so the
-  noise here is the paper's two-sided Gaussian.
+  authors' code's (DRAGAN.ipynb). Its noise, one-sided 0.5 * std(x) * U[0, 1) per pixel,
+  predates the paper's Gaussian (the authors, kodalinaveen3/DRAGAN issue #6), so it is the
+  paper's two-sided Gaussian here. Its RMS, --perturb-std * std(x), is sqrt(3) ~ 1.73x the
+  notebook's 0.5 * std(x) / sqrt(3); --perturb-std 0.29 matches the notebook's RMS.
 * The penalty is on D's logit, as in the authors' code: through the sigmoid the gradient
   would vanish wherever D is confident.
 * D has layer norm (GroupNorm(1, C)) where dcgan.py's D has batch norm, which would make a
   sample's gradient depend on the rest of its batch (WGAN-GP, Sec. 4, does the same).
 * Adam lr 1e-4 with betas (0.5, 0.9), batch 128, z of size 100, lambda 10: the authors'
-  code's. G's update reuses D's fake batch (as dcgan.py); that code draws a second z.
-* ``--amp fp16`` scales D's output before autograd.grad and unscales the gradient after
-  (PyTorch's recipe). The penalty runs the uncompiled D (no double backward in compiled
-  graphs); under torchrun gradients are all-reduced explicitly after backward.
+  code's; its z ~ U(-1, 1) is N(0, I) here. G's update reuses D's fake batch (as dcgan.py);
+  that code draws a second z.
+* Mixed precision as wgan_gp.py (PyTorch's AMP recipe): D's forward on x_hat under autocast,
+  autograd.grad and the norm outside it in fp32; under fp16 D's output is scaled before
+  autograd.grad and the gradient unscaled after. The penalty runs the uncompiled D (no
+  double backward in compiled graphs); under torchrun gradients are all-reduced explicitly.
 * ``--conditional`` (dcgan.py's cGAN) and the EMA generator are not in the paper.
 """
 import argparse
@@ -62,8 +69,9 @@ def parse_args(argv=None):
     m = p.add_argument_group("DRAGAN")
     m.add_argument("--lambda-gp", type=float, default=10.0,
                    help="weight lambda of the gradient penalty (paper and authors' code)")
-    m.add_argument("--perturb-std", type=float, default=0.5, help="std of the perturbation "
-                   "delta, in units of the real batch's std (authors' code: 0.5 * X.std())")
+    m.add_argument("--perturb-std", type=float, default=0.5, help="std (= RMS) of the Gaussian "
+                   "perturbation delta, in units of the real batch's std; the authors' code "
+                   "draws 0.5 * X.std() * U[0, 1), of RMS 0.29 = 0.5 / sqrt(3) (0.5: ~1.73x)")
     m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "
                    "doubled per resolution step (dcgan.py's)")
     m.add_argument("--d-width", type=int, default=64, help="channels of D's first layer")
@@ -82,8 +90,8 @@ def widths(image_size, base):
 
 
 def init_weights(m):
-    """DCGAN's (Sec. 4): weights from N(0, 0.02); batch/layer-norm gains from N(1, 0.02),
-    biases 0."""
+    """DCGAN's: weights from N(0, 0.02) (Sec. 4); batch/layer-norm gains from N(1, 0.02),
+    biases 0 (DCGAN's code)."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
@@ -164,27 +172,23 @@ def g_loss(fake_logits):
 
 def perturb(real, scale=0.5):
     """x + alpha * delta around real data only: delta ~ N(0, (scale * std(x))^2 I), two-sided,
-    with one std for the whole batch (the authors' 0.5 * X.std()); alpha ~ U(0, 1) per sample,
-    which spreads the penalty over the neighbourhood instead of a shell."""
+    with one std for the whole batch (the authors' scale, 0.5 * X.std(), times U[0, 1) there);
+    alpha ~ U(0, 1) per sample, which spreads the penalty over the neighbourhood, not a shell."""
     delta = scale * real.detach().float().std() * torch.randn_like(real)
     alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     return real.detach() + alpha * delta
 
 
-def gradient_penalty(D, x_hat, y=None, scaler=None):
-    """The DRAGAN penalty (Eq. 1, k = 1): E[(||grad_x D(x_hat)||_2 - 1)^2] on D's logit.
-
-    The norm is over all of a sample's pixels; create_graph=True lets D's loss backpropagate
-    through the gradient. Under fp16 (PyTorch's AMP recipe) the output is scaled before
-    autograd.grad, so small gradients do not underflow, and the gradient unscaled after.
-    """
-    x_hat = x_hat.detach().requires_grad_(True)
-    out = D(x_hat, y).float().sum()  # a sum: each sample's logit depends on that sample alone
-    scaled = scaler.scale(out) if scaler is not None else out
-    (grad,) = torch.autograd.grad(scaled, x_hat, create_graph=True)
-    if scaler is not None and scaler.is_enabled():
-        grad = grad / scaler.get_scale()
-    return (grad.float().flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+def gradient_penalty(hat_logits, x_hat, scale=1.0):
+    """The DRAGAN penalty (Eq. 1, k = 1): E[(||grad_x D(x_hat)||_2 - 1)^2] on D's logit, lambda
+    applied by the caller; as wgan_gp.py, called outside autocast (D's forward on x_hat may run
+    under it; autograd.grad and the norm run in fp32). The norm is over all of a sample's
+    pixels; create_graph=True lets D's loss backpropagate through the gradient. ``scale``:
+    fp16's loss scale (PyTorch's AMP recipe: scale the output before autograd.grad, so small
+    gradients do not underflow, and divide the gradient by it)."""
+    # A sum: each sample's logit depends on that sample alone (layer norm, no batch norm).
+    (grad,) = torch.autograd.grad(hat_logits.float().sum() * scale, x_hat, create_graph=True)
+    return ((grad.float() / scale).flatten(1).norm(2, dim=1) - 1).pow(2).mean()
 
 
 # ============================================================ shared: command line
@@ -337,6 +341,7 @@ def train(args):
               note=f"lambda {args.lambda_gp:g}, perturbation std {args.perturb_std:g} x std(x)")
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
+    one = torch.ones((), device=device)
     stream = iter(batches)
     while run.step < args.steps:
         real, y = next(stream)
@@ -346,12 +351,15 @@ def train(args):
 
         # D step: maximise log D(x) + log(1 - D(G(z))) (Goodfellow et al. 2014, Alg. 1), plus
         # the DRAGAN penalty around the real batch. It runs the uncompiled D: double backward.
+        x_hat = perturb(real, args.perturb_std).requires_grad_(True)
         with autocast(device, args.amp):
             fake = G_step(z, y_fake)
             real_logits, fake_logits = D_step(real, y), D_step(fake.detach(), y_fake)
-            gp = gradient_penalty(D, perturb(real, args.perturb_std), y, scaler_d)
-            loss_d = d_loss(real_logits, fake_logits) + args.lambda_gp * gp
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
+            hat_logits = D(x_hat, y)
+        # Outside autocast (AMP recipe); scaler_d.scale(one): fp16's loss scale, 1 otherwise.
+        gp = gradient_penalty(hat_logits, x_hat, scaler_d.scale(one))
+        loss_gan = d_loss(real_logits, fake_logits)
+        optimizer_step(loss_gan + args.lambda_gp * gp, opt_d, scaler_d, D, world)
 
         # G step: maximise log D(G(z)), the non-saturating form. D's weights need no grads.
         D.requires_grad_(False)
@@ -362,7 +370,11 @@ def train(args):
         if ema is not None:
             ema_update(ema, G, args.ema_decay, run.step)
 
-        run.end_step(d_loss=loss_d, g_loss=loss_g,
+        # Under fp16 an overflowing loss scale makes the penalty inf in a step that GradScaler
+        # skips: logged as 0, not as a divergence (as wgan_gp.py).
+        gp = gp.detach().float()
+        gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
+        run.end_step(d_loss=loss_gan.detach() + args.lambda_gp * gp, g_loss=loss_g,
                      d_real=torch.sigmoid(real_logits.detach().float()).mean(),
                      d_fake=torch.sigmoid(fake_logits.detach().float()).mean(), gp=gp)
     return run.finish()

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """EBGAN: Energy-based Generative Adversarial Network. Zhao, Mathieu, LeCun, ICLR 2017.
 arXiv:1609.03126.
 
@@ -20,19 +21,21 @@ Usage:
 
 Based on dcgan.py; differs in D (an auto-encoder that returns each sample's energy and its
 embedding), the losses (the margin hinge per sample, then averaged; the pulling-away term
-in G's loss only, over pairs i != j), the defaults, and it has no ``--conditional``.
+in G's loss only, over pairs i != j), the defaults, and it has no ``--conditional``. It keeps
+dcgan.py's departures from DCGAN's paper: z ~ N(0, I) and 4x4 kernels (dcgan.torch), no weight
+decay, batch-norm gains from N(1, 0.02) (the authors' code, not DCGAN's Sec. 4).
 
 Departures from the paper, and choices where it is silent:
 * Energy: the Euclidean norm of each sample's reconstruction error over its C*H*W values in
   [-1, 1] (not squared, not averaged over pixels), in fp32, as Sec. 2.3 writes it; the
-  paper's margins grow like a norm (40 at 128x128, 80 at 256x256 on ImageNet).
+  paper's margins (its appendix, in --margin's help) grow like a norm with the image size.
 * Architecture: the paper's MNIST models are fully connected; its convolutional EBGAN-PT
   (Sec. 4.3, appendix) is a DCGAN-like G and a conv auto-encoder. Here G is dcgan.py's; the
   encoder is dcgan.py's D body down to 4x4, whose flattened map is the embedding S, and the
   decoder mirrors dcgan.py's G body (transposed convs, BN, ReLU) and ends linear.
 * Defaults: Adam lr 1e-3 (the MNIST grid search, Sec. 4.1), beta1 0.5 (Sec. 4.3 follows
   DCGAN), margin 10 (MNIST), PT weight 0.1 (Sec. 4), z of size 100 and DCGAN's init; batch
-  64 is this script's choice. Use --margin 20 for 64x64 faces, as the paper does.
+  64 is this script's choice. Use --margin 20 at 64x64, as the paper does.
 * G's update reuses the fake batch of D's update (as dcgan.py does), so the PT term and
   D(G(z)) in G's loss come from one forward pass through D.
 * EMA generator with recalibrated batch-norm statistics, as in dcgan.py (not in the paper).
@@ -62,7 +65,8 @@ def parse_args(argv=None):
                     sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"})
     m = p.add_argument_group("EBGAN")
     m.add_argument("--margin", type=float, default=10.0, help="m of Eq. 1, in units of the "
-                   "energy ||Dec(Enc(x)) - x|| (paper: 10 MNIST, 20 CelebA, 80 LSUN)")
+                   "energy ||Dec(Enc(x)) - x||; paper: 10 for MNIST; its appendix: 20 at 64x64 "
+                   "(LSUN, CelebA), 40 and 80 at 128x128 and 256x256 (ImageNet)")
     m.add_argument("--pt-weight", type=float, default=0.1, help="weight of the pulling-away "
                    "term in G's loss (EBGAN-PT, Sec. 2.4; 0.1: Sec. 4); 0 is plain EBGAN")
     m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "
@@ -83,7 +87,7 @@ def widths(image_size, base):
 
 def init_weights(m):
     """DCGAN's initialisation (the paper follows DCGAN's guidance, Sec. 4.3): weights from
-    N(0, 0.02), batch-norm gains from N(1, 0.02), biases 0."""
+    N(0, 0.02) (DCGAN's Sec. 4), batch-norm gains from N(1, 0.02), biases 0 (DCGAN's code)."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
         nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
         if m.bias is not None:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """LSGAN: Least Squares Generative Adversarial Networks. Mao, Li, Xie, Lau, Wang, Smolley,
 ICCV 2017. arXiv:1611.04076.
 
@@ -23,13 +24,15 @@ Usage:
 Based on dcgan.py; differs in the loss (squared errors of D's raw output against a, b, c:
 no sigmoid, which would bring the saturation back, and the 1/2 of Eq. 2 kept), the coding
 flags, ``--arch paper`` and the defaults. The logged d_real and d_fake are D's raw outputs
-(they approach b and a), not probabilities.
+(they approach b and a), not probabilities. It keeps dcgan.py's departures from DCGAN's paper:
+z ~ N(0, I) and 4x4 kernels (dcgan.torch), no weight decay, batch-norm gains from N(1, 0.02)
+(the authors' code, not DCGAN's Sec. 4).
 
 Departures from the paper, and choices where it is silent:
 * Networks: ``--arch paper`` is Fig. 3's (LSUN, 112x112): a VGG-like G of 3x3 transposed
   convs and a D of 5x5 stride-2 convs, for any multiple of 16 (widths 64: the paper's). It
-  costs about 8x DCGAN's networks per image, so the default ``--arch dcgan`` is dcgan.py's
-  networks, the family the paper builds on and compares against.
+  costs several times DCGAN's networks per image (docs/lsgan.md), so the default ``--arch
+  dcgan`` is dcgan.py's networks, the family the paper builds on and compares against.
 * Adam lr 1e-3 (Sec. 4.1's LSUN scenes; 2e-4 for its Chinese characters), beta1 0.5; batch
   64 and z of size 1024 (Fig. 3, the authors' code). z is N(0, I), not that code's U(-1, 1),
   as in every script here (``--temperature`` and the slerp walks assume a Gaussian).
@@ -71,7 +74,7 @@ def parse_args(argv=None):
     m.add_argument("--b", type=float, default=None, help="override b, D's target for reals (Eq. 2)")
     m.add_argument("--c", type=float, default=None, help="override c, G's target (Eq. 2)")
     m.add_argument("--arch", default="dcgan", choices=["dcgan", "paper"],
-                   help="dcgan.py's networks, or Fig. 3's VGG-like G and 5x5-conv D (8x the cost)")
+                   help="dcgan.py's networks, or Fig. 3's VGG-like G and 5x5-conv D (costlier)")
     m.add_argument("--g-width", type=int, default=64, help="dcgan: channels of G's last hidden "
                    "layer, doubled per resolution step; paper: 64 gives Fig. 3's widths")
     m.add_argument("--d-width", type=int, default=64, help="channels of D's first layer, doubled "
@@ -91,7 +94,7 @@ def widths(image_size, base):
 
 
 def init_weights(m):
-    """DCGAN's (Sec. 4 there): weights from N(0, 0.02); batch-norm gains N(1, 0.02), biases 0."""
+    """DCGAN's: weights from N(0, 0.02) (Sec. 4 there); BN gains N(1, 0.02), biases 0 (its code)."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
         nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
         if m.bias is not None:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """ProGAN: Progressive Growing of GANs for Improved Quality, Stability, and Variation.
 Karras, Aila, Laine, Lehtinen, ICLR 2018. arXiv:1710.10196.
 

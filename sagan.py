@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """SAGAN: Self-Attention Generative Adversarial Networks. Zhang, Goodfellow, Metaxas, Odena,
 ICML 2019. arXiv:1805.08318.
 
@@ -30,12 +31,15 @@ Departures from the paper, and choices where it is silent (docs/sagan.md has the
 * Architecture: the authors' code (the SNGAN ResNets) scaled by ``--image-size``; widths
   ``--g-width 8``/``--d-width 16`` so that the digits fit a CPU (the paper's model: 64).
 * ``--attention-res`` (default image_size / 4, Table 1's feat32 at 128x128) places attention
-  in G and D; keys and values are not max-pooled as in the authors' code.
+  in G and D. f, g, h have C/8 channels each, as Sec. 3 writes; the authors' code
+  (brain-research/self-attention-gan, non_local.py) gives the values h C/2 channels, maps
+  them back to C with a fifth 1x1 conv, and max-pools keys and values 2x2: not followed.
 * Conditional batch norm: BigGAN's shared class embedding by default (``--shared-dim 0``:
   the authors' per-class tables, too slow to separate the classes at lr 1e-4). Data
   without labels falls back to unconditional with a one-line warning.
 * Batch 16 and 2000 steps (the paper: 256 and 1M); G's update reuses D's fake batch.
-* Orthogonal init (the paper names none; BigGAN's SAGAN baseline uses it).
+* Orthogonal init (Saxe et al. 2014), as BigGAN's SAGAN baseline (Brock et al. 2019);
+  the paper names none, and the authors' code (ops.py) uses Xavier (Glorot) in every layer.
 * EMA generator (not in the paper): its batch-norm statistics are recomputed before use.
 """
 import argparse
@@ -89,10 +93,9 @@ def parse_args(argv=None):
 
 # ============================================================ model
 def sn(layer):
-    """Orthogonal init (Saxe et al. 2014; the paper names no init, BigGAN's SAGAN baseline
-    uses this one), zero bias, then spectral norm (Miyato et al. 2018): W / sigma(W), sigma
-    from one power iteration per training forward with a persistent u (a buffer, so it is in
-    the state_dict and the checkpoint)."""
+    """Orthogonal init (Saxe et al. 2014; BigGAN's SAGAN baseline; the authors' code: Xavier),
+    zero bias, then spectral norm (Miyato et al. 2018): W / sigma(W), sigma from one power
+    iteration per training forward with a persistent u (a buffer: in the checkpoint)."""
     nn.init.orthogonal_(layer.weight)
     if getattr(layer, "bias", None) is not None:
         nn.init.zeros_(layer.bias)
@@ -145,7 +148,8 @@ class SelfAttention(nn.Module):
     """Sec. 3: queries g(x_j), keys f(x_i), values h(x_i), C/8 channels each (1x1 convs);
     Eq. 1: beta_{j,i} = softmax over the keys i of s_ij = f(x_i)^T g(x_j), for each query j;
     Eq. 2: o_j = v(sum_i beta_{j,i} h(x_i)); Eq. 3: y = gamma * o + x with gamma = 0 at init.
-    With ``keep`` set, the last (B, queries, keys) map is kept in ``.beta`` (--attention-map)."""
+    ``keep``, a query index or slice (--attention-map): every forward appends beta[:, keep]
+    to the list ``.beta``, so a generator that runs in chunks leaves one entry per chunk."""
 
     def __init__(self, c, k=8):
         super().__init__()
@@ -153,15 +157,15 @@ class SelfAttention(nn.Module):
         self.f, self.g, self.h = (sn(nn.Conv2d(c, cb, 1, bias=False)) for _ in range(3))
         self.v = sn(nn.Conv2d(cb, c, 1, bias=False))
         self.gamma = nn.Parameter(torch.zeros(()))
-        self.keep, self.beta = False, None
+        self.keep, self.beta = None, []
 
     def forward(self, x):
         b, c, hh, ww = x.shape
         f, g, h = (m(x).flatten(2) for m in (self.f, self.g, self.h))  # (B, C/8, N)
         s = torch.bmm(g.transpose(1, 2), f)  # s[b, j, i] = g(x_j) . f(x_i): queries j, keys i
         beta = F.softmax(s.float(), dim=-1).to(h.dtype)  # normalised over the keys i (Eq. 1)
-        if self.keep:
-            self.beta = beta.detach()
+        if self.keep is not None:
+            self.beta.append(beta[:, self.keep].detach())
         o = torch.bmm(h, beta.transpose(1, 2)).view(b, -1, hh, ww)  # o_j = sum_i beta_ji h_i
         return self.gamma * self.v(o) + x
 
@@ -522,16 +526,16 @@ def attention_figure(x, beta, query, alpha=0.6):
 
 
 def attention_map(generate, z, labels, query, image_size):
-    """Images and the last attention layer's weights over keys for one query (output pixels)."""
-    attn = generate.model.attention
-    attn.keep = True
+    """Images and G's attention weights over the keys for one query (output pixels): the rows
+    of every chunk that ``generate`` runs, in order, so any number of images is covered."""
+    attn, r = generate.model.attention, generate.model.attention_res
+    attn.keep = (query[0] * r // image_size) * r + query[1] * r // image_size  # query's feature
+    attn.beta = []
     try:
         x = generate(z=z, labels=labels)
-        r = int(math.isqrt(attn.beta.shape[1]))
-        j = (query[0] * r // image_size) * r + query[1] * r // image_size  # the query's feature
-        beta = attn.beta[:, j].float().cpu()
+        beta = torch.cat(attn.beta).float().cpu()
     finally:
-        attn.keep, attn.beta = False, None
+        attn.keep, attn.beta = None, []
     return x, beta
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """StyleGAN2: Analyzing and Improving the Image Quality of StyleGAN. Karras, Laine, Aittala,
 Hellsten, Lehtinen, Aila, CVPR 2020. arXiv:1912.04958.
 
@@ -31,8 +32,11 @@ Departures from the paper, and choices where it is silent (more in docs/stylegan
   32768/512; the default 1024/64 is a CPU-sized model (z and w keep 512 dimensions).
 * Resampling: the [1,3,3,1] FIR filter through common.ops, whose gradient is itself a blur
   (cheap double backward); a copy of this file alone falls back to plain autograd.
-* Lazy regularisation, the EMA's half-life with ramp-up and w_avg follow the official code;
-  truncation applies only when sampling, never in training or load_generator's default.
+* Lazy regularisation, the EMA's half-life and w_avg follow the official code. The EMA's
+  ramp-up (--ema-rampup 0.05) is StyleGAN2-ADA's (train.py, cfg auto and cifar); StyleGAN2's
+  config F has none (--ema-rampup 0). Truncation only when sampling, never in training.
+* Noise inputs: evaluation (load_generator's generate) draws them at random, as the official
+  metrics do; sample grids, walks and the mixing grid use the constant maps, to compare.
 * Mixed precision as StyleGAN2-ADA: only the top --fp16-res resolutions under autocast, conv
   outputs clamped to +-256. --augment: DiffAugment (Zhao et al. 2020), not in the paper.
 """
@@ -109,7 +113,8 @@ def parse_args(argv=None):
     a("--beta1", type=float, default=0.0, help="Adam beta1 (App. B)")
     a("--beta2", type=float, default=0.99, help="Adam beta2 (App. B)")
     a("--ema-kimg", type=float, default=10.0, help="EMA half-life in kimg (App. B); or --ema-decay")
-    a("--ema-rampup", type=float, default=0.05, help="half-life <= this x kimg seen (official)")
+    a("--ema-rampup", type=float, default=0.05, help="half-life <= this x images seen "
+      "(StyleGAN2-ADA's cfg auto/cifar; config F has no ramp-up: 0)")
     a("--augment", action="store_true", help="DiffAugment (Zhao et al. 2020) on D's inputs")
     a("--fp16-res", type=int, default=4, help="--amp in the k top resolutions (StyleGAN2-ADA)")
     a("--conv-clamp", type=float, default=256.0, help="with --amp: clamp to +-this (StyleGAN2-ADA)")
@@ -487,7 +492,7 @@ def logged(penalty, amp):
 
 def ema_beta(step, batch, ema_kimg, ema_rampup):
     """App. B's EMA as a per-step decay: half-life ema_kimg thousand images, at most
-    ema_rampup times the images seen so far (official ramp-up)."""
+    ema_rampup times the images seen so far (StyleGAN2-ADA's ramp-up; none in config F)."""
     nimg = ema_kimg * 1000
     if ema_rampup > 0:
         nimg = min(nimg, step * batch * ema_rampup)
@@ -729,14 +734,13 @@ def train(args):
 
 # ============================================================ sampling
 def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None, psi=1.0) -> images in [-1, 1] from a
-    checkpoint's EMA generator (or raw G), with the constant noise maps and no truncation
-    unless psi < 1 (metrics must see psi 1); for --sample and the evaluation tools."""
+    """generate(n, seed=0, temperature=1.0, z=None, psi=1.0, noise_mode="random") -> images in
+    [-1, 1] from a checkpoint's EMA generator (or raw G), for --sample and the evaluation
+    tools. By default as the official metrics (noise_mode 'random': fresh noise inputs, drawn
+    reproducibly from ``seed``; psi 1, no truncation); --sample passes noise_mode='const'."""
     from common.run import Generate
 
-    generate = Generate(SCRIPT, path, device, use_ema, build_models)
-    generate.model.forward = functools.partial(generate.model.forward, noise_mode="const")
-    return generate
+    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 @torch.no_grad()
@@ -774,7 +778,8 @@ def sample(script, args, load_generator):
         png = save_grid(x, s.file("mixing"), nrow=k + 1)
         print(f"wrote {png} (style mixing, {k}x{k}, first {cutoff} of {G.num_ws} w's from the "
               f"top row, {s.which} generator{note})")
-    return s.interpolation(note, psi=psi) if args.interpolate else s.grid(note=note, psi=psi)
+    kw = {"psi": psi, "noise_mode": "const"}  # the constant noise maps, as the training grids
+    return s.interpolation(note, **kw) if args.interpolate else s.grid(note=note, **kw)
 
 
 # ============================================================ shared: main

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """WGAN: Wasserstein GAN. Arjovsky, Chintala, Bottou, ICML 2017. arXiv:1701.07875.
 
 The idea: train G to minimise the Earth-Mover (Wasserstein-1) distance between the data

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """WGAN-GP: Improved Training of Wasserstein GANs. Gulrajani, Ahmed, Arjovsky, Dumoulin,
 Courville, NeurIPS 2017. arXiv:1704.00028.
 
@@ -20,6 +21,8 @@ Usage:
 
 Based on dcgan.py; differs in: the critic (no batch norm), the WGAN-GP losses, Adam, n_critic
 critic steps per G step, each on a fresh real batch and z; ``--arch``, ``--lr-decay``; no cGAN.
+It keeps dcgan.py's departures from DCGAN's paper: z ~ N(0, I) and 4x4 kernels (dcgan.torch),
+no weight decay, batch-norm gains from N(1, 0.02) (the authors' code, not DCGAN's Sec. 4).
 
 Departures from the paper, and choices where it is silent (more in docs/wgan_gp.md):
 * ``--arch dcgan`` (default): dcgan.py's networks, with layer norm (``nn.GroupNorm(1, C)``,
@@ -79,7 +82,7 @@ def widths(image_size, base):
 
 
 def init_weights(m):
-    """--arch dcgan, DCGAN Sec. 4: weights N(0, 0.02), BN gains N(1, 0.02) (LN's 1), biases 0."""
+    """--arch dcgan, DCGAN Sec. 4: weights N(0, 0.02); its code: BN gains N(1, 0.02), biases 0."""
     if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d)):
         nn.init.normal_(m.weight, 1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02)
         if m.bias is not None:

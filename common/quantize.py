@@ -128,15 +128,25 @@ def load_png(path):
     return idx, pal
 
 
-def save_palette(folder, palette):
-    """Write ``folder/palette.json`` (atomically): {"num_colors": K, "colors": [[r, g, b], ...]}."""
+def save_palette(folder, palette, **settings):
+    """Write ``folder/palette.json`` (atomically): {"num_colors": K, "colors": [[r, g, b], ...]},
+    plus ``settings`` (tools/quantize_celeba.py's ``size`` and ``crop``, which a resumed run
+    must match so that the folder never mixes image sizes)."""
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, PALETTE_FILE)
     with open(path + ".tmp", "w") as f:
-        json.dump({"num_colors": len(pal), "colors": pal.tolist()}, f)
+        json.dump({"num_colors": len(pal), "colors": pal.tolist(), **settings}, f)
     os.replace(path + ".tmp", path)
     return path
+
+
+def palette_settings(folder):
+    """The settings ``save_palette`` stored beside the colours ({} in an older palette.json).
+    Call after ``load_palette``, which reports a missing or broken file."""
+    with open(os.path.join(folder, PALETTE_FILE)) as f:
+        saved = json.load(f)
+    return {k: v for k, v in saved.items() if k not in ("num_colors", "colors")}
 
 
 def has_palette(folder):

@@ -186,6 +186,10 @@ def test_paper_defaults():
         1e-4,
         100,
     )
+    # D's input noise: on for Algorithm 1, off for the continuous loss (measured, docs/bgan.md)
+    assert a.d_noise == 1.5 and m.parse_args(["--mode", "continuous"]).d_noise == 0.0
+    assert m.parse_args(["--mode", "continuous", "--d-noise", "1.5"]).d_noise == 1.5
+    assert m.parse_args(["--mode", "continuous"]).lr_g == 1e-3  # 10x D's in every mode
 
 
 def test_mean_and_sum_agree_under_adam():
@@ -363,6 +367,13 @@ def test_continuous_mode_trains_and_samples(in_tmp):
     assert (
         x.shape == (4, 1, 32, 32) and x.abs().max() <= 1 and len(x.unique()) > 2
     )  # a tanh image, not drawn pixels
+    # resumed without --mode: the run's mode and its noise-free D come back from the checkpoint
+    m.main(["--resume", "c", "--steps", "3"])
+    ckpt = torch.load("c/checkpoints/last.pt", weights_only=True)
+    assert ckpt["step"] == 3 and (ckpt["args"]["mode"], ckpt["args"]["d_noise"]) == (
+        "continuous",
+        0.0,
+    )
 
 
 def test_binary_samples_are_drawn_pixels(in_tmp):

@@ -1,6 +1,7 @@
 """DRAGAN's own checks: the gradient penalty (per-sample flattened norm, on logits, fp16
-recipe), the two-sided perturbation of real data with one alpha per sample, a D whose
-outputs do not mix samples, the paper's defaults and the bad input."""
+recipe, autograd.grad outside bf16 autocast), the two-sided perturbation of real data with
+one alpha per sample, a D whose outputs do not mix samples, the paper's defaults and the
+bad input."""
 import json
 
 import pytest
@@ -16,14 +17,20 @@ def linear_d(w):
     return lambda x, y=None: (x * w).flatten(1).sum(1)
 
 
+def penalty(d, x, scale=1.0):
+    """The penalty as train() computes it: D's logits at x_hat, then gradient_penalty."""
+    x = x.detach().requires_grad_(True)
+    return m.gradient_penalty(d(x), x, scale)
+
+
 def test_penalty_zero_for_unit_gradient_and_positive_otherwise():
     x = torch.randn(8, 1, 4, 4)
     w = torch.randn(1, 1, 4, 4)
     w = w / w.norm()
-    assert m.gradient_penalty(linear_d(w), x).item() == pytest.approx(0.0, abs=1e-10)
-    assert m.gradient_penalty(linear_d(2 * w), x).item() == pytest.approx(1.0)  # (2 - 1)^2
+    assert penalty(linear_d(w), x).item() == pytest.approx(0.0, abs=1e-10)
+    assert penalty(linear_d(2 * w), x).item() == pytest.approx(1.0)  # (2 - 1)^2
     # On the logit: a sigmoid on top would scale the gradient down and make the penalty positive.
-    assert m.gradient_penalty(lambda x, y=None: torch.sigmoid(linear_d(w)(x)), x).item() > 0.1
+    assert penalty(lambda x, y=None: torch.sigmoid(linear_d(w)(x)), x).item() > 0.1
 
 
 def test_penalty_norm_is_per_sample_over_all_pixels():
@@ -33,7 +40,7 @@ def test_penalty_norm_is_per_sample_over_all_pixels():
     x[0, 0, 0, 0] = 1.0
     x[1] = 3.0 / 48 ** 0.5  # norm 3, spread over all 48 values
     d = lambda x, y=None: 0.5 * x.pow(2).flatten(1).sum(1)  # noqa: E731
-    assert m.gradient_penalty(d, x).item() == pytest.approx(2.0)
+    assert penalty(d, x).item() == pytest.approx(2.0)
 
 
 def test_penalty_trains_d_and_fp16_recipe_unscales():
@@ -42,16 +49,52 @@ def test_penalty_trains_d_and_fp16_recipe_unscales():
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 1))
     d = lambda x, y=None: net(x).view(-1)  # noqa: E731
     x = torch.randn(4, 1, 4, 4)
-    gp = m.gradient_penalty(d, x)
+    gp = penalty(d, x)
     # create_graph=True: the penalty reaches D's weights (not the last bias: it has no input
     # gradient).
     gp.backward()
     trained = (net[1].weight, net[1].bias, net[3].weight)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
-    scaled = m.gradient_penalty(d, x, scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    one = torch.ones(())
+    scaled = penalty(d, x, scaler.scale(one))  # train()'s way of passing fp16's loss scale
     assert scaled.item() == pytest.approx(gp.item(), rel=1e-5)  # scaled before grad, unscaled after
-    off = m.make_scaler(torch.device("cpu"), "off")
-    assert m.gradient_penalty(d, x, scaler=off).item() == pytest.approx(gp.item(), rel=1e-6)
+    off = m.make_scaler(torch.device("cpu"), "off").scale(one)
+    assert penalty(d, x, off).item() == pytest.approx(gp.item(), rel=1e-6)
+
+
+def test_penalty_under_bf16_autocast_is_fp32_and_close_to_fp32():
+    """D's forward on x_hat under CPU bf16 autocast, autograd.grad and the norm outside it:
+    the penalty is fp32, finite, close to the fp32 penalty, and trains D."""
+    args = m.parse_args(m.SMOKE_ARGS)
+    torch.manual_seed(0)
+    _, D = m.build_models(args, 1, 0)
+    x = m.perturb(torch.rand(16, 1, 32, 32) * 2 - 1, 0.5).requires_grad_(True)
+    ref = m.gradient_penalty(D(x), x)
+    with m.autocast(torch.device("cpu"), "bf16"):
+        logits = D(x)
+    assert logits.dtype == torch.bfloat16
+    gp = m.gradient_penalty(logits, x)
+    assert gp.dtype == torch.float32 and torch.isfinite(gp)
+    assert gp.item() == pytest.approx(ref.item(), rel=0.05)
+    gp.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in D.parameters())
+    assert D.out.weight.grad.abs().sum() > 0
+
+
+def test_training_takes_the_penalty_gradient_outside_autocast(in_tmp, monkeypatch):
+    """train() under --amp bf16 calls autograd.grad with autocast off (PyTorch's AMP recipe)."""
+    grad, seen = torch.autograd.grad, []
+
+    def spy(*a, **kw):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return grad(*a, **kw)
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    m.main([*tiny_args(m), "--steps", "2", "--amp", "bf16", "--out", "run"])
+    assert seen == [False, False]
+    rows = [json.loads(line) for line in open("run/metrics.jsonl")]
+    assert all(r["gp"] > 0 and r["d_loss"] > r["gp"] for r in rows)
 
 
 def test_perturbation_two_sided_per_sample_alpha_batch_std():

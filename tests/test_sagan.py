@@ -2,7 +2,8 @@
 equations against a loop), spectral norm on every layer with a persistent, checkpointed
 u that depends on W only (so torchrun ranks agree), orthogonal init, the hinge loss,
 the paper's defaults and attention placement, conditional BN and the projection D, a
-grid with one row per class, --attention-map, and the unconditional fallback."""
+grid with one row per class, --attention-map (for more images than one generated chunk),
+and the unconditional fallback."""
 import os
 import subprocess
 import sys
@@ -24,9 +25,9 @@ def test_attention_matches_the_equations():
     assert a.gamma.item() == 0 and torch.equal(a(x), x)  # gamma starts at 0, residual kept (Eq. 3)
     with torch.no_grad():
         a.gamma.fill_(0.7)
-    a.keep = True
+    a.keep = slice(None)  # every query
     y = a(x)
-    beta = a.beta  # (B, queries j, keys i)
+    (beta,) = a.beta  # (B, queries j, keys i), one entry per forward
     # softmax over the keys
     assert beta.shape == (2, 12, 12) and torch.allclose(beta.sum(-1), torch.ones(2, 12))
     f, g, h = (conv(x).flatten(2) for conv in (a.f, a.g, a.h))
@@ -164,10 +165,20 @@ def test_conditional_run_grid_attention_map_and_errors(in_tmp, capsys):
     assert beta.shape == (2, 64) and torch.allclose(beta.sum(1), torch.ones(2))
     # the map belongs to these very images
     assert torch.equal(x, generate(z=z, labels=torch.tensor([1, 2])))
-    generate.model.attention.keep = True
+    generate.model.attention.keep = slice(None)
     generate(z=z, labels=torch.tensor([1, 2]))
     # pixel (31, 0) -> feature (7, 0)
-    assert torch.equal(generate.model.attention.beta[:, 7 * 8 + 0], beta)
+    assert torch.equal(generate.model.attention.beta[0][:, 7 * 8 + 0], beta)
+    generate.model.attention.keep, generate.model.attention.beta = None, []
+    # More images than generate's chunk of 256: the maps of every chunk, in order.
+    zs, ys = torch.randn(300, generate.z_dim), torch.arange(300) % 10
+    xs, betas = m.attention_map(generate, zs, ys, (12, 20), 32)
+    assert xs.shape[0] == betas.shape[0] == 300 and torch.allclose(betas.sum(1), torch.ones(300))
+    for part in (slice(0, 5), slice(250, 262), slice(290, 300)):  # each image's own map
+        xp, bp = m.attention_map(generate, zs[part], ys[part], (12, 20), 32)
+        torch.testing.assert_close(bp, betas[part])
+        torch.testing.assert_close(xp, xs[part])
+    assert generate.model.attention.keep is None and generate.model.attention.beta == []
     fig = m.attention_figure(x, beta, (31, 0))
     assert fig.shape == (4, 3, 32, 32)
     assert fig[1, :, 31, 0].tolist() == [1.0, -1.0, -1.0]  # the query marked red

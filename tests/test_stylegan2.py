@@ -1,13 +1,18 @@
 """stylegan2.py's own checks: the paper's defaults, the lazy-regularisation Adam correction,
 demodulation, noise strengths initialised to 0, R1 and path length, the EMA half-life and
 its buffers (w_avg), truncation and style mixing, mixed precision per resolution, sizes,
-sampling grids and the script's bad input."""
+sampling grids (constant noise maps) and evaluation (random noise inputs), and the script's
+bad input."""
+import functools
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from common.images import save_grid
 from conftest import assert_one_line_error, load_script, tiny_args
 
 m = load_script("stylegan2")
@@ -166,17 +171,28 @@ def test_training_logs_regularisers_and_samples(in_tmp, capsys):
     assert ckpt["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 2 / 3)
 
     sample = ["--checkpoint", "run", "--out", "s", "--device", "cpu"]
-    m.main(["--sample", "4", "--mixing-grid", "3", "--truncation", "0.7", *sample])
+    png = m.main(["--sample", "4", "--mixing-grid", "3", "--truncation", "0.7", *sample])
     assert sorted(f.split("_")[0] for f in os.listdir("s")) == ["mixing", "sample"]
     assert "truncation psi 0.7" in capsys.readouterr().out
     generate = m.load_generator("run/checkpoints/last.pt")
     assert generate(3).shape == (3, 1, 32, 32)
-    # constant noise maps: the same latents give the same images; psi 0 gives w_avg's image
     noise = [p for n, p in generate.model.named_parameters() if n.endswith("noise_strength")]
-    assert any(p.item() != 0 for p in noise)  # trained: random noise would change the images
+    assert any(p.item() != 0 for p in noise)  # trained: the noise inputs change the images
+    # Evaluation's default: random noise inputs (the official metrics), reproducible from the
+    # seed; the same latents with another seed draw other noise.
     torch.testing.assert_close(generate(3, seed=1), generate(3, seed=1), rtol=0, atol=0)
-    x = generate(2, psi=0.0)
+    z = torch.randn(3, generate.z_dim)
+    assert not torch.equal(generate(z=z, seed=1), generate(z=z, seed=2))
+    # The constant maps (--sample's grids): the seed no longer matters; psi 0 gives w_avg's image.
+    const = functools.partial(generate, noise_mode="const")
+    torch.testing.assert_close(const(z=z, seed=1), const(z=z, seed=2), rtol=0, atol=0)
+    x = const(2, psi=0.0)
     torch.testing.assert_close(x[0], x[1])
+    save_grid(const(4, psi=0.7), "const.png")  # the --sample grid drew the constant maps
+    save_grid(generate(4, psi=0.7), "random.png")
+    grid, (c, r) = np.asarray(Image.open(png)), (np.asarray(Image.open(f"{k}.png"))
+                                                 for k in ("const", "random"))
+    assert np.array_equal(grid, c) and not np.array_equal(grid, r)
     for flags, words in [(["--truncation", "1.5"], "--truncation"),
                          (["--mixing-grid", "2", "--mixing-cutoff", "99"], "--mixing-cutoff")]:
         capsys.readouterr()

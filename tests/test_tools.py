@@ -1,5 +1,6 @@
 """tools/: evaluate (torch-fidelity with the digits classifier or a local Inception), compare,
-bench and plot, each on tiny runs so that nothing is downloaded and the suite stays short."""
+bench, plot, color_digits and quantize_celeba's resume check, each on tiny runs so that
+nothing is downloaded and the suite stays short."""
 
 import json
 import os
@@ -265,3 +266,41 @@ def test_color_digits(tmp_path):
     assert set(corners) >= backgrounds and sum(c in backgrounds for c in corners) >= 180
     images, labels = color_digits.color_digits(16)
     assert np.array_equal(images[:200], ims) and labels.shape == (1797,)
+
+
+def test_quantize_celeba_records_size_and_crop_and_refuses_others(tmp_path, capsys):
+    """tools/quantize_celeba.py: palette.json records --size and --crop; resuming into the
+    folder with others ends in one line and status 1, before an image is written."""
+    import numpy as np
+    import quantize_celeba
+    from PIL import Image
+
+    src, dst = tmp_path / "src", str(tmp_path / "dst")
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    common = ["--num-colors", "4", "--workers", "1", "--fit-pixels", "500", str(src), dst]
+    quantize_celeba.main(["--size", "8", "--crop", "16", *common])
+    saved = json.load(open(os.path.join(dst, "palette.json")))
+    assert (saved["size"], saved["crop"], saved["num_colors"]) == (8, 16, len(saved["colors"]))
+    os.remove(os.path.join(dst, "0.png"))  # a partly done folder
+    for flags in (["--size", "16", "--crop", "16"], ["--size", "8"], ["--crop", "12"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            quantize_celeba.main([*flags, *common])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert e.value.code == 1 and len(lines) == 1 and "Traceback" not in err, err
+        assert "made with --size 8 --crop 16" in lines[0], lines
+    assert not os.path.exists(os.path.join(dst, "0.png"))  # nothing of another size mixed in
+    res = quantize_celeba.main(["--size", "8", "--crop", "16", *common])
+    assert res["quantized"] == 1 and res["skipped_done"] == 3
+    # An older palette.json without the settings: the size of an existing image decides.
+    with open(os.path.join(dst, "palette.json"), "w") as f:
+        json.dump({k: saved[k] for k in ("num_colors", "colors")}, f)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        quantize_celeba.main(["--size", "16", *common])
+    assert "made with --size 8, not --size 16" in capsys.readouterr().err
+    assert quantize_celeba.main(["--size", "8", *common])["skipped_done"] == 4

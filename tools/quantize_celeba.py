@@ -15,6 +15,8 @@ with MiniBatchKMeans on ``--fit-pixels`` pixels drawn from ``--fit-images`` rand
 Resumable: an image whose PNG already exists in DST is skipped, and an existing
 palette.json is reused (so a resumed run quantizes with the same colours); each PNG is
 written to a temporary name and renamed, so a killed run leaves no half-written image.
+palette.json records ``--size`` and ``--crop``: resuming with others is refused, as the
+folder would mix two kinds of image.
 BGAN's discrete CelebA (Hjelm et al. 2017) used Pillow's quantizer and 16 colours;
 K-Means on a data subset is the choice of the PyTorch reimplementation (shared/reference).
 """
@@ -36,6 +38,7 @@ from common.quantize import (  # noqa: E402
     has_palette,
     learn_palette,
     load_palette,
+    palette_settings,
     quantize,
     sample_pixels,
     save_palette,
@@ -162,6 +165,30 @@ def fit_palette(args, files):
     )
 
 
+def check_resume(args, files):
+    """Refuse to resume into DST with another --size or --crop than its images were made with
+    (an older palette.json without them: the size of one existing image is checked)."""
+    from PIL import Image
+
+    saved = palette_settings(args.dst)
+    if "size" not in saved:
+        done = next(
+            (out_path(args.dst, f) for f in files if os.path.exists(out_path(args.dst, f))), None
+        )
+        if done is None:
+            return
+        with Image.open(done) as img:
+            saved = {"size": img.size[0]}
+    given = {k: getattr(args, k) for k in saved if k in ("size", "crop")}
+    if any(saved[k] != v for k, v in given.items()):
+        made = " ".join(f"--{k} {saved[k]}" for k in given)
+        now = " ".join(f"--{k} {v}" for k, v in given.items())
+        raise UserError(
+            f"{args.dst!r} holds images made with {made}, not {now}; resume with "
+            f"{made} or write to another DST"
+        )
+
+
 def run(args):
     from tqdm import tqdm
 
@@ -197,10 +224,11 @@ def run(args):
                 f"{os.path.join(args.dst, PALETTE_FILE)} holds {len(palette)} colours, "
                 f"more than --num-colors {args.num_colors}; use another DST"
             )
+        check_resume(args, files)
         print(f"resuming: reusing the {len(palette)}-colour palette in {args.dst}", flush=True)
     else:
         palette = fit_palette(args, files)
-        save_palette(args.dst, palette)
+        save_palette(args.dst, palette, size=args.size, crop=args.crop)
         print(
             f"learned a {len(palette)}-colour palette from {min(args.fit_images, len(files))} "
             f"images; wrote {os.path.join(args.dst, PALETTE_FILE)}",
