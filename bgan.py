@@ -6,10 +6,11 @@ The idea: a discriminator trained with the GAN objective estimates the density r
 p(x) / q(x) ~ D(x) / (1 - D(x)) = w(x), so D's logit is log w(x) (Sec. 2, Theorem 1). For
 discrete data, which cannot be back-propagated through, G outputs a distribution g(x | z)
 (a Bernoulli per pixel for binary images, a softmax over a palette per pixel for quantized
-ones), draws M samples per latent, and maximises sum_m w~(x^(m)) log g(x^(m) | z), with w~ a
-softmax of D's logits over the M samples of one z (Sec. 2, Algorithm 1: a policy gradient
-with w~ as reward). D trains on the real images and all N x M samples. For continuous data
-the same fixed point, w(G(z)) = 1, gives G the loss 1/2 (log D - log(1 - D))^2 (Sec. 2).
+ones, over the vocabulary per character for text), draws M samples per latent, and
+maximises sum_m w~(x^(m)) log g(x^(m) | z), with w~ a softmax of D's logits over the M
+samples of one z (Sec. 2, Algorithm 1: a policy gradient with w~ as reward). D trains on
+the real data and all N x M samples. For continuous data the same fixed point,
+w(G(z)) = 1, gives G the loss 1/2 (log D - log(1 - D))^2 (Sec. 2).
 
 Usage:
     python bgan.py                                    # binarized digits (embedded), 32x32
@@ -18,6 +19,7 @@ Usage:
     torchrun --nproc_per_node=8 bgan.py --dataset folder --data-path ~/data/celeba16 \
         --image-size 64 --activation elu --amp bf16   # K-colour CelebA (palette.json)
     python bgan.py --mode continuous                  # the boundary-seeking loss, grey digits
+    python bgan.py --dataset text                     # characters (common/text.py)
     python bgan.py --sample 8 --interpolate 10 --checkpoint runs/bgan/<run>   # drawn samples
 
 Based on dcgan.py; differs in G's output (``G.logits(z)``; ``G(z)`` is its mean in D's input
@@ -31,14 +33,18 @@ Departures from the paper, and choices where it is silent (measurements: docs/bg
 * D reads binary samples as images in {-1, 1}, quantized ones as K one-hot planes.
 * Not in the paper: --baseline (on), w~ - 1/M (a control variate: the same expected gradient,
   less variance), and --d-noise, Gaussian noise on D's inputs (real and drawn; the weights
-  come from that same pass): 1.5 in the discrete modes, 0 in --mode continuous, where it
+  come from that same pass): 1.5 on images, 0 in --mode continuous and on text, where it
   hurt (docs/bgan.md). --d-noise 0 --no-baseline: the paper.
-* Adam (beta1 0.5, as DCGAN); D's lr is the official code's 1e-4, G's 1e-3 in every mode
+* Adam (beta1 0.5, as DCGAN); D's lr is the official code's 1e-4, G's 1e-3 on images
   (equal rates let D win at once). Batch 32 and widths 32/16 fit a small CPU (official code:
   batch 128). z ~ N(0, I); the official code (lib/train.py) draws z ~ U[0, 1).
 * From the PyTorch reimplementation, off by default: --activation, --bn-after-act,
   --spectral-norm. Binary pixels: intensity >= --binarize-threshold, after resizing.
 * EMA generator (not in the paper): as dcgan.py's, batch norm recalibrated.
+* --dataset text: the official BILLION-WORD code's residual nets with batch norm (kernel-5
+  convs along a sequence held as a palette image one pixel high), 32 characters; for a CPU
+  (TEXT): widths 64, 96 characters, batch 32, M 10, lr 2e-4 for both, no D noise (official:
+  512, 192, 64, 20, 1e-4). Samples: each position's likeliest character, as it prints them.
 """
 import argparse
 import functools
@@ -54,6 +60,10 @@ import torch.nn.functional as F
 SCRIPT = "bgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-mc-samples", "4"]
+# --dataset text, for about 5 CPU-minutes (docs/bgan_experiments.md): no D noise (1.5 stalls it),
+# equal learning rates (G's 10x collapses it), batch 32 and M 10 (the official 64 and 20).
+TEXT = {"d_noise": 0.0, "lr_g": 2e-4, "lr_d": 2e-4, "batch_size": 32, "n_mc_samples": 10,
+        "g_width": 64, "d_width": 64, "steps": 1500}
 
 
 def parse_args(argv=None):
@@ -85,12 +95,18 @@ def parse_args(argv=None):
       help="conv -> activation -> BN, not conv -> BN -> activation (the PyTorch reimpl.'s)")
     a("--spectral-norm", action="store_true", help="spectral norm on D (Miyato et al. 2018)")
     a("--d-noise", type=float, default=None, help="std of Gaussian noise on D's inputs (not in "
-      "the paper, docs/bgan.md); None: 1.5, or 0 with --mode continuous; 0: off")
+      "the paper, docs/bgan.md); None: 1.5, or 0 with --mode continuous or text; 0: off")
     a("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN's)")
     a("--beta2", type=float, default=0.999, help="Adam beta2 (Adam's default)")
+    a("--seq-len", type=int, default=32, help="--dataset text: characters per sequence (the "
+      "official BILLION-WORD code's)")
+    a("--vocab-size", type=int, default=96, help="--dataset text: the most frequent characters "
+      "kept, the rest one unknown symbol (the official code's: 192)")
     args = parse_with_resume(p, argv)
     if args.d_noise is None:  # it helps Algorithm 1 and hurts the continuous loss (docs/bgan.md)
         args.d_noise = 0.0 if args.mode == "continuous" else 1.5
+    for k, v in (TEXT.items() if args.dataset == "text" else ()):  # where not given
+        setattr(args, k, getattr(args, k) if k in args.explicit else v)
     return args
 
 
@@ -170,9 +186,65 @@ class Discriminator(nn.Module):
         return self.out(self.net(x).flatten(1)).view(-1)
 
 
+def conv5(cin, cout):
+    """A kernel-5 convolution along a sequence held as a 1 x L image (batch norm follows)."""
+    return nn.Conv2d(cin, cout, (1, 5), padding=(0, 2), bias=False)
+
+
+class TextBlock(nn.Module):
+    """The official text code's residual block: x + BN(conv(ReLU(BN(conv(act(x))))))."""
+
+    def __init__(self, width, act):
+        super().__init__()
+        self.f = nn.Sequential(act, conv5(width, width), nn.BatchNorm2d(width), nn.ReLU(),
+                               conv5(width, width), nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+class TextGenerator(nn.Module):
+    """--dataset text, the official BILLION-WORD code's G: z -> linear + BN to width x L, five
+    residual blocks, ReLU, conv + BN to per-position logits over the vocabulary. ``logits``:
+    (N, V, 1, L), a palette image one pixel high; ``forward``: the softmax."""
+
+    def __init__(self, z_dim, seq_len, vocab, width):
+        super().__init__()
+        self.shape = (width, 1, seq_len)
+        self.project = nn.Sequential(nn.Linear(z_dim, width * seq_len, bias=False),
+                                     nn.BatchNorm1d(width * seq_len))
+        self.net = nn.Sequential(*(TextBlock(width, nn.ReLU()) for _ in range(5)), nn.ReLU(),
+                                 conv5(width, vocab), nn.BatchNorm2d(vocab))
+
+    def logits(self, z):
+        return self.net(self.project(z).view(-1, *self.shape))
+
+    def forward(self, z, y=None):
+        a = self.logits(z)
+        return torch.softmax(a.float(), 1).to(a.dtype)
+
+
+class TextDiscriminator(nn.Module):
+    """--dataset text, the official code's D: a conv from the one-hot characters, five residual
+    blocks with LeakyReLU(0.2), LeakyReLU, a linear logit of the whole sequence."""
+
+    def __init__(self, seq_len, vocab, width):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(vocab, width, (1, 5), padding=(0, 2)),
+                                 *(TextBlock(width, nn.LeakyReLU(0.2)) for _ in range(5)),
+                                 nn.LeakyReLU(0.2))
+        self.out = nn.Linear(width * seq_len, 1)
+
+    def forward(self, x, y=None):
+        return self.out(self.net(x).flatten(1)).view(-1)
+
+
 def build_models(args, channels, num_classes=0, num_colors=0):
     """G and D for image ``channels``; ``num_colors`` > 0: categorical over a palette (G: K logits
     per pixel, D: K one-hot planes); num_classes unused (unconditional); continuous: a tanh G."""
+    if args.dataset == "text":  # channels: the vocabulary
+        return (TextGenerator(args.z_dim, args.seq_len, channels, args.g_width),
+                TextDiscriminator(args.seq_len, channels, args.d_width))
     kind = "continuous" if args.mode == "continuous" else "quantized" if num_colors else "binary"
     planes = num_colors if kind == "quantized" else channels
     g = Generator(args.z_dim, args.image_size, planes, args.g_width, kind, args.activation,
@@ -288,9 +360,9 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     """The flags that mean the same in every script, with the paper's values and ``sources``."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--dataset", default="digits", help="training data (digits: embedded)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
-    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
+    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
@@ -399,11 +471,12 @@ def ema_update(ema, model, decay, step):
 
 # ============================================================ training
 def data_kind(args):
-    """continuous, quantized (--data-mode, or auto and a folder with palette.json) or binary."""
+    """continuous, text, quantized (--data-mode, or auto and a folder with palette.json) or
+    binary. Text is quantized data whose palette is the vocabulary."""
     from common.quantize import has_palette
 
-    if args.mode == "continuous":
-        return "continuous"
+    if args.mode == "continuous" or args.dataset == "text":
+        return args.mode if args.mode == "continuous" else "text"
     auto = args.data_mode == "auto" and args.dataset == "folder" and has_palette(args.data_path)
     return "quantized" if args.data_mode == "quantized" or auto else "binary"
 
@@ -421,19 +494,12 @@ def real_view(x, run_args):
 def check_args(args):
     from common import UserError
 
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
+    if args.dataset == "text" and args.mode == "continuous":
+        raise UserError("--dataset text is discrete: Algorithm 1 draws characters; drop --mode "
+                        "continuous")
+    if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
         raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
                         "so use a power of two >= 8 (32, 64, 128, ...)")
-    if min(args.g_width, args.d_width) < 1:
-        raise UserError("--g-width and --d-width must be at least 1")
-    if args.n_mc_samples < 2:
-        raise UserError(f"--n-mc-samples must be >= 2 to compare samples, not {args.n_mc_samples}")
-    if not 0 < args.binarize_threshold <= 1:
-        raise UserError(f"--binarize-threshold must be in (0, 1], not {args.binarize_threshold}")
-    if args.d_noise < 0:
-        raise UserError(f"--d-noise is a standard deviation, not negative ({args.d_noise})")
-    if not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1):
-        raise UserError(f"--beta1 {args.beta1}, --beta2 {args.beta2}: Adam's betas are in [0, 1)")
 
 
 def load_data(args, run):
@@ -442,6 +508,8 @@ def load_data(args, run):
     from common.data import QuantizedFolderData
 
     kind = data_kind(args)
+    if kind == "text":
+        return run.text(args.seq_len, args.vocab_size), kind, None
     if kind != "quantized":
         return run.dataset(), kind, None
     if args.dataset != "folder" or not args.data_path:
@@ -458,8 +526,8 @@ def load_data(args, run):
 def grid_images(gen, z, kind, palette):
     """The grid: one drawn sample per latent, the same pixel noise each time (or tanh image)."""
     logits = gen.logits(z)
-    if kind == "continuous":
-        return torch.tanh(logits.float())
+    if kind in ("continuous", "text"):  # text: the likeliest characters, as the official code
+        return logits.argmax(1).flatten(1) if kind == "text" else torch.tanh(logits.float())
     pixels = draw(logits, 1, kind, generator=torch.Generator().manual_seed(99))
     return decode(pixels[:, 0], kind, palette)
 
@@ -471,7 +539,7 @@ def train(args):
     rank, world, device = setup_distributed(args.device)
     run = Run(SCRIPT, args, rank, world, device, check_args)
     data, kind, palette = load_data(args, run)
-    K, M = (len(palette) if palette is not None else 0), args.n_mc_samples
+    K, M = (len(palette) if palette is not None else data.channels), args.n_mc_samples
     batches = run.batches(data)
 
     G, D, ema = run.models(build_models, data.channels, 0, K)
@@ -483,7 +551,8 @@ def train(args):
                              kind=kind, palette=colours)
     calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device) for i in range(4)]
     what = {"binary": f"binarized at {args.binarize_threshold:g}; {M} samples per latent",
-            "quantized": f"{K} colours; {M} samples per latent", "continuous": "continuous"}[kind]
+            "quantized": f"{K} colours; {M} samples per latent", "continuous": "continuous",
+            "text": f"{K} characters; {M} samples per latent"}[kind]
     run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
                "scaler_d": scaler_d, "batches": batches}, grid, calibrate, note=what,
               info={"channels": data.channels, "num_classes": 0, "kind": kind, "palette": palette})
@@ -499,7 +568,8 @@ def train(args):
                 fake = G_step(z)
             fake_in = fake.detach()
         else:  # Algorithm 1: M samples x^(m|n) ~ g(x | z_n) per latent, without gradient
-            real = binarize(real, args.binarize_threshold) if kind == "binary" else to_indices(real)
+            real = (binarize(real, args.binarize_threshold) if kind == "binary" else
+                    real[:, None] if kind == "text" else to_indices(real))  # text: 1 x L
             real = d_input(real, kind, K)
             with autocast(device, args.amp):
                 logits = G_logits(z)
@@ -547,7 +617,7 @@ class Generated:
         self.kind, self.palette = ckpt.get("kind", "binary"), ckpt.get("palette")
         k = len(self.palette) if self.palette is not None else 0
         self.colours = self.palette.float().div(127.5).sub(1) if k else None
-        self.z_dim, self.num_classes = self.run.z_dim, 0
+        self.z_dim, self.num_classes, self.vocab = self.run.z_dim, 0, ckpt.get("vocab")
         self.used_ema = use_ema and ckpt.get("ema") is not None
         self.model = build_models(self.run, ckpt["channels"], 0, k)[0].to(device).eval()
         load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
@@ -560,8 +630,8 @@ class Generated:
         pixels, out = torch.Generator().manual_seed(seed + 1), []
         for zc in z.split(256):
             a = self.model.logits(zc.to(self.device)).float()
-            if self.kind == "continuous":
-                out.append(torch.tanh(a).cpu())
+            if self.kind in ("continuous", "text"):  # text: (n, L) likeliest characters
+                out.append((a.argmax(1).flatten(1) if self.vocab else torch.tanh(a)).cpu())
                 continue
             if shared_noise:  # a fresh pixel generator per image: the same uniforms for each
                 s = torch.cat([draw(r, 1, self.kind, torch.Generator().manual_seed(seed + 1))

@@ -197,9 +197,9 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     """The flags that mean the same in every script, with the paper's values and ``sources``."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--dataset", default="digits", help="training data (digits: embedded)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
-    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
+    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
@@ -313,11 +313,6 @@ def check_args(args):
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
         raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
                         "so use a power of two >= 8 (32, 64, 128, ...)")
-    if min(args.g_width, args.d_width) < 1:
-        raise UserError("--g-width and --d-width must be at least 1")
-    if args.lambda_gp < 0 or args.perturb_std < 0:
-        raise UserError(f"--lambda-gp and --perturb-std must not be negative (got "
-                        f"{args.lambda_gp:g} and {args.perturb_std:g}); the paper's are 10 and 0.5")
 
 
 def train(args):

@@ -327,9 +327,9 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     """The flags that mean the same in every script, with the paper's values and ``sources``."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--dataset", default="digits", help="training data (digits: embedded)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
-    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
+    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
@@ -443,13 +443,8 @@ def check_args(args):
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
         raise UserError(f"--image-size {args.image_size} cannot be grown: ProGAN doubles from "
                         "4x4, so use a power of two >= 8 (32, 64, ..., 1024)")
-    if min(args.fmap_base, args.fmap_max) < 1 or args.mbstd_group < 0:
-        raise UserError("--fmap-base and --fmap-max must be at least 1, --mbstd-group at least 0 "
-                        "(0: the whole minibatch)")
-    weights = (args.fade_kimg, args.stable_kimg, args.lambda_gp, args.eps_drift)
-    if not all(v >= 0 for v in weights) or not args.fade_kimg + args.stable_kimg:
-        raise UserError("--fade-kimg, --stable-kimg, --lambda-gp and --eps-drift must not be "
-                        "negative, and --fade-kimg and --stable-kimg not both 0")
+    if not args.fade_kimg + args.stable_kimg:
+        raise UserError("--fade-kimg and --stable-kimg are both 0: the schedule has no length")
     growth(args)
 
 

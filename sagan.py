@@ -32,8 +32,8 @@ Departures from the paper, and choices where it is silent (docs/sagan.md has the
   ``--g-width 8``/``--d-width 16`` so that the digits fit a CPU (the paper's model: 64).
 * ``--attention-res`` (default image_size / 4, Table 1's feat32 at 128x128) places attention
   in G and D. f, g, h have C/8 channels each, as Sec. 3 writes; the authors' code
-  (brain-research/self-attention-gan, non_local.py) gives the values h C/2 channels, maps
-  them back to C with a fifth 1x1 conv, and max-pools keys and values 2x2: not followed.
+  (brain-research/self-attention-gan, non_local.py) gives the values h C/2 channels (its
+  output 1x1 conv maps them back to C) and max-pools keys and values 2x2: not followed.
 * Conditional batch norm: BigGAN's shared class embedding by default (``--shared-dim 0``:
   the authors' per-class tables, too slow to separate the classes at lr 1e-4). Data
   without labels falls back to unconditional with a one-line warning.
@@ -312,9 +312,9 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     """The flags that mean the same in every script, with the paper's values and ``sources``."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--dataset", default="digits", help="training data (digits: embedded)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
-    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
+    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
@@ -429,10 +429,6 @@ def check_args(args):
     if s < 8 or s & (s - 1):
         raise UserError(f"--image-size {s} cannot be built: SAGAN doubles from 4x4, "
                         "so use a power of two >= 8 (32, 64, 128, ...)")
-    if min(args.g_width, args.d_width) < 1:
-        raise UserError("--g-width and --d-width must be at least 1")
-    if args.shared_dim < 0:
-        raise UserError("--shared-dim must be at least 0 (0: per-class CBN gains)")
     if a and (a < 4 or a > s // 2 or a & (a - 1)):
         raise UserError(f"--attention-res {a} is not a feature map of a {s}x{s} model: "
                         f"use a power of two from 4 to {s // 2}, or 0 for none")

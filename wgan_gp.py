@@ -18,6 +18,7 @@ Usage:
                       --lr-g 2e-4 --lr-d 2e-4 --lr-decay 100000     # App. C's CIFAR-10 run
     torchrun --nproc_per_node=8 wgan_gp.py --dataset cifar10 --data-path ~/data --amp bf16
     python wgan_gp.py --sample 8 --interpolate 10 --checkpoint runs/wgan_gp/<run>
+    python wgan_gp.py --dataset text                   # characters (common/text.py)
 
 Based on dcgan.py; differs in: the critic (no batch norm), the WGAN-GP losses, Adam, n_critic
 critic steps per G step, each on a fresh real batch and z; ``--arch``, ``--lr-decay``; no cGAN.
@@ -33,6 +34,12 @@ Departures from the paper, and choices where it is silent (more in docs/wgan_gp.
   ``autograd.grad``, the gradients unscaled, the norm in fp32). The explicit gradient
   all-reduce lets the double backward work under torchrun; ``--compile`` compiles G only.
 * EMA generator (not in the paper, see dcgan.py), batch norm recalibrated.
+* ``--dataset text``: the paper's character-level model (modelling discrete data with a
+  continuous generator; the authors' gan_language.py): G's softmax per position goes to the
+  critic as it is, real sequences as one-hot, the penalty on interpolates of the two; five
+  residual blocks (x + 0.3 f(x), kernel-5 convs) in both nets, Adam beta1 0.5, 32 characters.
+  For a few CPU-minutes (``TEXT``): batch 32, lr 1e-3, n_critic 5, widths 64 (theirs: 64,
+  1e-4, 10, 512). Samples show each position's likeliest character (their argmax).
 """
 import argparse
 import math
@@ -47,6 +54,10 @@ import torch.nn.functional as F
 SCRIPT = "wgan_gp"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
+# --dataset text: the language model's Adam beta1 (gan_language.py), and a batch, learning rate,
+# width and length for about 5 CPU-minutes (theirs: 64, 1e-4, 512, 200k; n_critic 10).
+TEXT = {"beta1": 0.5, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3, "g_width": 64, "d_width": 64,
+        "steps": 500}
 
 
 def parse_args(argv=None):
@@ -63,14 +74,19 @@ def parse_args(argv=None):
     m("--d-width", type=int, default=None, help="the critic's (dcgan: first layer), as --g-width")
     m("--n-critic", type=int, default=5, help="critic steps per G step (Alg. 1)")
     m("--lambda-gp", type=float, default=10.0, help="penalty weight lambda (Alg. 1, Eq. 3)")
-    m("--beta1", type=float, default=0.0, help="Adam beta1 (Alg. 1)")
+    m("--beta1", type=float, default=0.0, help="Adam beta1 (Alg. 1; text: 0.5)")
     m("--beta2", type=float, default=0.9, help="Adam beta2 (Alg. 1)")
     m("--lr-decay", type=int, default=0, metavar="N", help="decay both learning rates linearly "
       "to 0 over N G steps (App. C's ResNet run: 100000); 0: constant")
+    m("--seq-len", type=int, default=32, help="--dataset text: characters per sequence (paper)")
+    m("--vocab-size", type=int, default=96, help="--dataset text: the most frequent characters "
+      "kept, the rest one unknown symbol")
     args = parse_with_resume(p, argv)
     for k in ("g_width", "d_width"):  # the paper's width for the chosen architecture
         if getattr(args, k) is None:
             setattr(args, k, 128 if args.arch == "resnet" else 64)
+    for k, v in (TEXT.items() if args.dataset == "text" else ()):  # where not given
+        setattr(args, k, getattr(args, k) if k in args.explicit else v)
     return args
 
 
@@ -190,7 +206,53 @@ class ResNetCritic(nn.Module):
         return self.out(F.relu(self.net(x)).mean((2, 3))).view(-1)
 
 
+class TextBlock(nn.Module):
+    """The language model's residual block: x + 0.3 conv(ReLU(conv(ReLU(x)))), kernel-5 convs
+    along the sequence, held as a 1 x L image (gan_language.py's ResBlock)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.c1, self.c2 = (glorot(nn.Conv2d(width, width, (1, 5), padding=(0, 2)), math.sqrt(2))
+                            for _ in range(2))
+
+    def forward(self, x):
+        return x + 0.3 * self.c2(F.relu(self.c1(F.relu(x))))
+
+
+class TextGenerator(nn.Module):
+    """--dataset text: z -> linear to ``width`` channels x L positions, five residual blocks, a
+    1x1 conv to the vocabulary and a softmax per position. The critic reads these distributions
+    as they are (a continuous generator for discrete data): (N, V, 1, L), one-hot's shape."""
+
+    def __init__(self, z_dim, seq_len, vocab, width):
+        super().__init__()
+        self.shape = (width, 1, seq_len)
+        self.project = glorot(nn.Linear(z_dim, width * seq_len))
+        self.net = nn.Sequential(*(TextBlock(width) for _ in range(5)),
+                                 glorot(nn.Conv2d(width, vocab, 1), math.sqrt(2)))
+
+    def forward(self, z):
+        return torch.softmax(self.net(self.project(z).view(-1, *self.shape)).float(), 1)
+
+
+class TextCritic(nn.Module):
+    """--dataset text: a 1x1 conv from the characters' one-hot (or G's softmax) planes, five
+    residual blocks, a linear score of the whole sequence."""
+
+    def __init__(self, seq_len, vocab, width):
+        super().__init__()
+        self.net = nn.Sequential(glorot(nn.Conv2d(vocab, width, 1), math.sqrt(2)),
+                                 *(TextBlock(width) for _ in range(5)))
+        self.out = glorot(nn.Linear(width * seq_len, 1))
+
+    def forward(self, x):
+        return self.out(self.net(x).flatten(1)).view(-1)
+
+
 def build_models(args, channels, num_classes):
+    if args.dataset == "text":  # channels: the vocabulary
+        return (TextGenerator(args.z_dim, args.seq_len, channels, args.g_width),
+                TextCritic(args.seq_len, channels, args.d_width))
     if args.arch == "resnet":  # initialised in their constructors, as the authors' code
         return (ResNetGenerator(args.z_dim, args.image_size, channels, args.g_width),
                 ResNetCritic(args.image_size, channels, args.d_width))
@@ -235,9 +297,9 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     """The flags that mean the same in every script, with the paper's values and ``sources``."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--dataset", default="digits", help="training data (digits: embedded)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"])
-    a("--data-path", default=None, help="the dataset's folder (any image folder for 'folder')")
+    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
+      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
@@ -348,24 +410,19 @@ def ema_update(ema, model, decay, step):
 def check_args(args):
     from common import UserError
 
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
+    if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
         raise UserError(f"--image-size {args.image_size} cannot be built: both architectures "
                         "double from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
-    for name in ("g_width", "d_width", "n_critic"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lr_decay < 0:
-        raise UserError(f"--lr-decay must be at least 0 (0: no decay), not {args.lr_decay}")
-    if not args.lambda_gp >= 0:
-        raise UserError(f"--lambda-gp must be at least 0 (the paper's is 10), not {args.lambda_gp}")
 
 
 def train(args):
     from common.run import Run, fixed_inputs
+    from common.text import one_hot
 
     rank, world, device = setup_distributed(args.device)
     run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
+    text = args.dataset == "text"  # characters as one-hot planes (common.text.one_hot)
+    data = run.text(args.seq_len, args.vocab_size) if text else run.dataset()
     batches = run.batches(data)
 
     G, D, ema = run.models(build_models, data.channels, 0)
@@ -391,7 +448,8 @@ def train(args):
         # Critic: Alg. 1 lines 2-9, each step on a fresh real batch, fresh z and fresh eps.
         for _ in range(args.n_critic):
             real, _ = next(stream)
-            real = real.contiguous(memory_format=torch.channels_last)
+            real = (one_hot(real, data.channels) if text else real).contiguous(
+                memory_format=torch.channels_last)
             z = torch.randn(real.shape[0], args.z_dim, device=device)
             with torch.no_grad(), autocast(device, args.amp):
                 fake = G_step(z)

@@ -425,12 +425,16 @@ def evaluate(
 
     import torch_fidelity
 
+
     warnings.filterwarnings(
         "ignore", message="This DataLoader will create"
     )  # torch-fidelity's loader on a 2-core machine
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
+    text = text_checkpoint(source)
+    if text is not None:
+        return evaluate_text(text, num_samples, seed, use_ema, device)
     t0 = time.time()
     fake, gen_info = generated_images(source, num_samples, seed, use_ema, device, image_size)
     dataset = dataset or gen_info.get("dataset") or "digits"
@@ -513,3 +517,44 @@ def evaluate(
         "seconds": round(time.time() - t0, 1),
     }
     return {"metrics": result, "protocol": protocol}
+
+
+def text_checkpoint(source):
+    """The checkpoint path when ``source`` is a run or checkpoint of ``--dataset text``."""
+    from common.checkpoints import find_checkpoint
+
+    if not (os.path.isfile(source) or os.path.isdir(os.path.join(source, "checkpoints"))):
+        return None
+    path = find_checkpoint("", source)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    is_text = isinstance(ckpt, dict) and ckpt.get("args", {}).get("dataset") == "text"
+    return path if is_text else None
+
+
+def evaluate_text(path, num_samples, seed, use_ema, device):
+    """A text checkpoint's n-gram measure (common.text): ``num_samples`` generated sequences
+    against the run's corpus, beside the same number of real windows (the floor that a
+    finite sample sets: real text does not score 0)."""
+    from common.text import TextData, text_metrics
+
+    t0 = time.time()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    run = ckpt["args"]
+    generate = load_script(ckpt["script"]).load_generator(path, device, use_ema=use_ema)
+    ids = torch.cat([generate(z=None, n=min(500, num_samples - i), seed=seed + i)
+                     for i in range(0, num_samples, 500)])
+    data = TextData(run.get("data_path"), run["seq_len"], vocab=ckpt["vocab"])
+    texts, real = data.decode(ids), data.windows(len(ids), seed)
+    floor = text_metrics(real, data)
+    protocol = {
+        "generated": {"checkpoint": path, "script": ckpt["script"], "step": ckpt["step"],
+                      "generator": "EMA" if generate.used_ema else "raw", "seed": seed,
+                      "dataset": "text", "num_generated": len(texts), "seq_len": run["seq_len"]},
+        "real": {"dataset": "text", "source": data.source, "characters": len(data.text),
+                 "vocabulary": data.channels, "real_vs_real": floor},
+        "feature_extractor": {"name": "character n-grams (Rajeswar et al. 2017)"},
+        "torch": torch.__version__,
+        "seconds": round(time.time() - t0, 1),
+    }
+    return {"metrics": text_metrics(texts, data), "protocol": protocol,
+            "samples": {"generated": texts[:10], "real": real[:10]}}  # the first, unpicked

@@ -52,6 +52,8 @@ RANGES = {
     "pl_decay": "[0, 1]", "ema_kimg": "(0, inf)", "ema_rampup": "[0, inf)",
     "fp16_res": "[0, inf)", "conv_clamp": "[0, inf)", "truncation": "[0, 1]",
     "mixing_grid": "[0, inf)", "mixing_cutoff": "[1, inf)",
+    # bgan.py and wgan_gp.py with --dataset text
+    "seq_len": "[2, inf)", "vocab_size": "[2, inf)",
     # wgan.py, wgan_gp.py
     "n_critic": "[1, inf)", "n_critic_boost": "[0, inf)", "mixtures": "[1, inf)",
     "clip": "(0, inf)", "lr_decay": "[0, inf)",

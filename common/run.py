@@ -170,6 +170,9 @@ class Run:
         from common.data import download_dataset, load_dataset
 
         a = self.args
+        if a.dataset == "text":
+            raise UserError(f"{self.script}.py models images; --dataset text is for bgan.py and "
+                            "wgan_gp.py")
         if a.download:
             if self.rank == 0:
                 download_dataset(a.dataset, a.data_path)
@@ -181,11 +184,25 @@ class Run:
                             "(use class sub-folders)")
         return self.data
 
+    def text(self, seq_len, vocab_size):
+        """``--dataset text``: the corpus in windows of ``seq_len`` characters over its
+        ``vocab_size`` most frequent ones (a resumed run keeps its vocabulary);
+        ``common.text.TextData``."""
+        from common.text import TextData
+
+        vocab = self.resumed.get("vocab") if self.resumed is not None else None
+        self.data = TextData(self.args.data_path, seq_len, vocab_size, vocab)
+        return self.data
+
     def batches(self, data, batch_size=None):
-        """This rank's endless, resumable stream of batches (``common.data.Batches``)."""
+        """This rank's endless, resumable stream of batches (``common.data.Batches``; for
+        text, ``common.text.TextBatches`` of random windows)."""
         from common.data import Batches
+        from common.text import TextBatches, TextData
 
         a = self.args
+        if isinstance(data, TextData):
+            return TextBatches(data, batch_size or a.batch_size, self.device, a.seed, self.rank)
         return Batches(data, batch_size or a.batch_size, self.device, a.seed, self.rank,
                        self.world, a.num_workers, a.flip, a.color_jitter)
 
@@ -212,6 +229,8 @@ class Run:
         """
         self.state, self.grid, self.calibrate = state, grid, calibrate
         self.info = dict(info or {})
+        if hasattr(self.data, "vocab"):  # text: sampling and evaluation decode with it
+            self.info["vocab"] = self.data.vocab
         self.total = total or self.args.steps
         if self.total < 1:
             raise UserError("--steps must be at least 1")
@@ -316,8 +335,8 @@ class Run:
         a, d = self.args, self.data
         params = ", ".join(f"{n} {sum(p.numel() for p in self.state[n].parameters()) / 1e6:.2f}M"
                            for n in ("G", "D") if isinstance(self.state.get(n), nn.Module))
-        data = (f"{a.dataset} {a.image_size}x{a.image_size}x{d.channels}, {len(d)} images; "
-                if d is not None else "")
+        data = ("" if d is None else f"{d.describe()}; " if hasattr(d, "describe") else
+                f"{a.dataset} {a.image_size}x{a.image_size}x{d.channels}, {len(d)} images; ")
         return (f"{self.script}: {data}batch {a.batch_size} x {self.world} process(es) = "
                 f"{a.batch_size * self.world}; {params} params; {note + '; ' if note else ''}"
                 f"{self.device}, amp {a.amp}; run dir {self.out}")
@@ -409,10 +428,17 @@ class Run:
         return x
 
     def write_samples(self):
-        """``samples/step_N.png`` and ``progress.gif`` (rank 0)."""
+        """``samples/step_N.png`` and ``progress.gif`` (rank 0); text: ``step_N.txt``."""
         from common.images import progress_gif, save_grid
 
         samples = os.path.join(self.out, "samples")
+        if "vocab" in self.info:  # character indices, one sequence per line
+            from common.text import write_lines
+
+            x = self.images(self.generator())
+            x = x.argmax(1).flatten(1) if x.is_floating_point() else x  # the likeliest characters
+            return write_lines(os.path.join(samples, f"step_{self.step:06d}.txt"),
+                               ["".join(self.info["vocab"][i] for i in r) for r in x.tolist()])
         png = save_grid(self.images(self.generator()),
                         os.path.join(samples, f"step_{self.step:06d}.png"), nrow=8)
         self.metrics.image("samples", self.step, png)
@@ -481,7 +507,7 @@ class Metrics:
                                 "pip install tensorboard") from None
             purge = resume_step + 1 if resume_step is not None else None
             self.writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=purge)
-        if evaluate_dataset not in (None, "digits"):  # fail now, not at the first evaluation
+        if evaluate_dataset not in (None, "digits", "text"):  # fail now, not at the first one
             from common.evaluation import extractor
 
             extractor("inception", None)
@@ -525,11 +551,13 @@ class Metrics:
                                       device="auto" if torch.cuda.is_available() else "cpu")
         random.setstate(py)
         np.random.set_state(npy)
-        names = ("fid", "kid", "precision", "recall", "coverage", "confidence")
+        names = ("fid", "kid", "precision", "recall", "coverage", "confidence", "js1", "js2",
+                 "js3", "js4", "words")
         m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in names}
         best_file = os.path.join(self.out, "checkpoints", "best.json")
         best = json.load(open(best_file)) if os.path.exists(best_file) else None
-        if best is None or m["eval_fid"] < best["eval_fid"]:
+        key = "eval_fid" if "eval_fid" in m else "eval_js4"  # images, or text
+        if best is None or m[key] < best[key]:
             best = {"step": step, **m, "num_samples": num_samples,
                     "feature_extractor": res["protocol"]["feature_extractor"]["name"]}
             tmp = os.path.join(self.out, "checkpoints", "best.pt.tmp")
@@ -566,6 +594,7 @@ def slerp(a, b, t):
 class Generate:
     """``generate(n, seed=0, temperature=1.0, z=None, labels=None, **kw)`` -> images in [-1, 1]
     from a checkpoint's EMA generator (or raw G), in chunks of 256; ``kw`` go to G's forward.
+    For a text run (``vocab``: index -> character), (n, L) indices of the likeliest characters.
 
     ``build(run, channels, num_classes)`` is the script's ``build_models`` (G is its first);
     ``latent(n, z_dim, generator=g)`` draws z (default N(0, I)). It carries ``model``,
@@ -576,6 +605,7 @@ class Generate:
         ckpt = load_checkpoint(path, script, device)
         self.run, self.device, self.latent = argparse.Namespace(**ckpt["args"]), device, latent
         self.z_dim, self.num_classes = self.run.z_dim, ckpt.get("num_classes", 0)
+        self.vocab = ckpt.get("vocab")  # text: __call__ returns character indices
         self.used_ema = use_ema and ckpt.get("ema") is not None
         self.model = build(self.run, ckpt["channels"], self.num_classes)[0].to(device)
         load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
@@ -593,7 +623,8 @@ class Generate:
             for i in range(0, len(z), 256):
                 inputs = [z[i : i + 256]] + ([labels[i : i + 256]] if self.num_classes else [])
                 out.append(self.model(*(t.to(self.device) for t in inputs), **kw).float().cpu())
-        return torch.cat(out)
+        out = torch.cat(out)
+        return out.argmax(1).flatten(1) if self.vocab else out  # text: the likeliest characters
 
 
 def sample_device(name):
@@ -635,11 +666,26 @@ class Sampling:
         if nc:
             kw["labels"] = y
         x = self.generate(n, seed=a.seed, temperature=a.temperature, **kw)
+        if getattr(self.generate, "vocab", None):  # text: one sequence per line
+            return self.lines(x, "sample", f"{n} sequences{note}")
         nrow = nrow or (int(math.ceil(n / nc)) if nc else None)
         png = save_grid(x, self.file("sample"), nrow=nrow)
         print(f"wrote {png} ({n} images, {self.which} generator, "
               f"temperature {a.temperature}{note})")
         return png
+
+    def lines(self, x, kind, what, every=0):
+        """Text samples (character indices) to ``<kind>_<time>.txt``, one per line (a blank
+        line after every ``every``)."""
+        from common.text import write_lines
+
+        v = self.generate.vocab
+        rows = ["".join(v[i] for i in r) for r in x.tolist()]
+        if every:
+            rows = [r + ("\n" if (i + 1) % every == 0 else "") for i, r in enumerate(rows)]
+        path = write_lines(self.file(kind, "txt"), rows)
+        print(f"wrote {path} ({what}, {self.which} generator, temperature {self.args.temperature})")
+        return path
 
     def interpolation(self, note="", **kw):
         """``--interpolate K``: N latent walks of K steps (slerp), a grid and a GIF."""
@@ -655,6 +701,8 @@ class Sampling:
         if nc:
             kw["labels"] = torch.randint(nc, (n,), generator=gen).repeat_interleave(k)
         x = self.generate(z=z, seed=a.seed, **kw)
+        if getattr(self.generate, "vocab", None):
+            return self.lines(x, "interpolate", f"{n} walks of {k} steps{note}", every=k)
         png = save_grid(x, self.file("interpolate"), nrow=k)
         frames = [make_grid(x[i::k], nrow=int(math.ceil(math.sqrt(n)))) for i in range(k)]
         gif = save_gif(frames + frames[::-1], self.file("interpolate", "gif"), last_ms=120)

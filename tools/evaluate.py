@@ -111,14 +111,24 @@ def main(argv=None):
         sys.exit(1)
     m, proto = res["metrics"], res["protocol"]
     g, r, fe = proto["generated"], proto["real"], proto["feature_extractor"]
-    print(
-        f"{g.get('checkpoint', g.get('folder'))}: {g['num_generated']} generated "
-        f"({g.get('generator', 'images')}) vs {r['num_real']} real "
-        f"({r['dataset']}, {r['split'].split(' ')[0]}) at {g['image_size']}px; "
-        f"features: {fe['name']}, sha256 {fe['weights_sha256'][:12]}"
-    )
-    for k, v in m.items():
-        print(f"  {k:10s} {v:.5g}")
+    if g.get("dataset") == "text":
+        floor = r["real_vs_real"]
+        print(f"{g['checkpoint']}: {g['num_generated']} generated sequences ({g['generator']}) "
+              f"vs the corpus {r['source']} ({r['characters']} characters); JS divergences in "
+              "bits, and beside them the same number of real windows")
+        for k, v in m.items():
+            print(f"  {k:10s} {v:.5g}   (real {floor[k]:.5g})")
+        for side in ("generated", "real"):  # the first ten of each, unpicked
+            print(f"{side}:\n" + "\n".join(f"  |{t}|" for t in res["samples"][side]))
+    else:
+        print(
+            f"{g.get('checkpoint', g.get('folder'))}: {g['num_generated']} generated "
+            f"({g.get('generator', 'images')}) vs {r['num_real']} real "
+            f"({r['dataset']}, {r['split'].split(' ')[0]}) at {g['image_size']}px; "
+            f"features: {fe['name']}, sha256 {fe['weights_sha256'][:12]}"
+        )
+        for k, v in m.items():
+            print(f"  {k:10s} {v:.5g}")
     path = args.json
     if path is None and "checkpoint" in g:
         from common.run import run_dir_of
