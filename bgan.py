@@ -240,18 +240,19 @@ class TextDiscriminator(nn.Module):
 
 
 def build_models(args, channels, num_classes=0, num_colors=0):
-    """G and D for image ``channels``; ``num_colors`` > 0: categorical over a palette (G: K logits
-    per pixel, D: K one-hot planes); num_classes unused (unconditional); continuous: a tanh G."""
-    if args.dataset == "text":  # channels: the vocabulary
-        return (TextGenerator(args.z_dim, args.seq_len, channels, args.g_width),
-                TextDiscriminator(args.seq_len, channels, args.d_width))
+    """G and D: ``num_colors`` > 0, categorical over a palette (K logits per pixel, K one-hot
+    planes); continuous: a tanh G; text: over ``channels`` characters. num_classes: unused."""
     kind = "continuous" if args.mode == "continuous" else "quantized" if num_colors else "binary"
     planes = num_colors if kind == "quantized" else channels
-    g = Generator(args.z_dim, args.image_size, planes, args.g_width, kind, args.activation,
-                  args.bn_after_act)
-    d = Discriminator(args.image_size, planes, args.d_width, args.activation, args.bn_after_act)
-    g.apply(init_weights)
-    d.apply(init_weights)
+    if args.dataset == "text":  # channels: the vocabulary; PyTorch's init (official: Glorot)
+        g = TextGenerator(args.z_dim, args.seq_len, channels, args.g_width)
+        d = TextDiscriminator(args.seq_len, channels, args.d_width)
+    else:
+        g = Generator(args.z_dim, args.image_size, planes, args.g_width, kind, args.activation,
+                      args.bn_after_act)
+        d = Discriminator(args.image_size, planes, args.d_width, args.activation, args.bn_after_act)
+        g.apply(init_weights)
+        d.apply(init_weights)
     if args.spectral_norm:  # after the init: the parametrization keeps it as the "original"
         for mod in list(d.modules()):
             if isinstance(mod, (nn.Conv2d, nn.Linear)):
@@ -495,8 +496,7 @@ def check_args(args):
     from common import UserError
 
     if args.dataset == "text" and args.mode == "continuous":
-        raise UserError("--dataset text is discrete: Algorithm 1 draws characters; drop --mode "
-                        "continuous")
+        raise UserError("--dataset text is discrete (Algorithm 1): drop --mode continuous")
     if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
         raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
                         "so use a power of two >= 8 (32, 64, 128, ...)")
