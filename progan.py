@@ -343,7 +343,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision")
+    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")

@@ -117,6 +117,33 @@ def fixed_inputs(n, z_dim, num_classes, seed, device, latent=torch.randn):
     return z, torch.arange(n).remainder(num_classes).sort().values.to(device)
 
 
+def native_bf16(device):
+    """Whether ``device`` computes bf16 in hardware: CUDA that supports it, or a CPU with
+    AVX-512 BF16 or AMX. Elsewhere bf16 is emulated and usually slower than fp32
+    (docs/results.md, Speed)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # another torch: the kernel's CPU flags
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(amp, device, rank=0):
+    """``--amp auto`` -> bf16 where the hardware has it, else off; an explicit bf16 on a CPU
+    that emulates it runs, with one warning line."""
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "off"
+    if amp == "bf16" and device.type == "cpu" and rank == 0 and not native_bf16(device):
+        print("warning: --amp bf16 is emulated on this CPU (no AVX-512 BF16 or AMX) and can be "
+              "much slower than --amp off", file=sys.stderr)
+    return amp
+
+
 def check_common_args(script, args):
     """The range of every numeric flag (``common.flags``: one table for every script); the
     script's own ``check_args`` checks what depends on several of its flags."""
@@ -158,6 +185,7 @@ class Run:
                     setattr(args, k, v)
             args.out = run_dir_of(path)
         check_common_args(script, args)
+        args.amp = resolve_amp(args.amp, device, rank)  # args.json records what ran
         if check is not None:
             check(args)
         self.step, self.out, self.data, self.metrics, self.pbar = 0, args.out, None, None, None

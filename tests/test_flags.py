@@ -7,7 +7,7 @@ import math
 import pytest
 
 from common.flags import interval, rule_for
-from conftest import SCRIPTS, assert_one_line_error, load_script
+from conftest import SCRIPTS, assert_one_line_error, load_script, tiny_args
 
 
 def numeric_flags(module):
@@ -57,3 +57,30 @@ def test_out_of_range_values_end_in_one_line(name, in_tmp, capsys):
             assert_one_line_error(m, [opt, *values], opt, capsys)
             checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_is_bf16_only_where_native(native, in_tmp, capsys, monkeypatch):
+    """--amp auto (the default) runs bf16 where the hardware has it and fp32 elsewhere, and
+    args.json records what ran; an explicit bf16 on an emulating CPU warns in one line."""
+    import json
+
+    import common.run
+
+    monkeypatch.setattr(common.run, "native_bf16", lambda device: native)
+    m = load_script("dcgan")
+    m.main([*tiny_args(m), "--steps", "1", "--out", "auto"])
+    assert json.load(open("auto/args.json"))["amp"] == ("bf16" if native else "off")
+    capsys.readouterr()
+    m.main([*tiny_args(m), "--steps", "1", "--amp", "bf16", "--out", "bf16"])
+    warned = [line for line in capsys.readouterr().err.splitlines() if "emulated" in line]
+    assert len(warned) == (0 if native else 1) and warned == [w for w in warned
+                                                               if w.startswith("warning:")]
+
+
+def test_native_bf16_detection_runs():
+    import torch
+
+    from common.run import native_bf16
+
+    assert native_bf16(torch.device("cpu")) in (True, False)
