@@ -460,13 +460,11 @@ class Run:
         from common.images import progress_gif, save_grid
 
         samples = os.path.join(self.out, "samples")
-        if "vocab" in self.info:  # character indices, one sequence per line
-            from common.text import write_lines
+        if "vocab" in self.info:  # one sequence per line
+            from common.text import to_text, write_lines
 
-            x = self.images(self.generator())
-            x = x.argmax(1).flatten(1) if x.is_floating_point() else x  # the likeliest characters
             return write_lines(os.path.join(samples, f"step_{self.step:06d}.txt"),
-                               ["".join(self.info["vocab"][i] for i in r) for r in x.tolist()])
+                               to_text(self.images(self.generator()), self.info["vocab"]))
         png = save_grid(self.images(self.generator()),
                         os.path.join(samples, f"step_{self.step:06d}.png"), nrow=8)
         self.metrics.image("samples", self.step, png)
@@ -652,7 +650,7 @@ class Generate:
                 inputs = [z[i : i + 256]] + ([labels[i : i + 256]] if self.num_classes else [])
                 out.append(self.model(*(t.to(self.device) for t in inputs), **kw).float().cpu())
         out = torch.cat(out)
-        return out.argmax(1).flatten(1) if self.vocab else out  # text: the likeliest characters
+        return out.argmax(1).flatten(1) if self.vocab else out  # text: common.text.to_text
 
 
 def sample_device(name):
@@ -705,10 +703,9 @@ class Sampling:
     def lines(self, x, kind, what, every=0):
         """Text samples (character indices) to ``<kind>_<time>.txt``, one per line (a blank
         line after every ``every``)."""
-        from common.text import write_lines
+        from common.text import to_text, write_lines
 
-        v = self.generate.vocab
-        rows = ["".join(v[i] for i in r) for r in x.tolist()]
+        rows = to_text(x, self.generate.vocab)
         if every:
             rows = [r + ("\n" if (i + 1) % every == 0 else "") for i, r in enumerate(rows)]
         path = write_lines(self.file(kind, "txt"), rows)

@@ -108,7 +108,7 @@ class TextData:
 
     def decode(self, ids):
         """(N, L) indices -> N strings."""
-        return ["".join(self.vocab[i] for i in row) for row in ids.tolist()]
+        return to_text(ids, self.vocab)
 
     def windows(self, n, seed):
         """n real windows as strings (seeded), e.g. for a real-vs-real baseline."""
@@ -149,11 +149,8 @@ class TextBatches:
             at = torch.randint(len(self.data), (self.batch_size,), generator=self.gen)
             yield self.data.ids[at[:, None] + self.offsets].to(self.device), None
 
-    def set_batch_size(self, batch_size):
-        self.batch_size = batch_size
-
     def state_dict(self):
-        return {"rng": self.gen.get_state(), "batch_size": self.batch_size}
+        return {"rng": self.gen.get_state()}
 
     def load_state_dict(self, state):
         self.gen.set_state(state["rng"])
@@ -199,6 +196,13 @@ def text_metrics(texts, data):
     out = {f"js{n}": js_divergence(ngrams(texts, n), data.reference(n)) for n in range(1, 5)}
     out["words"] = word_share(texts, data.words())
     return out
+
+
+def to_text(x, vocab):
+    """Sequences as strings: (N, L) character indices, or a generator's (N, V, 1, L)
+    distributions, read as each position's likeliest character."""
+    ids = x.argmax(1).flatten(1) if x.is_floating_point() else x
+    return ["".join(vocab[i] for i in row) for row in ids.tolist()]
 
 
 def write_lines(path, lines):
