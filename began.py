@@ -16,7 +16,7 @@ stacks with nearest-neighbour upsampling (Sec. 3.5, Fig. 1); z ~ U[-1, 1].
 Usage:
     python began.py                                   # digits (embedded), 32x32
     python began.py --gamma 0.7 --skip                # sharper, less diverse; Sec. 3.5.1
-    python began.py --paper --dataset celeba --data-path ~/data --image-size 64
+    python began.py --config paper --dataset celeba --data-path ~/data     # 64x64, Sec. 4.1
     python began.py --resume auto                     # continue (k_t and lr decay included)
     python began.py --sample 8 --interpolate 10 --checkpoint runs/began/<run>
 
@@ -27,8 +27,8 @@ no --conditional. Tuning history and measurements: docs/began.md.
 Departures from the paper, and choices where it is silent:
 * The defaults are a digits recipe (with the paper's, G collapses to one image on the
   digits): batch norm (--bn), gamma 1.0, lambda_k 0.05, Adam 2e-4 with beta1 0.5, and
-  smaller nets (n 16, N_h 32, batch 64). ``--paper`` restores the paper's (PAPER).
-* Adam's betas are not in the paper: --paper's beta1 0.9 is what reimplementations run.
+  smaller nets (n 16, N_h 32, batch 64). ``--config paper`` sets the paper's (PAPER).
+* Adam's betas are not in the paper: --config paper's beta1 0.9 is what reimplementations run.
 * The lr decay has no rule in the paper: both rates halve when the mean of M over a window
   of --lr-decay-patience steps is not 1% below the best earlier window mean.
 * G's update reuses D's fake batch; k_t and M use the L(G(z)) that G minimised, in fp32,
@@ -52,10 +52,10 @@ SCRIPT = "began"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--n-filters", "4", "--nh", "8"]
 
-# The paper's settings (Sec. 4.1; batch and betas from the reference code), which --paper
-# restores; the defaults are the digits recipe (docs/began.md says why).
-PAPER = {"gamma": 0.5, "lambda_k": 0.001, "nh": 64, "n_filters": 64, "bn": False,
-         "batch_size": 16, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.9}
+# --config paper: CelebA at 64x64 (Sec. 4.1; batch and beta1 from the reference code), no EMA;
+# the defaults (auto) are the digits recipe (docs/began.md says why).
+PAPER = {"image_size": 64, "gamma": 0.5, "lambda_k": 0.001, "nh": 64, "n_filters": 64,
+         "bn": False, "batch_size": 16, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.9, "ema_decay": 0.0}
 
 
 def parse_args(argv=None):
@@ -64,14 +64,10 @@ def parse_args(argv=None):
     # Sec. 4.1: Adam with lr in [5e-5, 1e-4]; N_z = N_h = 64; batch 16 as in the reference
     # code (all in PAPER). The defaults are the digits recipe.
     add_common_args(p, batch_size=64, steps=2000, lr_g=2e-4, lr_d=2e-4, z_dim=64,
-                    sources={"batch_size": "16, reference code; see --paper",
-                             "lr_g": "1e-4, Sec. 4.1; see --paper",
-                             "lr_d": "1e-4, Sec. 4.1; see --paper", "z_dim": "Sec. 4.1, N_z"})
+                    sources={"batch_size": "16, reference code", "lr_g": "1e-4, Sec. 4.1",
+                             "lr_d": "1e-4, Sec. 4.1", "z_dim": "Sec. 4.1, N_z"},
+                    configs={"paper": PAPER})
     m = p.add_argument_group("BEGAN")
-    paper = ", ".join(("--bn" if v else "--no-bn") if isinstance(v, bool)
-                      else f"--{k.replace('_', '-')} {v}" for k, v in PAPER.items())
-    m.add_argument("--paper", action="store_true",
-                   help=f"the paper's settings for the flags not given: {paper}")
     m.add_argument("--gamma", type=float, default=1.0, help="diversity ratio E[L(G(z))] / "
                    "E[L(x)] that k_t maintains (Sec. 3.3), in (0, 1]; paper 0.5")
     m.add_argument("--lambda-k", type=float, default=0.05,
@@ -94,12 +90,7 @@ def parse_args(argv=None):
                    help="Adam beta1 (not in the paper; the reference code runs 0.9)")
     m.add_argument("--beta2", type=float, default=0.999,
                    help="Adam beta2 (not in the paper; TensorFlow's default)")
-    args = parse_with_resume(p, argv)
-    if args.paper:  # the paper's values, except for flags given on the command line
-        for k, v in PAPER.items():
-            if k not in args.explicit:
-                setattr(args, k, v)
-    return args
+    return parse_with_resume(p, argv)
 
 
 # ============================================================ model
@@ -248,10 +239,14 @@ def set_lr(args, opt_g, opt_d, scale):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -287,12 +282,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

@@ -60,10 +60,29 @@ import torch.nn.functional as F
 SCRIPT = "bgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-mc-samples", "4"]
-# --dataset text, for about 5 CPU-minutes (docs/bgan_experiments.md): no D noise (1.5 stalls it),
-# equal learning rates (G's 10x collapses it), batch 32 and M 10 (the official 64 and 20).
+# --config paper: the official code's discrete MNIST (batch 128, Adam 1e-4 for both, M 20, the
+# paper's estimator without D noise or baseline), no EMA; with --dataset text, its BILLION-WORD
+# run (batch 64, widths 512, 192 characters).
+PAPER = {"batch_size": 128, "lr_g": 1e-4, "lr_d": 1e-4, "n_mc_samples": 20, "d_noise": 0.0,
+         "baseline": False, "log_lik": "sum", "ema_decay": 0.0}
+PAPER_TEXT = {**PAPER, "batch_size": 64, "g_width": 512, "d_width": 512, "vocab_size": 192}
+# --config auto on --dataset text, for about 5 CPU-minutes (docs/bgan_experiments.md): no D noise
+# (1.5 stalls it), equal learning rates (G's 10x collapses it), batch 32 and M 10.
 TEXT = {"d_noise": 0.0, "lr_g": 2e-4, "lr_d": 2e-4, "batch_size": 32, "n_mc_samples": 10,
         "g_width": 64, "d_width": 64, "steps": 1500}
+
+
+def auto_config(args):
+    """the defaults below; with --dataset text: no D noise, lr 2e-4 for both, batch 32, M 10,
+    widths 64, 1500 steps (about 5 CPU-minutes)."""
+    return TEXT if args.dataset == "text" else {}
+
+
+def paper_config(args):
+    """the official code's discrete MNIST: batch 128, lr 1e-4 for both, M 20, no D noise, no
+    baseline, no EMA; with --dataset text, its BILLION-WORD run: batch 64, widths 512, 192
+    characters."""
+    return PAPER_TEXT if args.dataset == "text" else PAPER
 
 
 def parse_args(argv=None):
@@ -72,7 +91,8 @@ def parse_args(argv=None):
     # The official code (DISC-MNIST) has batch 128; 32 and the steps suit the digits on a CPU.
     add_common_args(p, batch_size=32, steps=1500, lr_g=1e-3, lr_d=1e-4, z_dim=100,
                     sources={"lr_g": "official code's 1e-4 x 10, see docstring",
-                             "lr_d": "official code", "z_dim": "official code"})
+                             "lr_d": "official code", "z_dim": "official code"},
+                    configs={"auto": auto_config, "paper": paper_config})
     a = p.add_argument_group("BGAN").add_argument
     a("--mode", default="discrete", choices=["discrete", "continuous"], help="discrete: "
       "Algorithm 1; continuous: G's loss 1/2 (log D - log(1 - D))^2 (Sec. 2)")
@@ -105,8 +125,6 @@ def parse_args(argv=None):
     args = parse_with_resume(p, argv)
     if args.d_noise is None:  # it helps Algorithm 1 and hurts the continuous loss (docs/bgan.md)
         args.d_noise = 0.0 if args.mode == "continuous" else 1.5
-    for k, v in (TEXT.items() if args.dataset == "text" else ()):  # where not given
-        setattr(args, k, getattr(args, k) if k in args.explicit else v)
     return args
 
 
@@ -357,10 +375,14 @@ def effective_sample_size(fake_logits, m):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -396,12 +418,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

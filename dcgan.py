@@ -11,6 +11,7 @@ beta1 0.5), batch 128, weights from N(0, 0.02) (Sec. 4), z of size 100 (Fig. 1).
 
 Usage:
     python dcgan.py                                   # digits (embedded), 32x32
+    python dcgan.py --config paper --dataset folder --data-path ~/lsun   # Sec. 4: 64x64
     python dcgan.py --dataset folder --data-path ~/cats --image-size 64 --flip
     python dcgan.py --conditional                     # class-conditional (cGAN) on digits
     torchrun --nproc_per_node=8 dcgan.py --dataset cifar10 --data-path ~/data --amp bf16
@@ -46,6 +47,10 @@ import torch.nn.functional as F
 SCRIPT = "dcgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
+# --config paper: the LSUN bedrooms run at 64x64 (Sec. 4: batch 128, Adam 2e-4, beta1 0.5; Fig. 1:
+# z 100 and 1024 channels at 4x4, the Theano code's 128 filters in D's first layer), no EMA.
+PAPER = {"image_size": 64, "batch_size": 128, "lr_g": 2e-4, "lr_d": 2e-4, "z_dim": 100,
+         "beta1": 0.5, "g_width": 128, "d_width": 128, "ema_decay": 0.0}
 
 
 def parse_args(argv=None):
@@ -55,7 +60,7 @@ def parse_args(argv=None):
     # are a digits default; the paper trains far longer.
     add_common_args(p, batch_size=128, steps=1000, lr_g=2e-4, lr_d=2e-4, z_dim=100,
                     sources={"batch_size": "Sec. 4", "lr_g": "Sec. 4", "lr_d": "Sec. 4",
-                             "z_dim": "Fig. 1"})
+                             "z_dim": "Fig. 1"}, configs={"paper": PAPER})
     m = p.add_argument_group("DCGAN")
     m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "
                    "doubled per resolution step (Fig. 1 is 128 at 64x64)")
@@ -152,10 +157,14 @@ def g_loss(fake_logits):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -191,12 +200,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

@@ -57,6 +57,10 @@ import torch.nn.functional as F
 SCRIPT = "dragan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
+# --config paper: the authors' code (DRAGAN.ipynb): batch 128, z 100, Adam 1e-4 with betas
+# (0.5, 0.9), lambda 10, and a perturbation of its RMS (0.29, see --perturb-std); no EMA.
+PAPER = {"batch_size": 128, "z_dim": 100, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5,
+         "beta2": 0.9, "lambda_gp": 10.0, "perturb_std": 0.29, "ema_decay": 0.0}
 
 
 def parse_args(argv=None):
@@ -65,7 +69,8 @@ def parse_args(argv=None):
     # The authors' code (DRAGAN.ipynb): minibatch 128, z of size 100, Adam lr 1e-4 for both
     # nets. The steps are a digits default; the paper trains far longer.
     add_common_args(p, batch_size=128, steps=720, lr_g=1e-4, lr_d=1e-4, z_dim=100,
-                    sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")})
+                    sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")},
+                    configs={"paper": PAPER})
     m = p.add_argument_group("DRAGAN")
     m.add_argument("--lambda-gp", type=float, default=10.0,
                    help="weight lambda of the gradient penalty (paper and authors' code)")
@@ -193,10 +198,14 @@ def gradient_penalty(hat_logits, x_hat, scale=1.0):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -232,12 +241,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

@@ -13,6 +13,7 @@ representation and works against mode collapse.
 
 Usage:
     python ebgan.py                                   # digits (embedded), 32x32
+    python ebgan.py --config paper --dataset mnist --data-path ~/data    # Sec. 4.1
     python ebgan.py --pt-weight 0                     # plain EBGAN, without the PT term
     python ebgan.py --dataset celeba --data-path ~/data --image-size 64 --margin 20
     torchrun --nproc_per_node=8 ebgan.py --dataset cifar10 --data-path ~/data --amp bf16
@@ -53,6 +54,10 @@ import torch.nn.functional as F
 SCRIPT = "ebgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
+# --config paper: the MNIST experiments (Sec. 4.1: Adam 1e-3, margin 10; Sec. 4: the pulling-away
+# term at 0.1; DCGAN's z of 100 and beta1 0.5, Sec. 4.3), no EMA. The batch is not given there.
+PAPER = {"lr_g": 1e-3, "lr_d": 1e-3, "margin": 10.0, "pt_weight": 0.1, "z_dim": 100,
+         "beta1": 0.5, "ema_decay": 0.0}
 
 
 def parse_args(argv=None):
@@ -62,7 +67,8 @@ def parse_args(argv=None):
     # whose guidance the conv models follow (Sec. 4.3). Batch 64 is this script's choice. The
     # steps are a digits default; the paper trains far longer.
     add_common_args(p, batch_size=64, steps=1200, lr_g=1e-3, lr_d=1e-3, z_dim=100,
-                    sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"})
+                    sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"},
+                    configs={"paper": PAPER})
     m = p.add_argument_group("EBGAN")
     m.add_argument("--margin", type=float, default=10.0, help="m of Eq. 1, in units of the "
                    "energy ||Dec(Enc(x)) - x||; paper: 10 for MNIST; its appendix: 20 at 64x64 "
@@ -182,10 +188,14 @@ def g_loss(fake_out, pt_weight=0.1):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -221,12 +231,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

@@ -14,6 +14,7 @@ authors' code use (Sec. 3.2.3), is the default, ``--coding binary``.
 
 Usage:
     python lsgan.py                                   # digits (embedded), 32x32
+    python lsgan.py --config paper --dataset folder --data-path ~/lsun   # Fig. 3, 112x112
     python lsgan.py --coding pearson                  # a=-1, b=1, c=0 (Eq. 8)
     python lsgan.py --a -1 --b 1 --c 1                # any coding (--a/--b/--c override it)
     python lsgan.py --arch paper --dataset folder --data-path ~/lsun_church --image-size 112
@@ -55,6 +56,10 @@ SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
 
 # The two a-b-c codings of Sec. 3.2.3: (a, b, c) = (fake label, real label, G's target).
 CODINGS = {"binary": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}
+# --config paper: the LSUN scenes at 112x112 (Sec. 4.1: Fig. 3's networks, Adam 1e-3 with beta1
+# 0.5, the 0-1 coding of Eq. 9; Fig. 3: z of 1024; the authors' code: batch 64), no EMA.
+PAPER = {"arch": "paper", "image_size": 112, "coding": "binary", "batch_size": 64, "lr_g": 1e-3,
+         "lr_d": 1e-3, "beta1": 0.5, "z_dim": 1024, "ema_decay": 0.0}
 
 
 def parse_args(argv=None):
@@ -65,7 +70,8 @@ def parse_args(argv=None):
     add_common_args(p, batch_size=64, steps=1900, lr_g=1e-3, lr_d=1e-3, z_dim=1024,
                     sources={"batch_size": "authors' code", "z_dim": "Fig. 3",
                              "lr_g": "Sec. 4.1, scenes; characters 2e-4",
-                             "lr_d": "Sec. 4.1, scenes; characters 2e-4"})
+                             "lr_d": "Sec. 4.1, scenes; characters 2e-4"},
+                    configs={"paper": PAPER})
     m = p.add_argument_group("LSGAN")
     m.add_argument("--coding", default="binary", choices=sorted(CODINGS),
                    help="a-b-c coding (Sec. 3.2.3): binary is a=0, b=1, c=1 (Eq. 9, the paper's "
@@ -222,10 +228,14 @@ def coding(args):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -261,12 +271,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

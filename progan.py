@@ -12,9 +12,8 @@ Loss: WGAN-GP (lambda 10) plus a drift term 0.001 E[D(x)^2]; n_critic 1, Adam lr
 betas (0, 0.99), eps 1e-8; an EMA of G (decay 0.999) for evaluation (Sec. A.1).
 
 Usage:
-    python progan.py --fade-kimg 20 --stable-kimg 20 --fmap-base 128 --fmap-max 64 --ema-decay 0.99
-                       # digits grown 4x4 -> 32x32 on a CPU (docs/progan.md: its budget)
-    python progan.py --dataset celeba --data-path ~/data --image-size 128    # the paper's schedule
+    python progan.py                  # digits grown 4x4 -> 32x32 in minutes on a CPU (auto)
+    python progan.py --config paper --dataset celeba --data-path ~/data --image-size 128
     python progan.py --resume auto            # continue the latest run: stage, alpha, images seen
     python progan.py --sample 64 --checkpoint runs/progan/<run>   # grid from the EMA generator
 
@@ -44,27 +43,41 @@ SCRIPT = "progan"
 # A tiny model for the test harness (tests/test_scripts.py): 4 steps of 16 reach a stable 8x8.
 SMOKE_ARGS = ["--fmap-base", "16", "--fmap-max", "4", "--z-dim", "8", "--stable-kimg", "0.016",
               "--fade-kimg", "0.024"]
+# --config paper: Sec. A.1 and Table 2 (800k images per phase, 512 maps at most, EMA 0.999).
+PAPER = {"fade_kimg": 800, "stable_kimg": 800, "fmap_base": 8192, "fmap_max": 512, "z_dim": 512,
+         "batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.0, "beta2": 0.99,
+         "lambda_gp": 10.0, "eps_drift": 0.001, "mbstd_group": 4, "ema_decay": 0.999}
+PHASE_EPOCHS = 10  # --config auto: passes over the data per phase
+
+
+def auto_config(args):
+    """each phase 10 passes over the data (at most Sec. A.1's 800 kimg), a CPU-sized net
+    (--fmap-base 4 x the image size, --fmap-max 64) and an EMA decay of 0.99."""
+    return {"fmap_base": 4 * args.image_size}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="ProGAN (Karras et al. 2018)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. A.1 and Table 2; --steps 0: to the end of the growing schedule.
-    add_common_args(p, batch_size=16, steps=0, lr_g=1e-3, lr_d=1e-3, z_dim=512,
+    add_common_args(p, batch_size=16, steps=0, lr_g=1e-3, lr_d=1e-3, z_dim=512, ema_decay=0.99,
                     sources={"batch_size": "Sec. A.1, up to 128x128", "lr_g": "Sec. A.1",
-                             "lr_d": "Sec. A.1", "z_dim": "Table 2"})
+                             "lr_d": "Sec. A.1", "z_dim": "Table 2", "ema_decay": "0.999"},
+                    configs={"auto": auto_config, "paper": PAPER})
     m = p.add_argument_group("ProGAN", "--steps 0 (the default) trains to the end of the growing "
                              "schedule; a positive --steps stops after that many G updates")
-    m.add_argument("--fade-kimg", type=float, default=800, help="kimg per fade-in (Sec. A.1)")
-    m.add_argument("--stable-kimg", type=float, default=800, help="kimg to stabilise (Sec. A.1)")
+    m.add_argument("--fade-kimg", type=float, default=None, help="kimg per fade-in (Sec. A.1: "
+                   "800); None: PHASE_EPOCHS passes over the data, at most 800")
+    m.add_argument("--stable-kimg", type=float, default=None, help="kimg to stabilise (Sec. A.1: "
+                   "800); None: as --fade-kimg")
     m.add_argument("--batch-sizes", default="256:12,512:4,1024:4",
                    help="RES:BATCH,... per process, else --batch-size (Sec. A.1's 14, 6, 3, "
                    "rounded to multiples of 4)")
     m.add_argument("--mbstd-group", type=int, default=4, help="minibatch stddev group (official "
                    "code); 0: the whole minibatch (Sec. 3)")
-    m.add_argument("--fmap-base", type=int, default=8192, help="feature maps at 2^r: "
-                   "min(fmap_base / 2^(r-1), fmap_max) (Table 2, official code)")
-    m.add_argument("--fmap-max", type=int, default=512, help="most feature maps (Table 2)")
+    m.add_argument("--fmap-base", type=int, default=128, help="feature maps at 2^r: "
+                   "min(fmap_base / 2^(r-1), fmap_max) (Table 2, official code: 8192)")
+    m.add_argument("--fmap-max", type=int, default=64, help="most feature maps (Table 2: 512)")
     m.add_argument("--lambda-gp", type=float, default=10.0, help="WGAN-GP weight (Sec. A.1)")
     m.add_argument("--eps-drift", type=float, default=0.001, help="drift term weight (Sec. A.1)")
     m.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (Sec. A.1)")
@@ -290,7 +303,8 @@ def growth(args):
         if bs % (min(args.mbstd_group, bs) or bs):  # a group of 0: the whole batch
             raise UserError(f"{'--batch-sizes' if r in given else '--batch-size'}: {bs} images "
                             f"at {r}x{r} is not a multiple of --mbstd-group {args.mbstd_group}")
-    return n_stages, round(args.fade_kimg * 1000), round(args.stable_kimg * 1000), sizes
+    fade, stable = (round((k or 0) * 1000) for k in (args.fade_kimg, args.stable_kimg))
+    return n_stages, fade, stable, sizes
 
 
 # ============================================================ loss
@@ -323,10 +337,14 @@ def gradient_penalty(hat_scores, x_hat, scale=1.0):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -362,12 +380,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 
@@ -444,7 +476,7 @@ def check_args(args):
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
         raise UserError(f"--image-size {args.image_size} cannot be grown: ProGAN doubles from "
                         "4x4, so use a power of two >= 8 (32, 64, ..., 1024)")
-    if not args.fade_kimg + args.stable_kimg:
+    if args.fade_kimg == 0 and args.stable_kimg == 0:
         raise UserError("--fade-kimg and --stable-kimg are both 0: the schedule has no length")
     growth(args)
 
@@ -477,6 +509,9 @@ def train(args):
     rank, world, device = setup_distributed(args.device)
     run = Run(SCRIPT, args, rank, world, device, check_args)
     data = run.dataset()
+    for k in ("fade_kimg", "stable_kimg"):  # --config auto: phases in passes over the data
+        if getattr(args, k) is None:
+            setattr(args, k, min(800, PHASE_EPOCHS * len(data) / 1000))
     n_stages, fade_img, stable_img, sizes = growth(args)
     total = total_steps(args, len(data), world, run.resumed)
     batches = run.batches(data, sizes[0])  # one stream; its batch size follows the stage

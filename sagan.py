@@ -14,6 +14,7 @@ class-conditional: conditional batch norm in G, a projection D (Miyato & Koyama 
 
 Usage:
     python sagan.py                                   # class-conditional digits, 32x32
+    python sagan.py --config paper --dataset folder --data-path ~/imagenet   # Sec. 5
     python sagan.py --unconditional                   # no labels
     python sagan.py --dataset cifar10 --data-path ~/data --g-width 64 --d-width 64
     python sagan.py --dataset folder --data-path ~/cats --image-size 64 --attention-res 32
@@ -56,6 +57,11 @@ from torch.nn.utils.parametrizations import spectral_norm
 SCRIPT = "sagan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "2", "--d-width", "2"]
+# --config paper: ImageNet at 128x128 (Sec. 5: batch 256, TTUR lrs 1e-4 and 4e-4, betas (0, 0.9),
+# 1M steps; the authors' code: z 128, widths 64, per-class gains), no EMA.
+PAPER = {"image_size": 128, "batch_size": 256, "steps": 1000000, "lr_g": 1e-4, "lr_d": 4e-4,
+         "beta1": 0.0, "beta2": 0.9, "z_dim": 128, "g_width": 64, "d_width": 64,
+         "shared_dim": 0, "ema_decay": 0.0}
 
 
 def parse_args(argv=None):
@@ -65,7 +71,7 @@ def parse_args(argv=None):
     # and the steps are a digits default (the paper: batch 256, 1M steps).
     add_common_args(p, batch_size=16, steps=2000, lr_g=1e-4, lr_d=4e-4, z_dim=128,
                     sources={"lr_g": "Sec. 5, TTUR", "lr_d": "Sec. 5, TTUR",
-                             "z_dim": "authors' code"})
+                             "z_dim": "authors' code"}, configs={"paper": PAPER})
     m = p.add_argument_group("SAGAN")
     m.add_argument("--g-width", type=int, default=8, help="G's channels at the image resolution "
                    "(the authors' gf_dim), x16 at 4x4 for 128x128 (the paper's model: 64)")
@@ -308,10 +314,14 @@ def g_loss(fake_scores):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -347,12 +357,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

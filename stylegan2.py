@@ -17,6 +17,7 @@ truncation of w when sampling. Config E with skip/residual networks: config F bu
 
 Usage:
     python stylegan2.py                                   # digits (embedded), 32x32
+    python stylegan2.py --config paper --dataset folder --data-path ~/ffhq   # config F
     python stylegan2.py --dataset folder --data-path ~/cats --image-size 64 --augment --flip
     torchrun --nproc_per_node=8 stylegan2.py --dataset folder --data-path ~/ffhq \\
         --image-size 256 --channel-base 32768 --channel-max 512 --amp fp16   # config F
@@ -85,6 +86,13 @@ SCRIPT = "stylegan2"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--channel-base", "64", "--channel-max", "8", "--z-dim", "8", "--w-dim", "8",
               "--mapping-layers", "2"]
+# --config paper: config F on FFHQ at 1024x1024 (App. B: batch 32, Adam 0.002 with betas (0, 0.99),
+# R1 gamma 10 every 16 D steps, path length 2 every 4 G steps, EMA half-life 10 kimg without a
+# ramp-up; channels min(32768 / res, 512); StyleGAN: z, w of 512, 8 mapping layers, mixing 0.9).
+PAPER = {"image_size": 1024, "batch_size": 32, "lr_g": 0.002, "lr_d": 0.002, "z_dim": 512,
+         "w_dim": 512, "mapping_layers": 8, "channel_base": 32768, "channel_max": 512,
+         "r1_gamma": 10.0, "r1_every": 16, "pl_weight": 2.0, "pl_every": 4, "style_mixing": 0.9,
+         "beta1": 0.0, "beta2": 0.99, "mbstd_group": 4, "ema_kimg": 10.0, "ema_rampup": 0.0}
 
 
 def parse_args(argv=None):
@@ -94,7 +102,8 @@ def parse_args(argv=None):
     # are a digits default; the paper trains on 25M+ images. --ema-decay None: the half-life.
     add_common_args(p, batch_size=32, steps=1500, lr_g=0.002, lr_d=0.002, z_dim=512,
                     ema_decay=None, sources={"batch_size": "App. B, config F", "lr_g": "App. B",
-                                             "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"})
+                                             "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
+                    configs={"paper": PAPER})
     a = p.add_argument_group("StyleGAN2").add_argument
     a("--w-dim", type=int, default=512, help="dimension of w (StyleGAN Sec. 2)")
     a("--mapping-layers", type=int, default=8, help="layers of z -> w (StyleGAN Sec. 2)")
@@ -508,10 +517,14 @@ def lazy_adam(params, lr, betas, every):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -547,12 +560,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

@@ -13,6 +13,7 @@ momentum methods such as Adam made training unstable (Sec. 4); batch 64, c = 0.0
 
 Usage:
     python wgan.py                                    # digits (embedded), 32x32
+    python wgan.py --config paper --dataset folder --data-path ~/lsun     # Alg. 1, 64x64
     python wgan.py --dataset folder --data-path ~/cats --image-size 64 --flip \\
                    --output dmol --z-dim 512          # the cat-faces reference's setting
     torchrun --nproc_per_node=8 wgan.py --dataset cifar10 --data-path ~/data --amp bf16
@@ -48,6 +49,10 @@ import torch.nn.functional as F
 SCRIPT = "wgan"
 # Flags that make a tiny model for the test harness; a short boost exercises the schedule.
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-critic-boost", "7"]
+# --config paper: the LSUN bedrooms run at 64x64 (Alg. 1: RMSProp 5e-5, m = 64, c = 0.01,
+# n_critic 5; the authors' main.py: nz 100 and 100 critic steps early and every 500th), no EMA.
+PAPER = {"image_size": 64, "batch_size": 64, "lr_g": 5e-5, "lr_d": 5e-5, "z_dim": 100,
+         "n_critic": 5, "clip": 0.01, "n_critic_boost": 100, "ema_decay": 0.0}
 
 
 def parse_args(argv=None):
@@ -57,7 +62,8 @@ def parse_args(argv=None):
     # authors' code uses nz = 100. The steps are a digits default; the paper trains far longer.
     add_common_args(p, batch_size=64, steps=600, lr_g=5e-5, lr_d=5e-5, z_dim=100,
                     sources={"batch_size": "Alg. 1, m", "lr_g": "Alg. 1, alpha (RMSProp)",
-                             "lr_d": "Alg. 1", "z_dim": "authors' code, nz; dmol reference 512"})
+                             "lr_d": "Alg. 1", "z_dim": "authors' code, nz; dmol reference 512"},
+                    configs={"paper": PAPER})
     m = p.add_argument_group("WGAN").add_argument
     m("--g-width", type=int, default=64, help="channels of G's last hidden layer (authors' ngf)")
     m("--d-width", type=int, default=64, help="channels of the critic's first layer (authors' ndf)")
@@ -206,10 +212,14 @@ def critic_iters(step, n_critic, boost):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -245,12 +255,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

@@ -14,8 +14,7 @@ norm, which couples the samples of a batch; layer norm instead (Sec. 4). Adam wi
 
 Usage:
     python wgan_gp.py                                  # digits (embedded), 32x32
-    python wgan_gp.py --arch resnet --dataset cifar10 --data-path ~/data \\
-                      --lr-g 2e-4 --lr-d 2e-4 --lr-decay 100000     # App. C's CIFAR-10 run
+    python wgan_gp.py --config paper --dataset cifar10 --data-path ~/data   # App. C's CIFAR-10 run
     torchrun --nproc_per_node=8 wgan_gp.py --dataset cifar10 --data-path ~/data --amp bf16
     python wgan_gp.py --sample 8 --interpolate 10 --checkpoint runs/wgan_gp/<run>
     python wgan_gp.py --dataset text                   # characters (common/text.py)
@@ -54,10 +53,33 @@ import torch.nn.functional as F
 SCRIPT = "wgan_gp"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
-# --dataset text: the language model's Adam beta1 (gan_language.py), and a batch, learning rate,
-# width and length for about 5 CPU-minutes (theirs: 64, 1e-4, 512, 200k; n_critic 10).
+# --config paper: App. C's CIFAR-10 ResNet run (the authors' gan_cifar_resnet.py: batch 64, Adam
+# 2e-4 decayed linearly to 0 over 100k steps, betas (0, 0.9), widths 128, n_critic 5), no EMA;
+# with --dataset text, the language model (gan_language.py: batch 64, lr 1e-4, beta1 0.5, widths
+# 512, n_critic 10, 200k steps).
+PAPER = {"arch": "resnet", "g_width": 128, "d_width": 128, "batch_size": 64, "lr_g": 2e-4,
+         "lr_d": 2e-4, "lr_decay": 100000, "steps": 100000, "z_dim": 128, "n_critic": 5,
+         "beta1": 0.0, "beta2": 0.9, "lambda_gp": 10.0, "ema_decay": 0.0}
+PAPER_TEXT = {"batch_size": 64, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5, "beta2": 0.9,
+              "g_width": 512, "d_width": 512, "n_critic": 10, "steps": 200000, "seq_len": 32,
+              "lambda_gp": 10.0, "ema_decay": 0.0}
+# --config auto on --dataset text: the language model's beta1 0.5, and a batch, learning rate,
+# width and length for about 5 CPU-minutes (docs/wgan_gp.md#text).
 TEXT = {"beta1": 0.5, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3, "g_width": 64, "d_width": 64,
         "steps": 500}
+
+
+def auto_config(args):
+    """the defaults below; with --dataset text: batch 32, lr 1e-3, beta1 0.5, widths 64, 500
+    steps (about 5 CPU-minutes)."""
+    return TEXT if args.dataset == "text" else {}
+
+
+def paper_config(args):
+    """App. C's CIFAR-10 ResNet run: --arch resnet, widths 128, batch 64, lr 2e-4 decayed to 0
+    over 100k steps, betas (0, 0.9), no EMA; with --dataset text, gan_language.py's: batch 64,
+    lr 1e-4, beta1 0.5, widths 512, n_critic 10, 200k steps."""
+    return PAPER_TEXT if args.dataset == "text" else PAPER
 
 
 def parse_args(argv=None):
@@ -66,7 +88,8 @@ def parse_args(argv=None):
     # Steps: a digits default; the paper trains for 100k-200k steps.
     add_common_args(p, batch_size=64, steps=300, lr_g=1e-4, lr_d=1e-4, z_dim=128,
                     sources={"batch_size": "App. C", "lr_g": "Alg. 1, alpha", "lr_d": "Alg. 1",
-                             "z_dim": "Table 4"})
+                             "z_dim": "Table 4"},
+                    configs={"auto": auto_config, "paper": paper_config})
     m = p.add_argument_group("WGAN-GP").add_argument
     m("--arch", default="dcgan", choices=["dcgan", "resnet"], help="dcgan.py's or App. C's nets")
     m("--g-width", type=int, default=None, help="G's channels: dcgan, of the last hidden layer "
@@ -85,8 +108,6 @@ def parse_args(argv=None):
     for k in ("g_width", "d_width"):  # the paper's width for the chosen architecture
         if getattr(args, k) is None:
             setattr(args, k, 128 if args.arch == "resnet" else 64)
-    for k, v in (TEXT.items() if args.dataset == "text" else ()):  # where not given
-        setattr(args, k, getattr(args, k) if k in args.explicit else v)
     return args
 
 
@@ -293,10 +314,14 @@ def gradient_penalty(hat_scores, x_hat, scale=1.0):
 
 # ============================================================ shared: command line
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None):
-    """The flags that mean the same in every script, with the paper's values and ``sources``."""
+                    sources=None, configs=None):
+    """The flags that mean the same in every script, with the paper's values and ``sources``.
+    ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
+    p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
+    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
+      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
@@ -332,12 +357,26 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 
+def config_help(config):
+    """--help's words for a config: a rule's docstring, or the flags it sets."""
+    if callable(config):
+        return " ".join(config.__doc__.split()).rstrip(".")
+    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
+             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    return " ".join(flags) or "the defaults below"
+
+
 def parse_with_resume(p, argv):
-    """Parse argv and remember which flags were given, so a resumed run keeps the others."""
+    """Parse argv and remember which flags were given, so a resumed run keeps the others; the
+    flags not given take --config's values (args.json records them all)."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    config = p.configs[args.config]
+    for k, v in (config(args) if callable(config) else config).items():
+        if k not in args.explicit:
+            setattr(args, k, v)
     return args
 
 

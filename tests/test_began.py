@@ -118,13 +118,13 @@ def test_architecture_options(size):
 
 
 def test_paper_defaults():
-    """--paper gives the paper's settings (flags given beside it win); the defaults are the
-    digits recipe."""
-    a = m.parse_args(["--paper"])
+    """--config paper gives the paper's settings (flags given beside it win); the defaults
+    (--config auto) are the digits recipe."""
+    a = m.parse_args(["--config", "paper"])
     got = (a.gamma, a.lambda_k, a.nh, a.n_filters, a.z_dim, a.lr_g, a.lr_d, a.batch_size,
            a.beta1, a.bn)
     assert got == (0.5, 0.001, 64, 64, 64, 1e-4, 1e-4, 16, 0.9, False)
-    b = m.parse_args(["--paper", "--gamma", "0.7", "--bn"])
+    b = m.parse_args(["--config", "paper", "--gamma", "0.7", "--bn"])
     assert (b.gamma, b.bn, b.lambda_k) == (0.7, True, 0.001)
     d = m.parse_args([])
     got = (d.gamma, d.lambda_k, d.nh, d.n_filters, d.bn, d.batch_size)

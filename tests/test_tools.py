@@ -160,10 +160,10 @@ def test_evaluate_missing_weights_is_one_line(tiny_run, tmp_path, capsys, monkey
 TINY = "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu"
 
 
-def run_compare(out, *flags, **kw):
+def run_compare(out, *flags, extra=TINY, **kw):
     """tools/compare.py on tiny models, writing to ``out``; the finished process."""
     cmd = [sys.executable, os.path.join(TOOLS, "compare.py"), *flags, "--num-samples", "40",
-           "--extra", TINY, "--out", str(out)]
+           "--extra", extra, "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
@@ -180,6 +180,17 @@ def test_compare_two_scripts(tmp_path):
 
     w, h = Image.open(out / "samples.png").size
     assert w > 4 * 32 and h >= 2 * 32
+
+
+def test_compare_defaults_with_a_config(tmp_path):
+    """--defaults runs each script with its own flags (here cut short by --extra) and passes
+    --config on; the table says which config ran."""
+    out = tmp_path / "cmp"
+    run_compare(out, "dcgan", "--defaults", "--config", "paper", "--show", "2",
+                extra=TINY + " --steps 2")
+    ran = json.load(open(out / "dcgan" / "args.json"))
+    assert ran["config"] == "paper" and ran["image_size"] == 64  # the paper's, not the tool's
+    assert "--config paper" in (out / "results.md").read_text()
 
 
 def ignore_sigint():

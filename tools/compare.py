@@ -2,18 +2,21 @@
 way, and write one table and one side-by-side image: a comparison without cherry-picking.
 
     python tools/compare.py --minutes 3                      # every script, digits, 3 min each
+    python tools/compare.py --defaults                       # every script's default run
+    python tools/compare.py --defaults --config paper dcgan  # ... or the paper's settings
     python tools/compare.py dcgan wgan_gp began --steps 500  # the same number of G steps
     python tools/compare.py --minutes 30 --dataset celeba --data-path ~/data --image-size 64 \\
         --extra "--amp bf16"
 
-Each script runs with its own defaults (the paper's), in a fresh process, with the
-given data flags and budget. A --minutes budget lets it run with a large --steps and sends
-it SIGTERM at the deadline: the run ends at the end of its step with a checkpoint of that
-step, which is evaluated, so a script that needs more critic steps per G step gets the same
-wall time, not the same number of steps. Every script is then scored by tools/evaluate.py
-with the same protocol (digits: the digits classifier; otherwise the FID Inception),
-and the first --show samples of its EMA generator from one fixed seed go into one row
-of the image, in the order of the table: nothing is picked by hand.
+Each script runs with its own defaults (``--config auto``, or the --config given), in a fresh
+process, with the given data flags and budget; --defaults runs each to its own end. A
+--minutes budget lets it run with a large --steps and sends it SIGTERM at the deadline: the
+run ends at the end of its step with a checkpoint of that step, which is evaluated, so a
+script that needs more critic steps per G step gets the same wall time, not the same number
+of steps. Every script is then scored by tools/evaluate.py with the same protocol (digits:
+the digits classifier; otherwise the FID Inception), and the first --show samples of its EMA
+generator from one fixed seed go into one row of the image, in the order of the table:
+nothing is picked by hand.
 
 Output (--out, default runs/compare/<time>): results.md, results.json, samples.png and
 each script's run directory.
@@ -94,6 +97,12 @@ def side_by_side(rows, path, show):
     return path
 
 
+def budget_words(args):
+    if args.defaults:
+        return "each script's default length"
+    return f"{args.steps} generator steps each" if args.steps else f"{args.minutes:g} minutes each"
+
+
 def main(argv=None):
     from common import evaluation
     from common.run import find_checkpoint
@@ -107,9 +116,11 @@ def main(argv=None):
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--steps", type=int, help="the same number of generator updates for each")
     budget.add_argument("--minutes", type=float, help="the same wall time for each")
+    budget.add_argument("--defaults", action="store_true", help="each script's own default run")
+    p.add_argument("--config", default=None, help="every script's --config (default: auto)")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--data-path", default=None)
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=None, help="default: each script's")
     p.add_argument(
         "--extra", default="", help="more flags for every script, e.g. '--amp bf16 --device cuda'"
     )
@@ -141,18 +152,17 @@ def main(argv=None):
         args.out or os.path.join(ROOT, "runs", "compare", time.strftime("%Y%m%d-%H%M%S"))
     )
     os.makedirs(out, exist_ok=True)
-    data = [
-        "--dataset",
-        args.dataset,
-        "--image-size",
-        str(args.image_size),
-        "--seed",
-        str(args.seed),
-    ]
+    data = ["--dataset", args.dataset, "--seed", str(args.seed)]
+    if args.image_size:
+        data += ["--image-size", str(args.image_size)]
     if args.data_path:
         data += ["--data-path", args.data_path]
+    if args.config:
+        data += ["--config", args.config]
     if args.steps:
         budget_flags = ["--steps", str(args.steps)]
+    elif args.defaults:
+        budget_flags = []
     else:
         budget_flags = [
             "--steps",
@@ -167,7 +177,7 @@ def main(argv=None):
         run = os.path.join(out, name)
         print(
             f"{name}: training "
-            f"({f'{args.steps} steps' if args.steps else f'{args.minutes:g} min'})",
+            f"({budget_words(args)})",
             flush=True,
         )
         wall, rc = train(
@@ -217,13 +227,13 @@ def main(argv=None):
     cols = ["fid", "kid", "is", "precision", "recall"] + (
         ["coverage", "confidence"] if args.dataset == "digits" else []
     )
-    budget = f"{args.steps} generator steps" if args.steps else f"{args.minutes:g} minutes"
+    budget = budget_words(args)
     fe = next(
         (r["protocol"]["feature_extractor"]["name"] for r in results if "protocol" in r), "n/a"
     )
     lines = [
-        f"Each script with its paper defaults on {args.dataset} at "
-        f"{args.image_size}x{args.image_size}, {budget} each"
+        f"Each script with --config {args.config or 'auto'} on {args.dataset}"
+        f"{f' at {args.image_size}x{args.image_size}' if args.image_size else ''}, {budget}"
         f"{f' ({args.extra})' if args.extra else ''}; {args.num_samples} samples of the EMA "
         "generator against the whole training set,"
         f" features: {fe}; device: "
