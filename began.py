@@ -394,8 +394,9 @@ def train(args):
     batches = run.batches(data)
 
     G, D, ema = run.models(build_models, data.channels, 0)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     # The paper's state: k_t (k_0 = 0, Sec. 3.4), M summed over the current lr-decay window,
     # the lowest window mean so far and the product of the halvings (Sec. 4.1).

@@ -347,8 +347,9 @@ def train(args):
     batches = run.batches(data)
 
     G, D, ema = run.models(build_models, data.channels, 0)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]  # G takes z alone
     calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]

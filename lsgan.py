@@ -386,8 +386,9 @@ def train(args):
     batches = run.batches(data)
 
     G, D, ema = run.models(build_models, data.channels, nc)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     grid = fixed_inputs(8 * nc if nc else 64, args.z_dim, nc, 1234, device)  # a row per class
     calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]

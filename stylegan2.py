@@ -512,7 +512,8 @@ def lazy_adam(params, lr, betas, every):
     """Sec. 3.1 (official): with a regulariser every k steps, Adam's lr and betas are corrected
     by c = k / (k + 1), as the regularisation steps count as extra minibatches."""
     c = every / (every + 1) if every else 1.0
-    return torch.optim.Adam(params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8), c
+    return torch.optim.Adam(params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8,
+                            fused=True), c
 
 
 # ============================================================ shared: command line

@@ -17,7 +17,7 @@ m = load_script("progan")
 
 
 def test_paper_defaults():
-    a = m.parse_args([])
+    a = m.parse_args(["--config", "paper"])
     assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.eps_drift, a.ema_decay) == (
         1e-3, 1e-3, 0.0, 0.99, 10.0, 0.001, 0.999)
     assert (a.fade_kimg, a.stable_kimg, a.z_dim, a.batch_size, a.mbstd_group, a.fmap_base,
@@ -25,6 +25,10 @@ def test_paper_defaults():
     assert a.steps == 0  # to the end of the growing schedule
     # Table 2: 512 maps up to 32x32, then halving to 16 at 1024x1024.
     assert [m.feature_maps(r) for r in range(2, 11)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
+    # --config auto (the default): the same method, CPU-sized, phases resolved from the data
+    a = m.parse_args(["--image-size", "64"])
+    assert (a.fmap_base, a.fmap_max, a.ema_decay, a.fade_kimg, a.lambda_gp) == (
+        256, 64, 0.99, None, 10.0)
 
 
 def test_schedule():

@@ -97,6 +97,14 @@ def side_by_side(rows, path, show):
     return path
 
 
+def last_grid(out, name):
+    """A link to the grid the run drew at its last step (relative to ``out``), or ""."""
+    folder = os.path.join(out, name, "samples")
+    grids = sorted(f for f in os.listdir(folder) if f.startswith("step_")) if os.path.isdir(
+        folder) else []
+    return f"[grid]({name}/samples/{grids[-1]})" if grids else ""
+
+
 def budget_words(args):
     if args.defaults:
         return "each script's default length"
@@ -241,18 +249,18 @@ def main(argv=None):
         "",
         "| script | steps | wall time | img/s | "
         + " | ".join(c.upper() if c in ("fid", "kid", "is") else c for c in cols)
-        + " |",
-        "| --- " * (4 + len(cols)) + "|",
+        + " | grid |",
+        "| --- " * (5 + len(cols)) + "|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['script']} | failed: {r['error']} |" + " |" * (2 + len(cols)))
+            lines.append(f"| {r['script']} | failed: {r['error']} |" + " |" * (3 + len(cols)))
             continue
         vals = [f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
         lines.append(
             f"| {r['script']} | {r['step']} | {r['wall_s'] / 60:.1f} min | {r['img_per_s']:.0f} | "
             + " | ".join(vals)
-            + " |"
+            + f" | {last_grid(out, r['script'])} |"
         )
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
