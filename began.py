@@ -63,7 +63,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 4.1: Adam with lr in [5e-5, 1e-4]; N_z = N_h = 64; batch 16 as in the reference
     # code (all in PAPER). The defaults are the digits recipe.
-    add_common_args(p, batch_size=64, steps=2000, lr_g=2e-4, lr_d=2e-4, z_dim=64,
+    add_common_args(p, batch_size=64, steps=650, lr_g=2e-4, lr_d=2e-4, z_dim=64,
                     sources={"batch_size": "16, reference code", "lr_g": "1e-4, Sec. 4.1",
                              "lr_d": "1e-4, Sec. 4.1", "z_dim": "Sec. 4.1, N_z"},
                     configs={"paper": PAPER})

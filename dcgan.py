@@ -58,7 +58,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 4: mini-batch 128, Adam lr 2e-4 for both nets; z of size 100 (Fig. 1). The steps
     # are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=128, steps=1000, lr_g=2e-4, lr_d=2e-4, z_dim=100,
+    add_common_args(p, batch_size=128, steps=600, lr_g=2e-4, lr_d=2e-4, z_dim=100,
                     sources={"batch_size": "Sec. 4", "lr_g": "Sec. 4", "lr_d": "Sec. 4",
                              "z_dim": "Fig. 1"}, configs={"paper": PAPER})
     m = p.add_argument_group("DCGAN")

@@ -68,7 +68,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # The authors' code (DRAGAN.ipynb): minibatch 128, z of size 100, Adam lr 1e-4 for both
     # nets. The steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=128, steps=720, lr_g=1e-4, lr_d=1e-4, z_dim=100,
+    add_common_args(p, batch_size=128, steps=380, lr_g=1e-4, lr_d=1e-4, z_dim=100,
                     sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")},
                     configs={"paper": PAPER})
     m = p.add_argument_group("DRAGAN")

@@ -66,7 +66,7 @@ def parse_args(argv=None):
     # Adam lr 1e-3 as in the paper's MNIST grid search (Sec. 4.1); z of size 100 as in DCGAN,
     # whose guidance the conv models follow (Sec. 4.3). Batch 64 is this script's choice. The
     # steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=64, steps=1200, lr_g=1e-3, lr_d=1e-3, z_dim=100,
+    add_common_args(p, batch_size=64, steps=650, lr_g=1e-3, lr_d=1e-3, z_dim=100,
                     sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"},
                     configs={"paper": PAPER})
     m = p.add_argument_group("EBGAN")

@@ -67,7 +67,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Batch 64 and z of size 1024: Fig. 3 and the authors' code. Adam lr: Sec. 4.1 (1e-3 for
     # the LSUN scenes). The steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=64, steps=1900, lr_g=1e-3, lr_d=1e-3, z_dim=1024,
+    add_common_args(p, batch_size=64, steps=1200, lr_g=1e-3, lr_d=1e-3, z_dim=1024,
                     sources={"batch_size": "authors' code", "z_dim": "Fig. 3",
                              "lr_g": "Sec. 4.1, scenes; characters 2e-4",
                              "lr_d": "Sec. 4.1, scenes; characters 2e-4"},

@@ -100,7 +100,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # App. B / config F: minibatch 32, Adam lr 0.002 for both nets, 512-d z and w. The steps
     # are a digits default; the paper trains on 25M+ images. --ema-decay None: the half-life.
-    add_common_args(p, batch_size=32, steps=1500, lr_g=0.002, lr_d=0.002, z_dim=512,
+    add_common_args(p, batch_size=32, steps=950, lr_g=0.002, lr_d=0.002, z_dim=512,
                     ema_decay=None, sources={"batch_size": "App. B, config F", "lr_g": "App. B",
                                              "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
                     configs={"paper": PAPER})

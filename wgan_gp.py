@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="WGAN-GP (Gulrajani et al. 2017)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Steps: a digits default; the paper trains for 100k-200k steps.
-    add_common_args(p, batch_size=64, steps=300, lr_g=1e-4, lr_d=1e-4, z_dim=128,
+    add_common_args(p, batch_size=64, steps=190, lr_g=1e-4, lr_d=1e-4, z_dim=128,
                     sources={"batch_size": "App. C", "lr_g": "Alg. 1, alpha", "lr_d": "Alg. 1",
                              "z_dim": "Table 4"},
                     configs={"auto": auto_config, "paper": paper_config})
