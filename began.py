@@ -14,7 +14,7 @@ the learning rate halves when it stalls (Sec. 4.1). Both nets are plain 3x3-conv
 stacks with nearest-neighbour upsampling (Sec. 3.5, Fig. 1); z ~ U[-1, 1].
 
 Usage:
-    python began.py                                   # digits (embedded), 32x32
+    python began.py                                   # digits (embedded), 16x16 (auto)
     python began.py --gamma 0.7 --skip                # sharper, less diverse; Sec. 3.5.1
     python began.py --config paper --dataset celeba --data-path ~/data     # 64x64, Sec. 4.1
     python began.py --resume auto                     # continue (k_t and lr decay included)
@@ -63,7 +63,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 4.1: Adam with lr in [5e-5, 1e-4]; N_z = N_h = 64; batch 16 as in the reference
     # code (all in PAPER). The defaults are the digits recipe.
-    add_common_args(p, batch_size=32, steps=1300, lr_g=2e-4, lr_d=2e-4, z_dim=64,
+    add_common_args(p, batch_size=32, steps=3400, lr_g=2e-4, lr_d=2e-4, z_dim=64,
                     sources={"batch_size": "16, reference code", "lr_g": "1e-4, Sec. 4.1",
                              "lr_d": "1e-4, Sec. 4.1", "z_dim": "Sec. 4.1, N_z"},
                     configs={"paper": PAPER})
@@ -251,7 +251,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -298,6 +299,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

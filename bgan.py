@@ -13,7 +13,7 @@ the real data and all N x M samples. For continuous data the same fixed point,
 w(G(z)) = 1, gives G the loss 1/2 (log D - log(1 - D))^2 (Sec. 2).
 
 Usage:
-    python bgan.py                                    # binarized digits (embedded), 32x32
+    python bgan.py                                    # binarized digits (embedded), 16x16 (auto)
     python bgan.py --dataset mnist --data-path ~/data --download   # binarized MNIST
     python tools/quantize_celeba.py --num-colors 16 --size 64 ~/celeba ~/data/celeba16
     torchrun --nproc_per_node=8 bgan.py --dataset folder --data-path ~/data/celeba16 \
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="BGAN (Hjelm et al. 2018)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # The official code (DISC-MNIST) has batch 128; 32 and the steps suit the digits on a CPU.
-    add_common_args(p, batch_size=32, steps=1500, lr_g=1e-3, lr_d=1e-4, z_dim=100,
+    add_common_args(p, batch_size=32, steps=7000, lr_g=1e-3, lr_d=1e-4, z_dim=100,
                     sources={"lr_g": "official code's 1e-4 x 10, see docstring",
                              "lr_d": "official code", "z_dim": "official code"},
                     configs={"auto": auto_config, "paper": paper_config})
@@ -387,7 +387,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -434,6 +435,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

@@ -10,7 +10,7 @@ output, LeakyReLU(0.2) in D. Trained with the non-saturating loss, Adam (lr 2e-4
 beta1 0.5), batch 128, weights from N(0, 0.02) (Sec. 4), z of size 100 (Fig. 1).
 
 Usage:
-    python dcgan.py                                   # digits (embedded), 32x32
+    python dcgan.py                                   # digits (embedded), 16x16 (auto)
     python dcgan.py --config paper --dataset folder --data-path ~/lsun   # Sec. 4: 64x64
     python dcgan.py --dataset folder --data-path ~/cats --image-size 64 --flip
     python dcgan.py --conditional                     # class-conditional (cGAN) on digits
@@ -58,7 +58,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 4: mini-batch 128, Adam lr 2e-4 for both nets; z of size 100 (Fig. 1). The steps
     # are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=128, steps=600, lr_g=2e-4, lr_d=2e-4, z_dim=100,
+    add_common_args(p, batch_size=128, steps=3000, lr_g=2e-4, lr_d=2e-4, z_dim=100,
                     sources={"batch_size": "Sec. 4", "lr_g": "Sec. 4", "lr_d": "Sec. 4",
                              "z_dim": "Fig. 1"}, configs={"paper": PAPER})
     m = p.add_argument_group("DCGAN")
@@ -169,7 +169,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -216,6 +217,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

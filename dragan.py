@@ -11,7 +11,7 @@ with lambda = 10 and k = 1. Unlike WGAN-GP's penalty on lines between real and f
 samples, this one is local to the data, where the sharp gradients arise.
 
 Usage:
-    python dragan.py                                  # digits (embedded), 32x32
+    python dragan.py                                  # digits (embedded), 16x16 (auto)
     python dragan.py --lambda-gp 10 --perturb-std 0.5 # the penalty's weight and neighbourhood
     python dragan.py --dataset celeba --data-path ~/data --image-size 64
     torchrun --nproc_per_node=8 dragan.py --dataset cifar10 --data-path ~/data --amp bf16
@@ -68,7 +68,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # The authors' code (DRAGAN.ipynb): minibatch 128, z of size 100, Adam lr 1e-4 for both
     # nets. The steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=128, steps=380, lr_g=1e-4, lr_d=1e-4, z_dim=100,
+    add_common_args(p, batch_size=128, steps=2000, lr_g=1e-4, lr_d=1e-4, z_dim=100,
                     sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")},
                     configs={"paper": PAPER})
     m = p.add_argument_group("DRAGAN")
@@ -210,7 +210,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -257,6 +258,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

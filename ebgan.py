@@ -12,7 +12,7 @@ encoder embeddings of different generated samples, which pushes them apart in D'
 representation and works against mode collapse.
 
 Usage:
-    python ebgan.py                                   # digits (embedded), 32x32
+    python ebgan.py                                   # digits (embedded), 16x16 (auto)
     python ebgan.py --config paper --dataset mnist --data-path ~/data    # Sec. 4.1
     python ebgan.py --pt-weight 0                     # plain EBGAN, without the PT term
     python ebgan.py --dataset celeba --data-path ~/data --image-size 64 --margin 20
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     # Adam lr 1e-3 as in the paper's MNIST grid search (Sec. 4.1); z of size 100 as in DCGAN,
     # whose guidance the conv models follow (Sec. 4.3). Batch 64 is this script's choice. The
     # steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=64, steps=650, lr_g=1e-3, lr_d=1e-3, z_dim=100,
+    add_common_args(p, batch_size=64, steps=3200, lr_g=1e-3, lr_d=1e-3, z_dim=100,
                     sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"},
                     configs={"paper": PAPER})
     m = p.add_argument_group("EBGAN")
@@ -200,7 +200,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -247,6 +248,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

@@ -13,7 +13,7 @@ so a fake is penalised by its distance from the target, however far it is. a=-1,
 authors' code use (Sec. 3.2.3), is the default, ``--coding binary``.
 
 Usage:
-    python lsgan.py                                   # digits (embedded), 32x32
+    python lsgan.py                                   # digits (embedded), 16x16 (auto)
     python lsgan.py --config paper --dataset folder --data-path ~/lsun   # Fig. 3, 112x112
     python lsgan.py --coding pearson                  # a=-1, b=1, c=0 (Eq. 8)
     python lsgan.py --a -1 --b 1 --c 1                # any coding (--a/--b/--c override it)
@@ -67,7 +67,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Batch 64 and z of size 1024: Fig. 3 and the authors' code. Adam lr: Sec. 4.1 (1e-3 for
     # the LSUN scenes). The steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=64, steps=1200, lr_g=1e-3, lr_d=1e-3, z_dim=1024,
+    add_common_args(p, batch_size=64, steps=3500, lr_g=1e-3, lr_d=1e-3, z_dim=1024,
                     sources={"batch_size": "authors' code", "z_dim": "Fig. 3",
                              "lr_g": "Sec. 4.1, scenes; characters 2e-4",
                              "lr_d": "Sec. 4.1, scenes; characters 2e-4"},
@@ -240,7 +240,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -287,6 +288,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

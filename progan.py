@@ -12,7 +12,7 @@ Loss: WGAN-GP (lambda 10) plus a drift term 0.001 E[D(x)^2]; n_critic 1, Adam lr
 betas (0, 0.99), eps 1e-8; an EMA of G (decay 0.999) for evaluation (Sec. A.1).
 
 Usage:
-    python progan.py                  # digits grown 4x4 -> 32x32 in minutes on a CPU (auto)
+    python progan.py                  # digits grown 4x4 -> 16x16 in minutes on a CPU (auto)
     python progan.py --config paper --dataset celeba --data-path ~/data --image-size 128
     python progan.py --resume auto            # continue the latest run: stage, alpha, images seen
     python progan.py --sample 64 --checkpoint runs/progan/<run>   # grid from the EMA generator
@@ -47,11 +47,11 @@ SMOKE_ARGS = ["--fmap-base", "16", "--fmap-max", "4", "--z-dim", "8", "--stable-
 PAPER = {"fade_kimg": 800, "stable_kimg": 800, "fmap_base": 8192, "fmap_max": 512, "z_dim": 512,
          "batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.0, "beta2": 0.99,
          "lambda_gp": 10.0, "eps_drift": 0.001, "mbstd_group": 4, "ema_decay": 0.999}
-PHASE_EPOCHS = 7  # --config auto: passes over the data per phase
+PHASE_EPOCHS = 20  # --config auto: passes over the data per phase
 
 
 def auto_config(args):
-    """each phase 7 passes over the data (at most Sec. A.1's 800 kimg), a CPU-sized net
+    """each phase 20 passes over the data (at most Sec. A.1's 800 kimg), a CPU-sized net
     (--fmap-base 4 x the image size, --fmap-max 64) and an EMA decay of 0.99."""
     return {"fmap_base": 4 * args.image_size}
 
@@ -349,7 +349,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -396,6 +397,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

@@ -13,7 +13,7 @@ step, Adam betas (0, 0.9). The loss is the hinge loss (Eq. 4). The nets are resi
 class-conditional: conditional batch norm in G, a projection D (Miyato & Koyama 2018; Sec. 5).
 
 Usage:
-    python sagan.py                                   # class-conditional digits, 32x32
+    python sagan.py                                   # class-conditional digits, 16x16 (auto)
     python sagan.py --config paper --dataset folder --data-path ~/imagenet   # Sec. 5
     python sagan.py --unconditional                   # no labels
     python sagan.py --dataset cifar10 --data-path ~/data --g-width 64 --d-width 64
@@ -38,7 +38,7 @@ Departures from the paper, and choices where it is silent (docs/sagan.md has the
 * Conditional batch norm: BigGAN's shared class embedding by default (``--shared-dim 0``:
   the authors' per-class tables, too slow to separate the classes at lr 1e-4). Data
   without labels falls back to unconditional with a one-line warning.
-* Batch 16 and 2000 steps (the paper: 256 and 1M); G's update reuses D's fake batch.
+* Batch 16 and 3100 steps (the paper: 256 and 1M); G's update reuses D's fake batch.
 * Orthogonal init (Saxe et al. 2014), as BigGAN's SAGAN baseline (Brock et al. 2019);
   the paper names none, and the authors' code (ops.py) uses Xavier (Glorot) in every layer.
 * EMA generator (not in the paper): its batch-norm statistics are recomputed before use.
@@ -69,7 +69,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 5: lr 1e-4 for G and 4e-4 for D (TTUR); z of size 128 (the authors' code). Batch 16
     # and the steps are a digits default (the paper: batch 256, 1M steps).
-    add_common_args(p, batch_size=16, steps=2000, lr_g=1e-4, lr_d=4e-4, z_dim=128,
+    add_common_args(p, batch_size=16, steps=3100, lr_g=1e-4, lr_d=4e-4, z_dim=128,
                     sources={"lr_g": "Sec. 5, TTUR", "lr_d": "Sec. 5, TTUR",
                              "z_dim": "authors' code"}, configs={"paper": PAPER})
     m = p.add_argument_group("SAGAN")
@@ -326,7 +326,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -373,6 +374,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

@@ -16,7 +16,7 @@ rate, the non-saturating logistic loss, Adam (0.002, betas (0, 0.99)), an EMA of
 truncation of w when sampling. Config E with skip/residual networks: config F but its width.
 
 Usage:
-    python stylegan2.py                                   # digits (embedded), 32x32
+    python stylegan2.py                                   # digits (embedded), 16x16 (auto)
     python stylegan2.py --config paper --dataset folder --data-path ~/ffhq   # config F
     python stylegan2.py --dataset folder --data-path ~/cats --image-size 64 --augment --flip
     torchrun --nproc_per_node=8 stylegan2.py --dataset folder --data-path ~/ffhq \\
@@ -100,7 +100,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # App. B / config F: minibatch 32, Adam lr 0.002 for both nets, 512-d z and w. The steps
     # are a digits default; the paper trains on 25M+ images. --ema-decay None: the half-life.
-    add_common_args(p, batch_size=32, steps=950, lr_g=0.002, lr_d=0.002, z_dim=512,
+    add_common_args(p, batch_size=32, steps=1550, lr_g=0.002, lr_d=0.002, z_dim=512,
                     ema_decay=None, sources={"batch_size": "App. B, config F", "lr_g": "App. B",
                                              "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
                     configs={"paper": PAPER})
@@ -530,7 +530,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -577,6 +578,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

@@ -12,7 +12,7 @@ The critic takes n_critic = 5 steps per generator step, so that its value estima
 momentum methods such as Adam made training unstable (Sec. 4); batch 64, c = 0.01 (Alg. 1).
 
 Usage:
-    python wgan.py                                    # digits (embedded), 32x32
+    python wgan.py                                    # digits (embedded), 16x16 (auto)
     python wgan.py --config paper --dataset folder --data-path ~/lsun     # Alg. 1, 64x64
     python wgan.py --dataset folder --data-path ~/cats --image-size 64 --flip \\
                    --output dmol --z-dim 512          # the cat-faces reference's setting
@@ -60,7 +60,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Alg. 1: alpha = 5e-5 (RMSProp, both nets), m = 64. The paper does not give z's size; the
     # authors' code uses nz = 100. The steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=64, steps=330, lr_g=5e-5, lr_d=5e-5, z_dim=100,
+    add_common_args(p, batch_size=64, steps=1700, lr_g=5e-5, lr_d=5e-5, z_dim=100,
                     sources={"batch_size": "Alg. 1, m", "lr_g": "Alg. 1, alpha (RMSProp)",
                              "lr_d": "Alg. 1", "z_dim": "authors' code, nz; dmol reference 512"},
                     configs={"paper": PAPER})
@@ -224,7 +224,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -271,6 +272,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

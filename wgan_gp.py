@@ -13,7 +13,7 @@ norm, which couples the samples of a batch; layer norm instead (Sec. 4). Adam wi
 1e-4, betas (0, 0.9), lambda = 10 and n_critic = 5 (Alg. 1).
 
 Usage:
-    python wgan_gp.py                                  # digits (embedded), 32x32
+    python wgan_gp.py                                  # digits (embedded), 16x16 (auto)
     python wgan_gp.py --config paper --dataset cifar10 --data-path ~/data   # App. C's CIFAR-10 run
     torchrun --nproc_per_node=8 wgan_gp.py --dataset cifar10 --data-path ~/data --amp bf16
     python wgan_gp.py --sample 8 --interpolate 10 --checkpoint runs/wgan_gp/<run>
@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="WGAN-GP (Gulrajani et al. 2017)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Steps: a digits default; the paper trains for 100k-200k steps.
-    add_common_args(p, batch_size=64, steps=190, lr_g=1e-4, lr_d=1e-4, z_dim=128,
+    add_common_args(p, batch_size=64, steps=930, lr_g=1e-4, lr_d=1e-4, z_dim=128,
                     sources={"batch_size": "App. C", "lr_g": "Alg. 1, alpha", "lr_d": "Alg. 1",
                              "z_dim": "Table 4"},
                     configs={"auto": auto_config, "paper": paper_config})
@@ -326,7 +326,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two)")
+    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
+      "--config auto: the data's own size, at least 16)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -373,6 +374,9 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
+    if args.config == "auto" and "image_size" not in args.explicit:
+        from common.data import auto_image_size  # the data's own size: digits at 16x16
+        args.image_size = auto_image_size(args.dataset, args.image_size)
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

@@ -201,6 +201,13 @@ def as_trained(x, module, run_args):
     )
 
 
+def digits_reference(module, run_args):
+    """The real digits a run on them is compared with: at the run's --image-size (the 8x8
+    digits resized to 16 and then to the classifier's 32 are blurrier than resized to 32 at
+    once: FD 30 between the two) and as the script's generator is trained to produce them."""
+    return as_trained(real_digits(run_args.get("image_size", 32))[0], module, run_args)[0]
+
+
 # ---------------------------------------------------------------------- the torch-fidelity protocol
 def sha256(path):
     """Hex SHA-256 of a file: the protocol records which feature-extractor weights made a number."""

@@ -214,3 +214,19 @@ def test_digits_metric_sanity():
         and ones["fd"] > 10 * real["fd"]
     )
     assert noise["fd"] > ones["fd"] or noise["coverage"] < 10
+
+
+def test_digits_reference_is_at_the_runs_size():
+    """A run at 16x16 is scored against real digits at 16x16: real against real is then
+    near 0, where against the 32x32 reference the resizing alone costs an FD over 10."""
+    from common import evaluation as dm
+
+    from common.scripts import load_script
+
+    net = dm.classifier()
+    module = load_script("dcgan")
+    x16 = dm.real_digits(16)[0]
+    assert torch.equal(dm.digits_reference(module, {"image_size": 16}), x16)
+    ref16 = dm.features_and_probs(net, dm.digits_reference(module, {"image_size": 16}))[0]
+    ref32 = dm.features_and_probs(net, dm.real_digits(32)[0])[0]
+    assert dm.score(x16, net, ref16)["fd"] < 1e-3 < 10 < dm.score(x16, net, ref32)["fd"]

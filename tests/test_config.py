@@ -101,3 +101,23 @@ def test_progan_auto_phases_follow_the_data(in_tmp):
     got = json.load(open(os.path.join("run", "args.json")))
     want = m.PHASE_EPOCHS * 1797 / 1000  # the embedded digits: 1797 images
     assert got["fade_kimg"] == pytest.approx(want) and got["stable_kimg"] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_auto_trains_at_the_datas_own_size(name):
+    """--config auto picks --image-size from the data (the 8x8 digits at 16x16, MNIST and
+    CIFAR-10 at 32x32); a given --image-size and --config paper keep theirs."""
+    m = load_script(name)
+    assert m.parse_args([]).image_size == 16
+    assert m.parse_args(["--image-size", "64"]).image_size == 64
+    assert m.parse_args(["--dataset", "mnist", "--data-path", "x"]).image_size == 32
+    assert m.parse_args(["--dataset", "folder", "--data-path", "x"]).image_size == 32
+    paper = m.parse_args(["--config", "paper"]).image_size
+    assert paper == config_values(m, "paper").get("image_size", 32) and paper != 16
+
+
+def test_auto_image_size_rule():
+    from common.data import auto_image_size
+
+    got = {n: auto_image_size(n, 48) for n in ("digits", "mnist", "cifar10", "celeba", "folder")}
+    assert got == {"digits": 16, "mnist": 32, "cifar10": 32, "celeba": 48, "folder": 48}

@@ -27,7 +27,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from common.evaluation import (  # noqa: E402
-    as_trained,
+    digits_reference,
     classifier,
     features_and_probs,
     real_digits,
@@ -93,9 +93,9 @@ def main(argv=None):
             else args.checkpoint
         )
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        viewed, view = as_trained(x, load_script(ckpt.get("script", "dcgan")), ckpt["args"])
-        if view is not None:  # compare like with like (bgan.py: binarized digits)
-            reference = features_and_probs(net, viewed)[0]
+        module = load_script(ckpt.get("script", "dcgan"))
+        # like with like: the reals at the run's size, binarized for bgan.py
+        reference = features_and_probs(net, digits_reference(module, ckpt["args"]))[0]
         for label, generate in generator_variants(path, args.compare_ema):
             results.append(
                 (label, score(generate(args.num_samples, seed=args.seed), net, reference))
