@@ -217,9 +217,10 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
-    if args.config == "auto" and "image_size" not in args.explicit:
-        from common.data import auto_image_size  # the data's own size: digits at 16x16
-        args.image_size = auto_image_size(args.dataset, args.image_size)
+    if args.config == "auto" and "image_size" not in args.explicit:  # the data's own size,
+        native = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}  # at least 16
+        if args.dataset in native:  # (folders and CelebA: --image-size's default)
+            args.image_size = max(16, 1 << (native[args.dataset] - 1).bit_length())
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

@@ -100,7 +100,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # App. B / config F: minibatch 32, Adam lr 0.002 for both nets, 512-d z and w. The steps
     # are a digits default; the paper trains on 25M+ images. --ema-decay None: the half-life.
-    add_common_args(p, batch_size=32, steps=1550, lr_g=0.002, lr_d=0.002, z_dim=512,
+    add_common_args(p, batch_size=32, steps=1750, lr_g=0.002, lr_d=0.002, z_dim=512,
                     ema_decay=None, sources={"batch_size": "App. B, config F", "lr_g": "App. B",
                                              "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
                     configs={"paper": PAPER})
@@ -578,9 +578,10 @@ def parse_with_resume(p, argv):
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
-    if args.config == "auto" and "image_size" not in args.explicit:
-        from common.data import auto_image_size  # the data's own size: digits at 16x16
-        args.image_size = auto_image_size(args.dataset, args.image_size)
+    if args.config == "auto" and "image_size" not in args.explicit:  # the data's own size,
+        native = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}  # at least 16
+        if args.dataset in native:  # (folders and CelebA: --image-size's default)
+            args.image_size = max(16, 1 << (native[args.dataset] - 1).bit_length())
     config = p.configs[args.config]
     for k, v in (config(args) if callable(config) else config).items():
         if k not in args.explicit:

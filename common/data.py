@@ -288,18 +288,6 @@ def default_channels(name):
     return 1 if name in ("digits", "mnist", "fashion-mnist") else 3
 
 
-NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
-
-
-def auto_image_size(name, default):
-    """--config auto's resolution: the dataset's own size rounded up to a power of two, at
-    least 16 (two up-sampling stages after 4x4); ``default`` where the size is not fixed
-    (folders, CelebA). The 8x8 digits train at 16x16: 5x the steps of 32x32 on a CPU,
-    and no detail lost (docs/results.md, Default runs)."""
-    native = NATIVE_SIZE.get(name)
-    return default if native is None else max(16, 1 << (native - 1).bit_length())
-
-
 def load_dataset(name, data_path=None, image_size=32, channels=None):
     """Load a training set by name: returns ``MemoryData`` or ``FolderData``."""
     if name not in DATASETS:

@@ -140,12 +140,12 @@ def test_what_g_returns():
     assert torch.allclose(x, 2 * torch.sigmoid(a) - 1, atol=1e-6)  # binary: E[2x - 1]
     G, D = m.build_models(args, channels=3, num_classes=0, num_colors=7)
     p = G(z)
-    assert p.shape == (3, 7, 32, 32) and torch.allclose(p.sum(1), torch.ones(3, 32, 32), atol=1e-5)
+    assert p.shape == (3, 7, 16, 16) and torch.allclose(p.sum(1), torch.ones(3, 16, 16), atol=1e-5)
     assert (
         D(p).shape == (3,) and D.net[0].in_channels == 7
     )  # D reads one-hot planes over the palette
     onehot = m.d_input(m.draw(G.logits(z), 2, "quantized").flatten(0, 1), "quantized", 7)
-    assert onehot.shape == (6, 7, 32, 32) and torch.equal(onehot.sum(1), torch.ones(6, 32, 32))
+    assert onehot.shape == (6, 7, 16, 16) and torch.equal(onehot.sum(1), torch.ones(6, 16, 16))
     pal = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 0.0, -1.0]])
     img = m.decode(torch.tensor([[[0, 1]]]), "quantized", pal)
     assert img.shape == (1, 3, 1, 2) and img[0, :, 0, 1].tolist() == [1.0, 0.0, -1.0]
@@ -365,7 +365,7 @@ def test_continuous_mode_trains_and_samples(in_tmp):
     assert len(log) == 2 and "ess" not in log[0]
     x = m.load_generator("c/checkpoints/last.pt")(4)
     assert (
-        x.shape == (4, 1, 32, 32) and x.abs().max() <= 1 and len(x.unique()) > 2
+        x.shape == (4, 1, 16, 16) and x.abs().max() <= 1 and len(x.unique()) > 2
     )  # a tanh image, not drawn pixels
     # resumed without --mode: the run's mode and its noise-free D come back from the checkpoint
     m.main(["--resume", "c", "--steps", "3"])
@@ -382,7 +382,7 @@ def test_binary_samples_are_drawn_pixels(in_tmp):
     x = generate(4, seed=3)
     assert set(x.unique().tolist()) <= {-1.0, 1.0} and torch.equal(x, generate(4, seed=3))
     walk = generate(z=torch.randn(3, generate.z_dim), shared_noise=True)
-    assert walk.shape == (3, 1, 32, 32)
+    assert walk.shape == (3, 1, 16, 16)
 
 
 def test_evaluation_compares_binary_samples_with_binarized_digits(in_tmp):

@@ -111,13 +111,9 @@ def test_auto_trains_at_the_datas_own_size(name):
     assert m.parse_args([]).image_size == 16
     assert m.parse_args(["--image-size", "64"]).image_size == 64
     assert m.parse_args(["--dataset", "mnist", "--data-path", "x"]).image_size == 32
+    assert m.parse_args(["--dataset", "cifar10", "--data-path", "x"]).image_size == 32
     assert m.parse_args(["--dataset", "folder", "--data-path", "x"]).image_size == 32
+    assert m.parse_args(["--dataset", "celeba", "--data-path", "x"]).image_size == 32
     paper = m.parse_args(["--config", "paper"]).image_size
     assert paper == config_values(m, "paper").get("image_size", 32) and paper != 16
 
-
-def test_auto_image_size_rule():
-    from common.data import auto_image_size
-
-    got = {n: auto_image_size(n, 48) for n in ("digits", "mnist", "cifar10", "celeba", "folder")}
-    assert got == {"digits": 16, "mnist": 32, "cifar10": 32, "celeba": 48, "folder": 48}

@@ -66,7 +66,7 @@ def test_penalty_trains_d_and_fp16_recipe_unscales():
 def test_penalty_under_bf16_autocast_is_fp32_and_close_to_fp32():
     """D's forward on x_hat under CPU bf16 autocast, autograd.grad and the norm outside it:
     the penalty is fp32, finite, close to the fp32 penalty, and trains D."""
-    args = m.parse_args(m.SMOKE_ARGS)
+    args = m.parse_args([*m.SMOKE_ARGS, "--image-size", "32"])
     torch.manual_seed(0)
     _, D = m.build_models(args, 1, 0)
     x = m.perturb(torch.rand(16, 1, 32, 32) * 2 - 1, 0.5).requires_grad_(True)
@@ -117,7 +117,7 @@ def test_perturbation_two_sided_per_sample_alpha_batch_std():
 
 
 def test_discriminator_has_no_batch_coupling():
-    args = m.parse_args(m.SMOKE_ARGS)
+    args = m.parse_args([*m.SMOKE_ARGS, "--image-size", "32"])
     _, D = m.build_models(args, channels=1, num_classes=0)
     batch_norm = torch.nn.modules.batchnorm._BatchNorm
     assert not any(isinstance(layer, batch_norm) for layer in D.modules())

@@ -85,7 +85,7 @@ def test_paper_arch_trains_and_samples(in_tmp):
     m.main([*tiny_args(m), "--arch", "paper", "--conditional", "--steps", "2", "--out", "run"])
     generate = m.load_generator("run/checkpoints/last.pt")
     assert isinstance(generate.model, m.PaperGenerator)
-    assert generate(4, labels=torch.tensor([0, 1, 2, 3])).shape == (4, 1, 32, 32)
+    assert generate(4, labels=torch.tensor([0, 1, 2, 3])).shape == (4, 1, 16, 16)
 
 
 def test_paper_defaults():

@@ -60,7 +60,7 @@ def test_equalized_lr_scales_at_runtime():
     torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight * c, conv.bias, padding=1))
     lin = m.EqualizedLinear(10, 3, gain=1.0)
     torch.testing.assert_close(lin(torch.ones(1, 10)), (lin.weight.sum(1) / math.sqrt(10))[None])
-    G, D = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
+    G, D = m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", "32"]), 1, 0)
     plain = (torch.nn.Conv2d, torch.nn.Linear)
     assert not any(isinstance(x, plain) for x in [*G.modules(), *D.modules()])
 
@@ -84,7 +84,7 @@ def test_pixel_norm_in_fp32_and_in_g_only():
 
     m.pixel_norm = counting
     try:
-        G, D = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
+        G, D = m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", "32"]), 1, 0)
         D(torch.randn(4, 1, 32, 32))
         assert calls["n"] == 0  # PixelNorm is not in D
         G(torch.randn(4, 8))
@@ -115,7 +115,7 @@ def test_minibatch_stddev():
 
 def test_fade_in_of_g_d_and_reals():
     torch.manual_seed(0)
-    G, D = m.build_models(m.parse_args(m.SMOKE_ARGS), 1, 0)
+    G, D = m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", "32"]), 1, 0)
     z = torch.randn(4, 8)
     assert G(z).shape == (4, 1, 32, 32) and G(z, 1).shape == (4, 1, 8, 8)
     old = G(z, 0)

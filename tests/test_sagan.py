@@ -50,7 +50,7 @@ def sn_layers(module):
 
 @pytest.mark.parametrize("nc", [0, 10])
 def test_spectral_norm_on_every_layer_and_orthogonal_init(nc):
-    args = m.parse_args(["--g-width", "4", "--d-width", "4"])
+    args = m.parse_args(["--g-width", "4", "--d-width", "4", "--image-size", "32"])
     G, D = m.build_models(args, 1, nc)
     cbn = {id(e) for net in (G, D) for mod in net.modules()
            if isinstance(mod, m.ConditionalBatchNorm) and mod.num_classes
@@ -78,7 +78,7 @@ def test_spectral_norm_on_every_layer_and_orthogonal_init(nc):
 def test_power_iteration_vector_is_persistent_and_depends_on_w_only():
     """u moves in training forwards only, is in the state_dict (so in checkpoints), and two
     copies with the same weights fed different batches (two torchrun ranks) keep equal u."""
-    args = m.parse_args(["--g-width", "4", "--d-width", "4"])
+    args = m.parse_args(["--g-width", "4", "--d-width", "4", "--image-size", "32"])
     torch.manual_seed(0)
     _, D1 = m.build_models(args, 1, 10)
     with torch.no_grad():  # away from the orthogonal init, where u is already a fixed point
@@ -107,7 +107,7 @@ def test_hinge_loss():
 
 
 def test_paper_defaults_and_placement():
-    a = m.parse_args([])
+    a = m.parse_args(["--image-size", "32"])
     assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.z_dim, a.unconditional, a.shared_dim) == (
         1e-4, 4e-4, 0.0, 0.9, 128, False, 128)
     assert a.attention_res == 8
@@ -123,7 +123,7 @@ def test_paper_defaults_and_placement():
     bn = G.blocks[0].b1.bn
     assert isinstance(bn, nn.BatchNorm2d) and not bn.affine  # CBN carries the affine part
     with pytest.raises(SystemExit):
-        m.main(["--attention-res", "32", "--steps", "1"])
+        m.main(["--image-size", "32", "--attention-res", "32", "--steps", "1"])
 
 
 @pytest.mark.parametrize("shared_dim", [0, 128])
@@ -148,7 +148,7 @@ def test_labels_flow_through_cbn_and_projection(shared_dim):
 
 
 def test_conditional_run_grid_attention_map_and_errors(in_tmp, capsys):
-    res = m.main([*tiny_args(m), "--steps", "2", "--out", "run"])
+    res = m.main([*tiny_args(m), "--image-size", "32", "--steps", "2", "--out", "run"])
     # conditional by default on digits
     assert res["G"].num_classes == 10 and res["D"].embed is not None
     grid = Image.open("run/samples/step_000002.png")

@@ -282,7 +282,7 @@ def test_conditional_dcgan(in_tmp):
     assert res["G"].num_classes == 10
     m.main(["--sample", "20", "--checkpoint", "cond", "--out", "s", "--device", "cpu"])
     generate = m.load_generator("cond/checkpoints/last.pt")
-    assert generate(5, labels=torch.tensor([0, 1, 2, 3, 9])).shape == (5, 1, 32, 32)
+    assert generate(5, labels=torch.tensor([0, 1, 2, 3, 9])).shape == (5, 1, 16, 16)
 
 
 def test_folder_data_and_augmentation(in_tmp):

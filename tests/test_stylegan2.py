@@ -20,7 +20,7 @@ SMALL = [*m.SMOKE_ARGS]
 
 
 def test_paper_defaults():
-    a = m.parse_args([])
+    a = m.parse_args(["--image-size", "32"])
     assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2) == (32, 0.002, 0.002, 0.0, 0.99)
     assert (a.z_dim, a.w_dim, a.mapping_layers, a.mapping_lr_mul) == (512, 512, 8, 0.01)
     assert (a.style_mixing, a.mbstd_group) == (0.9, 4)
@@ -56,7 +56,7 @@ def test_demodulation_is_scale_invariant_and_unit_variance():
 
 
 def test_noise_strength_per_layer_starts_at_zero():
-    G, _ = m.build_models(m.parse_args(SMALL), 1, 0)
+    G, _ = m.build_models(m.parse_args([*SMALL, "--image-size", "32"]), 1, 0)
     strengths = [mod.noise_strength for mod in G.modules() if isinstance(mod, m.SynthesisLayer)]
     assert len(strengths) == 2 * 4 - 1
     assert all(s.numel() == 1 and s.item() == 0 for s in strengths)
@@ -120,7 +120,7 @@ def test_truncation_and_mixing():
         w_avg = G.mapping.w_avg
         torch.testing.assert_close(G.mapping(z, 0.5), w_avg + 0.5 * (G.mapping(z) - w_avg))
         grid = m.style_mixing_grid(G, torch.randn(3, G.z_dim), torch.randn(2, G.z_dim), cutoff=4)
-    assert grid.shape == ((3 + 1) * (2 + 1), 1, 32, 32)
+    assert grid.shape == ((3 + 1) * (2 + 1), 1, 16, 16)
     torch.manual_seed(0)
     _, ws = G(z, mixing=1.0, return_ws=True)
     assert not torch.equal(ws[:, 0], ws[:, -1])  # two latents, one crossover
@@ -138,7 +138,7 @@ def test_sizes(size):
 
 
 def test_reduced_precision_only_at_high_resolution():
-    args = m.parse_args([*SMALL, "--amp", "bf16", "--fp16-res", "2"])
+    args = m.parse_args([*SMALL, "--image-size", "32", "--amp", "bf16", "--fp16-res", "2"])
     G, D = m.build_models(args, 1, 0)
     assert [b.reduced for b in G.blocks] == [False, False, True, True]  # 16x16 and 32x32
     assert [b.reduced for b in D.blocks] == [True, True, False]
@@ -175,7 +175,7 @@ def test_training_logs_regularisers_and_samples(in_tmp, capsys):
     assert sorted(f.split("_")[0] for f in os.listdir("s")) == ["mixing", "sample"]
     assert "truncation psi 0.7" in capsys.readouterr().out
     generate = m.load_generator("run/checkpoints/last.pt")
-    assert generate(3).shape == (3, 1, 32, 32)
+    assert generate(3).shape == (3, 1, 16, 16)
     noise = [p for n, p in generate.model.named_parameters() if n.endswith("noise_strength")]
     assert any(p.item() != 0 for p in noise)  # trained: the noise inputs change the images
     # Evaluation's default: random noise inputs (the official metrics), reproducible from the
