@@ -45,13 +45,11 @@ def stopped_step(err, run):
 def test_signal_stops_at_a_step_and_resumes_exactly(sig, in_tmp):
     m = load_script("dcgan")
     cmd = [sys.executable, os.path.join(ROOT, "dcgan.py"), *tiny_args(m), *FLAGS]
-    with open("stderr.txt", "w") as f:  # a file, not a pipe: a full pipe would block the run
-        proc = subprocess.Popen([*cmd, "--steps", "100000", "--out", "run"], stderr=f,
-                                stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([*cmd, "--steps", "100000", "--out", "run"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
     wait_for_step(proc, "run", 3)
     proc.send_signal(sig)
-    proc.wait(timeout=120)
-    err = open("stderr.txt").read()
+    err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + sig, err[-3000:]
     n = stopped_step(err, "run")
     assert torch.load("run/checkpoints/last.pt", weights_only=True)["step"] == n
