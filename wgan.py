@@ -60,7 +60,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Alg. 1: alpha = 5e-5 (RMSProp, both nets), m = 64. The paper does not give z's size; the
     # authors' code uses nz = 100. The steps are a digits default; the paper trains far longer.
-    add_common_args(p, batch_size=64, steps=1700, lr_g=5e-5, lr_d=5e-5, z_dim=100,
+    add_common_args(p, batch_size=64, steps=1550, lr_g=5e-5, lr_d=5e-5, z_dim=100,
                     sources={"batch_size": "Alg. 1, m", "lr_g": "Alg. 1, alpha (RMSProp)",
                              "lr_d": "Alg. 1", "z_dim": "authors' code, nz; dmol reference 512"},
                     configs={"paper": PAPER})

@@ -127,8 +127,8 @@ def test_paper_defaults():
     b = m.parse_args(["--config", "paper", "--gamma", "0.7", "--bn"])
     assert (b.gamma, b.bn, b.lambda_k) == (0.7, True, 0.001)
     d = m.parse_args([])
-    got = (d.gamma, d.lambda_k, d.nh, d.n_filters, d.bn, d.batch_size)
-    assert got == (1.0, 0.05, 32, 16, True, 32)
+    got = (d.gamma, d.lambda_k, d.nh, d.n_filters, d.bn, d.batch_size, d.lr_g, d.lr_d)
+    assert got == (1.0, 0.05, 32, 16, True, 32, 4e-4, 4e-4)
     assert m.parse_args(["--no-bn"]).bn is False
     z = m.latents(1000, 64)
     assert z.min() >= -1 and z.max() <= 1 and z.mean().abs() < 0.05  # U[-1, 1] (Sec. 3.5)

@@ -54,9 +54,21 @@ def test_pt_uses_the_encoder_embedding_and_goes_in_g_loss_only():
 
 
 def test_paper_defaults():
-    a = m.parse_args([])
+    a = m.parse_args(["--config", "paper"])
     assert ((a.margin, a.pt_weight, a.lr_g, a.lr_d, a.beta1, a.z_dim)
             == (10.0, 0.1, 1e-3, 1e-3, 0.5, 100))
+
+
+@pytest.mark.parametrize("argv, margin", [
+    ([], 6),                                  # the digits train at 16x16
+    (["--image-size", "32"], 11),
+    (["--image-size", "64"], 23),             # the appendix: 20
+    (["--image-size", "64", "--margin", "20"], 20),  # a given margin wins
+    (["--config", "paper", "--image-size", "64"], 10),
+])
+def test_auto_margin_scales_with_the_side(argv, margin):
+    """--config auto: MNIST's margin 10 (at 28x28) x the image size / 28, rounded."""
+    assert m.parse_args(argv).margin == margin
 
 
 @pytest.mark.parametrize("flags, words", [

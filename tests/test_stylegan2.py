@@ -20,8 +20,10 @@ SMALL = [*m.SMOKE_ARGS]
 
 
 def test_paper_defaults():
-    a = m.parse_args(["--image-size", "32"])
+    a = m.parse_args(["--image-size", "32", "--batch-size", "32"])  # auto's batch: 16
     assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2) == (32, 0.002, 0.002, 0.0, 0.99)
+    assert m.parse_args([]).batch_size == 16  # --config auto; paper: config F's 32
+    assert m.parse_args(["--config", "paper"]).batch_size == 32
     assert (a.z_dim, a.w_dim, a.mapping_layers, a.mapping_lr_mul) == (512, 512, 8, 0.01)
     assert (a.style_mixing, a.mbstd_group) == (0.9, 4)
     assert (a.r1_gamma, a.r1_every, a.pl_weight, a.pl_every) == (10.0, 16, 2.0, 4)
