@@ -47,11 +47,11 @@ SMOKE_ARGS = ["--fmap-base", "16", "--fmap-max", "4", "--z-dim", "8", "--stable-
 PAPER = {"fade_kimg": 800, "stable_kimg": 800, "fmap_base": 8192, "fmap_max": 512, "z_dim": 512,
          "batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.0, "beta2": 0.99,
          "lambda_gp": 10.0, "eps_drift": 0.001, "mbstd_group": 4, "ema_decay": 0.999}
-PHASE_EPOCHS = 18  # --config auto: passes over the data per phase
+PHASE_EPOCHS = 16  # --config auto: passes over the data per phase
 
 
 def auto_config(args):
-    """each phase 18 passes over the data (at most Sec. A.1's 800 kimg), a CPU-sized net
+    """each phase 16 passes over the data (at most Sec. A.1's 800 kimg), a CPU-sized net
     (--fmap-base 4 x the image size, --fmap-max 64) and an EMA decay of 0.99."""
     return {"fmap_base": 4 * args.image_size}
 

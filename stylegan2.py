@@ -102,7 +102,7 @@ def parse_args(argv=None):
     # PAPER: batch 16 and the steps are a digits default (docs/stylegan2.md: at 16x16 on a CPU
     # a batch-16 step costs 2/3 of a batch-32 one), the paper trains on 25M+ images.
     # --ema-decay None: the half-life.
-    add_common_args(p, batch_size=16, steps=2350, lr_g=0.002, lr_d=0.002, z_dim=512,
+    add_common_args(p, batch_size=16, steps=2250, lr_g=0.002, lr_d=0.002, z_dim=512,
                     ema_decay=None, sources={"batch_size": "32, App. B, config F", "lr_g": "App. B",
                                              "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
                     configs={"paper": PAPER})
