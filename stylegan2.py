@@ -98,10 +98,8 @@ PAPER = {"image_size": 1024, "batch_size": 32, "lr_g": 0.002, "lr_d": 0.002, "z_
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="StyleGAN2 (Karras et al. 2020)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # App. B / config F: Adam lr 0.002 for both nets, 512-d z and w; its minibatch 32 is in
-    # PAPER: batch 16 and the steps are a digits default (docs/stylegan2.md: at 16x16 on a CPU
-    # a batch-16 step costs 2/3 of a batch-32 one), the paper trains on 25M+ images.
-    # --ema-decay None: the half-life.
+    # App. B / config F: Adam lr 0.002, 512-d z and w (its batch 32 is in PAPER). Batch 16 and the
+    # steps are a digits default (docs/stylegan2.md). --ema-decay None: the half-life.
     add_common_args(p, batch_size=16, steps=2250, lr_g=0.002, lr_d=0.002, z_dim=512,
                     ema_decay=None, sources={"batch_size": "32, App. B, config F", "lr_g": "App. B",
                                              "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
