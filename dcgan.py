@@ -156,6 +156,13 @@ def g_loss(fake_logits):
 
 
 # ============================================================ shared: command line
+# What --config auto knows of the named datasets without their files (--dry-run): training
+# images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
+KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
+              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
 def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
                     sources=None, configs=None):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
@@ -165,12 +172,16 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a = p.add_argument_group("common (the same in every script)").add_argument
     a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
       + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
+    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
+      "auto saw) and exit")
+    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
+      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
     a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
       choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own size, at least 16)")
+      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -185,6 +196,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
       help="mixed precision; auto: bf16 where the hardware has it natively, else off")
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
+    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
+      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -210,22 +223,74 @@ def config_help(config):
     return " ".join(flags) or "the defaults below"
 
 
+def hardware_spec(text):
+    """--assume's DEVICE[:N[:GIB]] -> (device, processes, GiB per GPU); 80 GiB unless given."""
+    device, n, gib = (text.split(":") + ["", ""])[:3]
+    try:
+        spec = (device, int(n or 1), float(gib or (80 if device == "cuda" else 0)))
+    except ValueError:
+        spec = None
+    if device not in ("cpu", "cuda") or spec is None or spec[1] < 1 or spec[2] < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cpu:N, cuda, cuda:N or cuda:N:GIB")
+    return spec
+
+
+def auto_inputs(args):
+    """What --config auto's rule sees: the hardware (--assume, else this machine and torchrun's
+    WORLD_SIZE) and the data (KNOWN_DATA, or the image files of a folder)."""
+    if args.assume:
+        device, processes, gib = args.assume
+    else:
+        cuda = args.device.startswith("cuda") or (
+            args.device == "auto" and torch.cuda.is_available())
+        device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
+        gib = 0.0
+        if cuda and torch.cuda.is_available():
+            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+    images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
+    if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
+        images = sum(f.lower().endswith(IMAGE_FILES)
+                     for _, _, files in os.walk(args.data_path) for f in files)
+    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
+            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+
+
+def steps_for(kimg, batch, processes):
+    """Generator updates that show ``kimg`` thousand real images at this global batch."""
+    return max(1, math.ceil(kimg * 1000 / (batch * processes)))
+
+
 def parse_with_resume(p, argv):
     """Parse argv and remember which flags were given, so a resumed run keeps the others; the
-    flags not given take --config's values (args.json records them all)."""
+    flags not given take --config's values. ``args.auto`` is what --config auto's rule saw (the
+    hardware and the data), ``args.chosen`` what the config set; args.json records them."""
     args = p.parse_args(argv)
     for a in p._actions:  # parsed again without defaults: what remains was given
         a.default = argparse.SUPPRESS
     args.explicit = sorted(vars(p.parse_args(argv)))
-    if args.config == "auto" and "image_size" not in args.explicit:  # the data's own size,
-        native = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}  # at least 16
-        if args.dataset in native:  # (folders and CelebA: --image-size's default)
-            args.image_size = max(16, 1 << (native[args.dataset] - 1).bit_length())
-    config = p.configs[args.config]
-    for k, v in (config(args) if callable(config) else config).items():
-        if k not in args.explicit:
-            setattr(args, k, v)
+    args.auto, config = None, p.configs[args.config]
+    if args.config == "auto":
+        args.auto = seen = auto_inputs(args)
+        if "image_size" not in args.explicit:  # the data's own side, a power of two
+            top = 64 if seen["device"] == "cuda" else 32
+            side = seen["side"] or top  # a folder: the largest
+            args.image_size = min(max(16, 1 << (side - 1).bit_length()), top)
+    chosen = config(args) if callable(config) else config
+    args.chosen = {k: v for k, v in chosen.items() if k not in args.explicit}
+    for k, v in args.chosen.items():
+        setattr(args, k, v)
     return args
+
+
+def print_settings(args):
+    """--dry-run: what --config auto saw, then every setting and where it came from."""
+    if args.auto:
+        print("auto saw: " + ", ".join(f"{k} {v}" for k, v in args.auto.items()))
+    skip = ("explicit", "auto", "chosen", "dry_run")
+    for k, v in sorted((k, v) for k, v in vars(args).items() if k not in skip):
+        src = ("given" if k in args.explicit else f"--config {args.config}"
+               if k in args.chosen else "default")
+        print(f"  --{k.replace('_', '-'):<20} {v!s:<24} {src}")
 
 
 # ============================================================ shared: distributed
@@ -281,12 +346,11 @@ def optimizer_step(loss, opt, scaler, module, world):
 
 
 # ============================================================ shared: EMA
-def ema_update(ema, model, decay, step):
-    """ema <- d * ema + (1 - d) * model, d = min(decay, (1 + t) / (10 + t)); buffers copied.
-
-    The ramp-up keeps early averages from being dominated by the random initial weights.
-    """
-    d = min(decay, (1 + step) / (10 + step))
+def ema_update(ema, model, decay, step, warmup=True):
+    """ema <- d * ema + (1 - d) * model; buffers copied. d = decay, or with ``warmup``
+    (--ema-warmup) min(decay, (1 + t) / (10 + t)), so that early averages are not dominated
+    by the random initial weights."""
+    d = min(decay, (1 + step) / (10 + step)) if warmup else decay
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
             pe.lerp_(pm.detach(), 1 - d)
@@ -345,7 +409,7 @@ def train(args):
         optimizer_step(loss_g, opt_g, scaler_g, G, world)
         D.requires_grad_(True)
         if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step)
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
 
         run.end_step(d_loss=loss_d, g_loss=loss_g,
                      d_real=torch.sigmoid(real_logits.detach().float()).mean(),
@@ -365,6 +429,8 @@ def load_generator(path, device="cpu", use_ema=True):
 # ============================================================ shared: main
 def main(argv=None):
     args = parse_args(argv)
+    if args.dry_run:
+        return print_settings(args)
     try:
         from common.run import main as run_main
     except ModuleNotFoundError as e:  # a copy of this file alone: models and losses only

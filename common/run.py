@@ -282,6 +282,11 @@ class Run:
             self.metrics = Metrics(self.out, resume_step=since,
                                    tensorboard=a.tensorboard,
                                    evaluate_dataset=a.dataset if a.eval_every else None)
+            if a.config == "auto" and (a.auto or {}).get("device") == "cpu":
+                print(f"{self.script}: --config auto on a CPU is a run of minutes, sized to the "
+                      f"embedded digits; `python {self.script}.py --dry-run --assume cuda` shows "
+                      "the full schedule (--config paper, or those flags, trains it here)",
+                      flush=True)
             print(self._banner(note), flush=True)
         from tqdm import tqdm
 
