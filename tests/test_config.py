@@ -117,3 +117,67 @@ def test_auto_trains_at_the_datas_own_size(name):
     paper = m.parse_args(["--config", "paper"]).image_size
     assert paper == config_values(m, "paper").get("image_size", 32) and paper != 16
 
+
+
+def test_dry_run_resolves_for_absent_hardware_without_data(in_tmp, capsys):
+    """--dry-run --assume prints what auto saw and every setting with its source, and exits
+    without data files and without writing anything."""
+    m = load_script("dcgan")
+    flags = ["--dry-run", "--assume", "cuda:8", "--dataset", "celeba", "--data-path", "nowhere"]
+    m.main([*flags, "--lr-d", "1e-4"])
+    out = capsys.readouterr().out
+    assert "auto saw: device cuda, processes 8, gpu_gib 80.0, dataset celeba, images 202599" in out
+    lines = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines()[1:]}
+    assert lines["--image-size"] == ["64", "default"]  # CelebA at 64x64 on CUDA
+    assert lines["--lr-d"] == ["0.0001", "given"]
+    assert os.listdir(".") == []
+
+
+def test_assume_is_checked(capsys):
+    m = load_script("dcgan")
+    with pytest.raises(SystemExit) as e:
+        m.parse_args(["--assume", "tpu:8"])
+    assert e.value.code == 2 and "use cpu, cpu:N, cuda, cuda:N or cuda:N:GIB" in capsys.readouterr().err
+    assert m.parse_args(["--assume", "cuda:4:24"]).auto["gpu_gib"] == 24.0
+    assert m.parse_args(["--assume", "cpu:2"]).auto["processes"] == 2
+
+
+def test_args_json_records_what_auto_saw_and_chose(in_tmp, capsys):
+    """A run records the rule's inputs (hardware, data) and what the config set; on a CPU its
+    first line says that auto is a run of minutes and how to see the full schedule."""
+    m = load_script("ebgan")
+    m.main([*tiny_args(m), "--steps", "1", "--out", "run"])
+    out = capsys.readouterr().out
+    assert out.startswith("ebgan: --config auto on a CPU is a run of minutes")
+    assert "--dry-run --assume cuda" in out.splitlines()[0]
+    got = json.load(open(os.path.join("run", "args.json")))
+    assert got["auto"]["device"] == "cpu" and got["auto"]["images"] == 1797
+    assert got["auto"]["side"] == 8 and got["chosen"]["margin"] == 6  # ebgan's margin rule
+    m.main([*tiny_args(m), "--config", "paper", "--steps", "1", "--out", "run2"])
+    got = json.load(open(os.path.join("run2", "args.json")))
+    assert got["auto"] is None and got["chosen"]["margin"] == 10.0
+
+
+def test_ema_warmup_off_is_exactly_the_decay_from_step_0():
+    import torch
+
+    m = load_script("dcgan")
+    ema, model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = ema.weight.detach().clone()
+    m.ema_update(ema, model, 0.9, 0, warmup=False)
+    assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight)
+    ema.weight.data.copy_(before)
+    m.ema_update(ema, model, 0.9, 0, warmup=True)  # capped at (1 + 0) / (10 + 0)
+    assert torch.allclose(ema.weight, 0.1 * before + 0.9 * model.weight)
+    assert m.parse_args(["--no-ema-warmup"]).ema_warmup is False
+
+
+def test_auto_table_page_is_generated_from_the_rules():
+    """docs/auto.md is what tools/auto_table.py makes of the scripts' rules today."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "tools", "auto_table.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
