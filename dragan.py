@@ -37,7 +37,7 @@ Departures from the paper, and choices where it is silent:
   sample's gradient depend on the rest of its batch (WGAN-GP, Sec. 4, does the same).
 * Adam lr 1e-4 with betas (0.5, 0.9), batch 128, z of size 100, lambda 10: the authors'
   code's; its z ~ U(-1, 1) is N(0, I) here. G's update reuses D's fake batch (as dcgan.py);
-  that code draws a second z.
+  that code draws a second z. --config auto on CUDA runs that code's 200,000 steps of 128.
 * Mixed precision as wgan_gp.py (PyTorch's AMP recipe): D's forward on x_hat under autocast,
   autograd.grad and the norm outside it in fp32; under fp16 D's output is scaled before
   autograd.grad and the gradient unscaled after. The penalty runs the uncompiled D (no
@@ -63,14 +63,29 @@ PAPER = {"batch_size": 128, "z_dim": 100, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0
          "beta2": 0.9, "lambda_gp": 10.0, "perturb_std": 0.29, "ema_decay": 0.0}
 
 
+def auto_config(args):
+    """on a CPU the defaults below (a run of minutes); on CUDA the authors' schedule: a global
+    batch of 128 split over the processes for 200,000 of its steps (25,600 kimg), widths 64."""
+    seen = args.auto
+    if seen["device"] != "cuda":
+        return {}
+    # kodalinaveen3/DRAGAN DRAGAN.ipynb: mb_size 128 (the global batch stays 128, each process
+    # takes its share) and a loop of 200,000 iterations, 25.6M real images whatever the data.
+    # Its networks are MLPs: the widths are dcgan.py's 64 (soumith/dcgan.torch ngf, ndf).
+    batch = max(1, 128 // seen["processes"])
+    given = args.batch_size if "batch_size" in args.explicit else batch  # the batch that runs
+    return {"g_width": 64, "d_width": 64, "batch_size": batch,
+            "steps": steps_for(200_000 * 128 / 1000, given, seen["processes"])}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="DRAGAN (Kodali et al. 2017)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # The authors' code (DRAGAN.ipynb): minibatch 128, z of size 100, Adam lr 1e-4 for both
-    # nets. The steps are a digits default; the paper trains far longer.
+    # nets. The steps are a digits default; --config auto on CUDA trains the authors' 200k.
     add_common_args(p, batch_size=128, steps=2000, lr_g=1e-4, lr_d=1e-4, z_dim=100,
                     sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")},
-                    configs={"paper": PAPER})
+                    configs={"auto": auto_config, "paper": PAPER})
     m = p.add_argument_group("DRAGAN")
     m.add_argument("--lambda-gp", type=float, default=10.0,
                    help="weight lambda of the gradient penalty (paper and authors' code)")

@@ -36,11 +36,11 @@ Departures from the paper, and choices where it is silent:
   decoder mirrors dcgan.py's G body (transposed convs, BN, ReLU) and ends linear.
 * Defaults: Adam lr 1e-3 (the MNIST grid search, Sec. 4.1), beta1 0.5 (Sec. 4.3 follows
   DCGAN), PT weight 0.1 (Sec. 4), z of size 100 and DCGAN's init; batch 64 is this
-  script's choice. The margin (--config auto) is MNIST's 10 scaled with the image's side,
-  10 x size / 28, rounded: the paper's margins grow with the side (its appendix: 20, 40, 80
-  at 64, 128, 256; the rule gives 23, 46, 91), and on the digits at 16x16 the rule's 6 beat
-  MNIST's 10 (FD 40.1 against 45.1 after 3200 steps, two seeds; docs/ebgan.md, Defaults).
-  --config paper keeps 10; give --margin 20 at 64x64 for the appendix's value.
+  script's choice. --config auto grows the margin with the side, as the paper's margins do
+  (its appendix: 20, 40, 80 at 64, 128, 256): on CUDA 20 x size / 64, those values, with a
+  global batch of 64 and DCGAN's 25 epochs; on a CPU MNIST's 10 x size / 28, rounded (6 at
+  16x16, which beat 10 on the digits: docs/ebgan.md, Defaults). --config paper keeps 10;
+  give --margin 20 at 64x64 for the appendix's value.
 * G's update reuses the fake batch of D's update (as dcgan.py does), so the PT term and
   D(G(z)) in G's loss come from one forward pass through D.
 * EMA generator with recalibrated batch-norm statistics, as in dcgan.py (not in the paper).
@@ -65,9 +65,25 @@ PAPER = {"lr_g": 1e-3, "lr_d": 1e-3, "margin": 10.0, "pt_weight": 0.1, "z_dim": 
 
 
 def auto_config(args):
-    """the defaults below, with the margin scaled with the image's side: 10 (MNIST's, at
-    28x28) x the image size / 28, rounded (6 for the digits at 16x16, 11 at 32x32)."""
-    return {"margin": round(10 * args.image_size / 28)}
+    """the margin grows with the image's side: on a CPU the defaults below with 10 (MNIST's,
+    at 28x28) x the image size / 28, rounded (6 for the digits at 16x16); on CUDA 20 x the
+    image size / 64 (the appendix's margins), a global batch of 64 split over the processes,
+    25 epochs of the data."""
+    seen = args.auto
+    if seen["device"] != "cuda":
+        return {"margin": round(10 * args.image_size / 28)}
+    # The appendix's margins are 20 x side / 64: 20 at 64x64 (LSUN, CelebA), 40 and 80 at
+    # 128x128 and 256x256 (ImageNet). Widths: dcgan.py's 64 (soumith/dcgan.torch main.lua, ngf
+    # and ndf), as on a CPU. Batch and schedule are not the paper's: this script's batch 64
+    # stays the global batch (each process takes its share), and as Sec. 4.3 follows DCGAN,
+    # DCGAN's codes' 25 epochs (dcgan.py).
+    batch = max(1, 64 // seen["processes"])
+    chosen = {"margin": 20 * args.image_size / 64, "g_width": 64, "d_width": 64,
+              "batch_size": batch}
+    if seen["images"]:
+        batch = args.batch_size if "batch_size" in args.explicit else batch  # the batch that runs
+        chosen["steps"] = steps_for(25 * seen["images"] / 1000, batch, seen["processes"])
+    return chosen
 
 
 def parse_args(argv=None):
@@ -75,7 +91,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Adam lr 1e-3 as in the paper's MNIST grid search (Sec. 4.1); z of size 100 as in DCGAN,
     # whose guidance the conv models follow (Sec. 4.3). Batch 64 is this script's choice. The
-    # steps are a digits default; the paper trains far longer.
+    # steps are a digits default; --config auto on CUDA trains 25 epochs.
     add_common_args(p, batch_size=64, steps=3200, lr_g=1e-3, lr_d=1e-3, z_dim=100,
                     sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"},
                     configs={"auto": auto_config, "paper": PAPER})
@@ -83,7 +99,7 @@ def parse_args(argv=None):
     m.add_argument("--margin", type=float, default=10.0, help="m of Eq. 1, in units of the "
                    "energy ||Dec(Enc(x)) - x||; paper: 10 for MNIST; its appendix: 20 at 64x64 "
                    "(LSUN, CelebA), 40 and 80 at 128x128 and 256x256 (ImageNet); --config "
-                   "auto: 10 x the image size / 28")
+                   "auto: 10 x the image size / 28, on CUDA 20 x size / 64")
     m.add_argument("--pt-weight", type=float, default=0.1, help="weight of the pulling-away "
                    "term in G's loss (EBGAN-PT, Sec. 2.4; 0.1: Sec. 4); 0 is plain EBGAN")
     m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "

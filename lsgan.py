@@ -37,6 +37,8 @@ Departures from the paper, and choices where it is silent:
 * Adam lr 1e-3 (Sec. 4.1's LSUN scenes; 2e-4 for its Chinese characters), beta1 0.5; batch
   64 and z of size 1024 (Fig. 3, the authors' code). z is N(0, I), not that code's U(-1, 1),
   as in every script here (``--temperature`` and the slerp walks assume a Gaussian).
+* ``--config auto`` on CUDA: the authors' 64x64 runs of DCGAN's networks (their
+  stability_comparison: widths 64, batch 64, lr 2e-4), 25 epochs; on a CPU: minutes.
 * ``--conditional`` is dcgan.py's cGAN, not the paper's (Sec. 3.3: the label mapped
   linearly to a short vector joined to several layers).
 * EMA generator with recalibrated batch-norm statistics, as in dcgan.py (not in the paper).
@@ -62,16 +64,36 @@ PAPER = {"arch": "paper", "image_size": 112, "coding": "binary", "batch_size": 6
          "lr_d": 1e-3, "beta1": 0.5, "z_dim": 1024, "ema_decay": 0.0}
 
 
+def auto_config(args):
+    """on a CPU the defaults below (a run of minutes); on CUDA the authors' 64x64 runs: widths
+    64, a global batch of 64 split over the processes, Adam 2e-4 (--arch paper: 1e-3), 25
+    epochs of the data."""
+    seen = args.auto
+    if seen["device"] != "cuda":
+        return {}
+    # xudonmao/LSGAN stability_comparison/BN_G_ls_adam: dcgan64.py (DCGAN's networks at 64x64,
+    # gf_dim = df_dim = 64, as Fig. 3's widths) and train.py (batch_size 64, learning_rate 2e-4;
+    # train_lsun.py: 1e-3 for Fig. 3's networks, Sec. 4.1). The global batch stays the authors'
+    # 64: each process takes its share.
+    lr = 1e-3 if args.arch == "paper" else 2e-4
+    batch = max(1, 64 // seen["processes"])
+    chosen = {"g_width": 64, "d_width": 64, "batch_size": batch, "lr_g": lr, "lr_d": lr}
+    if seen["images"]:  # no epochs there (loops capped at 1M-5M steps): DCGAN's 25 (dcgan.py)
+        batch = args.batch_size if "batch_size" in args.explicit else batch  # the batch that runs
+        chosen["steps"] = steps_for(25 * seen["images"] / 1000, batch, seen["processes"])
+    return chosen
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="LSGAN (Mao et al. 2017)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Batch 64 and z of size 1024: Fig. 3 and the authors' code. Adam lr: Sec. 4.1 (1e-3 for
-    # the LSUN scenes). The steps are a digits default; the paper trains far longer.
+    # the LSUN scenes). The steps are a digits default; --config auto on CUDA trains 25 epochs.
     add_common_args(p, batch_size=64, steps=3500, lr_g=1e-3, lr_d=1e-3, z_dim=1024,
                     sources={"batch_size": "authors' code", "z_dim": "Fig. 3",
                              "lr_g": "Sec. 4.1, scenes; characters 2e-4",
                              "lr_d": "Sec. 4.1, scenes; characters 2e-4"},
-                    configs={"paper": PAPER})
+                    configs={"auto": auto_config, "paper": PAPER})
     m = p.add_argument_group("LSGAN")
     m.add_argument("--coding", default="binary", choices=sorted(CODINGS),
                    help="a-b-c coding (Sec. 3.2.3): binary is a=0, b=1, c=1 (Eq. 9, the paper's "

@@ -27,7 +27,8 @@ Departures from the paper, and choices where it is silent (more in docs/wgan.md)
 * dcgan.py's networks (the paper uses DCGAN's, Sec. 4); the critic keeps batch norm and
   sees real and fake batches in separate calls, as the authors' DCGAN_D and main.py do.
 * ``--n-critic-boost 100``: the authors' schedule, 100 critic steps for the first 25 G
-  steps and every 500th. Not in Alg. 1; off by default.
+  steps and every 500th. Not in Alg. 1; off by default, on under --config auto on CUDA,
+  which is the authors' LSUN run (main.py: widths 64, batch 64, 25 epochs).
 * Clipping follows the RMSProp update (Alg. 1; the authors' code clips before it) and
   covers biases and batch-norm parameters. RMSProp keeps PyTorch's alpha and eps.
 * ``--output dmol`` (not in the paper): the cat-faces WGAN reference's head, a sampled
@@ -55,15 +56,36 @@ PAPER = {"image_size": 64, "batch_size": 64, "lr_g": 5e-5, "lr_d": 5e-5, "z_dim"
          "n_critic": 5, "clip": 0.01, "n_critic_boost": 100, "ema_decay": 0.0}
 
 
+def auto_config(args):
+    """on a CPU the defaults below (a run of minutes); on CUDA the authors' LSUN run: widths 64,
+    a global batch of 64 split over the processes, their critic boost, and 25 epochs of real
+    batches for the critic."""
+    seen = args.auto
+    if seen["device"] != "cuda":
+        return {}
+    # martinarjovsky/WassersteinGAN main.py: batchSize 64 (Alg. 1's m; the global batch stays
+    # 64, each process takes its share), ngf = ndf = 64, Diters 100 for the first 25 G steps
+    # and every 500th; lrD = lrG 5e-5, Diters 5 and clamp 0.01 are the defaults below.
+    batch = max(1, 64 // seen["processes"])
+    chosen = {"g_width": 64, "d_width": 64, "batch_size": batch, "n_critic_boost": 100}
+    if seen["images"]:  # main.py: niter = 25 epochs, counted in the critic's real batches, so
+        # n_critic batches per G step (the boost's extra critic steps, ~4% more, not counted)
+        batch = args.batch_size if "batch_size" in args.explicit else batch  # the batch that runs
+        kimg = 25 * seen["images"] / 1000
+        chosen["steps"] = steps_for(kimg, batch * args.n_critic, seen["processes"])
+    return chosen
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="WGAN (Arjovsky et al. 2017)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Alg. 1: alpha = 5e-5 (RMSProp, both nets), m = 64. The paper does not give z's size; the
-    # authors' code uses nz = 100. The steps are a digits default; the paper trains far longer.
+    # authors' code uses nz = 100. The steps are a digits default; --config auto on CUDA trains
+    # the authors' 25 epochs.
     add_common_args(p, batch_size=64, steps=1550, lr_g=5e-5, lr_d=5e-5, z_dim=100,
                     sources={"batch_size": "Alg. 1, m", "lr_g": "Alg. 1, alpha (RMSProp)",
                              "lr_d": "Alg. 1", "z_dim": "authors' code, nz; dmol reference 512"},
-                    configs={"paper": PAPER})
+                    configs={"auto": auto_config, "paper": PAPER})
     m = p.add_argument_group("WGAN").add_argument
     m("--g-width", type=int, default=64, help="channels of G's last hidden layer (authors' ngf)")
     m("--d-width", type=int, default=64, help="channels of the critic's first layer (authors' ndf)")
