@@ -135,12 +135,16 @@ def native_bf16(device):
 
 def resolve_amp(amp, device, rank=0):
     """``--amp auto`` -> bf16 where the hardware has it, else off; an explicit bf16 on a CPU
-    that emulates it runs, with one warning line."""
+    that emulates it, or fp16 on any CPU (autocast and GradScaler run there, slowly), runs
+    with one warning line."""
     if amp == "auto":
         return "bf16" if native_bf16(device) else "off"
     if amp == "bf16" and device.type == "cpu" and rank == 0 and not native_bf16(device):
         print("warning: --amp bf16 is emulated on this CPU (no AVX-512 BF16 or AMX) and can be "
               "much slower than --amp off", file=sys.stderr)
+    if amp == "fp16" and device.type == "cpu" and rank == 0:
+        print("warning: --amp fp16 on a CPU is emulated and slow: it is there to check the "
+              "GradScaler path; train with --amp bf16 or off", file=sys.stderr)
     return amp
 
 
@@ -163,8 +167,6 @@ class Run:
     def __init__(self, script, args, rank, world, device, check=None):
         self.script, self.args, self.device = script, args, device
         self.rank, self.world = rank, world
-        if args.amp == "fp16" and device.type != "cuda":
-            raise UserError("--amp fp16 needs a CUDA device; on CPU use --amp bf16")
         self.resumed, self.restart = None, False
         last = os.path.join(args.out or "", "checkpoints", "last.pt")
         if args.resume == "auto" and args.out and not os.path.isfile(last):
@@ -429,7 +431,17 @@ class Run:
             shown = {k: f"{v:.3g}" if isinstance(v, float) else v
                      for k, v in list(rec.items())[1:6] if k != "time"}
             self.pbar.set_postfix(**shown, img_s=f"{rec['img_per_s']:.0f}")
+            self._watch_collapse(rec)
         self.acc, self.n_acc, self.n_img, self.t_log = None, 0, 0, time.perf_counter()
+
+    def _watch_collapse(self, rec):
+        """Hand the logged numbers to the run's CollapseWatch (made at the first log); write
+        its one warning line, if it has one now."""
+        if getattr(self, "collapse", None) is None:
+            self.collapse = CollapseWatch()
+        warning = self.collapse.update(rec, self.step - self.n_acc, self.out)
+        if warning:
+            self.write(warning)
 
     def fail(self, what):
         """Stop a diverged run with one line that names the last good checkpoint."""
@@ -512,6 +524,64 @@ class Run:
         if self.world > 1:
             dist.barrier()
         return {"out": self.out, **{k: v for k, v in self.state.items() if k in ("G", "D", "ema")}}
+
+
+class CollapseWatch:
+    """Notices a run whose discriminator has won outright, and says so once.
+
+    When D tells every fake from the real data with certainty, G's loss saturates and G
+    has usually collapsed (bgan.py at ten times the authors' lr_g: D(x) 0.999, D(G(z))
+    below 1e-6 from step ~3300 on, and G drew stripes). The sign is the logged ``d_fake``,
+    the mean D(G(z)) probability of a log interval, below ``floor`` on every log of a
+    stretch of at least ``logs`` logs and ``steps`` steps. The watch reads only the numbers
+    a log already has (no host sync). ``d_fake`` is taken as a probability while every
+    logged ``d_real`` and ``d_fake`` lies in [0, 1]; a critic's scores (WGAN, hinge loss,
+    least squares) leave that range and turn the watch off for the run. The warning names
+    the last numbered checkpoint (``checkpoints/step_N.pt``) written before the stretch.
+    """
+
+    def __init__(self, floor=1e-4, logs=3, steps=100):
+        self.floor, self.logs, self.steps = floor, logs, steps
+        self.probability, self.warned = True, False
+        self.since, self.count = None, 0  # the stretch: the step it began, its logs
+
+    def update(self, rec, since, out):
+        """One log's record ``rec`` (``step``, ``d_fake``, maybe ``d_real``), whose interval
+        began after step ``since``; returns the warning line once the stretch is long
+        enough, else None. ``out``: the run directory whose checkpoints the line names."""
+        fake, real = rec.get("d_fake"), rec.get("d_real", 0.5)
+        if self.warned or not self.probability or not isinstance(fake, float):
+            return None
+        if not (0 <= fake <= 1 and 0 <= real <= 1):
+            self.probability = False
+            return None
+        if fake >= self.floor:
+            self.since, self.count = None, 0
+            return None
+        if self.since is None:
+            self.since = since
+        self.count += 1
+        if self.count < self.logs or rec["step"] - self.since < self.steps:
+            return None
+        self.warned = True
+        return (f"warning: D has won outright since step {self.since} (mean D(G(z)) below "
+                f"{self.floor:g} on every log since): G has likely collapsed; "
+                f"{self.checkpoint_before(out)}")
+
+    def checkpoint_before(self, out):
+        """Where to resume from: the last numbered checkpoint at or before the stretch."""
+        import glob
+
+        steps = []
+        for path in glob.glob(os.path.join(out or ".", "checkpoints", "step_*.pt")):
+            name = os.path.basename(path)[len("step_"):-len(".pt")]
+            if name.isdigit() and int(name) <= self.since:
+                steps.append((int(name), path))
+        if not steps:
+            return "no checkpoint was written before it"
+        path = max(steps)[1]
+        return (f"the last checkpoint before it is {path} (resume from it with --resume {path} "
+                "and, e.g., lower learning rates)")
 
 
 class Metrics:

@@ -137,7 +137,8 @@ def test_assume_is_checked(capsys):
     m = load_script("dcgan")
     with pytest.raises(SystemExit) as e:
         m.parse_args(["--assume", "tpu:8"])
-    assert e.value.code == 2 and "use cpu, cpu:N, cuda, cuda:N or cuda:N:GIB" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "use cpu, cpu:N, cuda, cuda:N or cuda:N:GIB" in err
     assert m.parse_args(["--assume", "cuda:4:24"]).auto["gpu_gib"] == 24.0
     assert m.parse_args(["--assume", "cpu:2"]).auto["processes"] == 2
 

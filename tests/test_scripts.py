@@ -191,7 +191,6 @@ def bad_inputs(tmp):
         (["--dataset", "cifar10"], "--data-path"),
         (["--image-size", "48"], "--image-size"),
         (["--batch-size", "4000"], "--batch-size"),
-        (["--amp", "fp16"], "fp16"),
         (["--resume", str(tmp / "other.pt")], "someother"),
         (["--resume", str(tmp / "broken.pt")], "cannot read"),
         (["--resume", "auto"], "no checkpoint"),
