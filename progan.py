@@ -19,6 +19,8 @@ Usage:
 
 --steps 0 (the default) trains to the end of the growing schedule, which counts real images
 shown to D on all processes; a positive --steps stops after that many G updates.
+--config auto on CUDA takes the official code's presets by GPU count (config.py preset-v2-*,
+train.py) and, for CIFAR-10, the paper's run (its Theano branch's config.py); docs/progan.md.
 
 Based on dcgan.py, with wgan_gp.py's penalty. Departures (docs/progan.md has the details):
 * Minibatch stddev over groups of 4 (official code); ``--mbstd-group 0`` is Sec. 3's whole batch.
@@ -46,14 +48,93 @@ SMOKE_ARGS = ["--fmap-base", "16", "--fmap-max", "4", "--z-dim", "8", "--stable-
 # --config paper: Sec. A.1 and Table 2 (800k images per phase, 512 maps at most, EMA 0.999).
 PAPER = {"fade_kimg": 800, "stable_kimg": 800, "fmap_base": 8192, "fmap_max": 512, "z_dim": 512,
          "batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.0, "beta2": 0.99,
-         "lambda_gp": 10.0, "eps_drift": 0.001, "mbstd_group": 4, "ema_decay": 0.999}
-PHASE_EPOCHS = 16  # --config auto: passes over the data per phase
+         "lambda_gp": 10.0, "eps_drift": 0.001, "mbstd_group": 4, "ema_decay": 0.999,
+         "ema_warmup": False}  # the official code's G_smoothing has no ramp-up
+PHASE_EPOCHS = 16  # --config auto on a CPU: passes over the data per phase ...
+CPU_KIMG = 480  # ... and at most CPU_KIMG / image_size kimg: 30 at 16x16, 15 at 32x32
 
 
 def auto_config(args):
-    """each phase 16 passes over the data (at most Sec. A.1's 800 kimg), a CPU-sized net
-    (--fmap-base 4 x the image size, --fmap-max 64) and an EMA decay of 0.99."""
-    return {"fmap_base": 4 * args.image_size}
+    """on a CPU, phases of 16 passes over the data, at most 480 / image size kimg (a run of
+    about 10 minutes), a CPU-sized net (--fmap-base 4 x the image size, --fmap-max 64) and an
+    EMA decay of 0.99; on CUDA the authors' settings for the data and GPUs (docs/progan.md)."""
+    seen = args.auto
+    if seen["device"] == "cuda":
+        return cuda_config(args, seen)
+    config = {"fmap_base": 4 * args.image_size}
+    if seen["images"]:  # a text corpus has none (refused in check_args)
+        kimg = min(800, PHASE_EPOCHS * seen["images"] / 1000, CPU_KIMG / args.image_size)
+        config.update(fade_kimg=kimg, stable_kimg=kimg)
+    return config
+
+
+# CUDA: the official TensorFlow code's presets for 1, 2, 4 and 8 GPUs (tkarras/
+# progressive_growing_of_gans, config.py, preset-v2-*): global minibatch by resolution, the
+# minibatch elsewhere (minibatch_base), G's and D's learning rate by resolution (G_lrate_dict =
+# D_lrate_dict; 0.001 elsewhere, train.py TrainingSchedule's G_lrate_base).
+PRESETS = {
+    1: ({4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4}, 4, {1024: 0.0015}),
+    2: ({4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}, 8,
+        {512: 0.0015, 1024: 0.002}),
+    4: ({4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16}, 16,
+        {256: 0.0015, 512: 0.002, 1024: 0.003}),
+    8: ({4: 512, 8: 256, 16: 128, 32: 64, 64: 32}, 32,
+        {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}),
+}
+# config.py '-fp32': max_minibatch_per_gpu, for the 16 GB GPUs of the code's README.
+MAX_PER_GPU = {256: 16, 512: 8, 1024: 4}
+
+
+def per_process_batch(batch, res, processes, gpu_gib):
+    """The code's global ``batch`` at ``res`` split across processes (train.py TrainingSchedule),
+    at most max_minibatch_per_gpu (scaled down on GPUs under 16 GB), above 4 a multiple of the
+    minibatch-stddev group of 4."""
+    per = max(1, batch // processes)
+    if res in MAX_PER_GPU:
+        memory = min(1.0, gpu_gib / 16) if gpu_gib else 1.0
+        per = min(per, max(1, int(MAX_PER_GPU[res] * memory)))
+    return per - per % 4 if per > 4 else per
+
+
+def cuda_config(args, seen):
+    """--config auto on CUDA: the paper's CIFAR-10 run at 32x32, else the official presets."""
+    n = seen["processes"]
+    common = {"fmap_base": 8192, "fmap_max": 512, "lr_g": 1e-3, "lr_d": 1e-3,
+              "ema_decay": 0.999, "ema_warmup": False}  # Table 2; Sec. A.1; G_smoothing, no ramp
+    if seen["dataset"] == "cifar10" and args.image_size == 32:
+        # Sec. 6.5's CIFAR-10 run: the authors' Theano code (original-theano-version branch,
+        # config.py 'cifar-10-32x32'): 400k-image phases, minibatch 16, 20M images, narrower nets
+        # (fmap_base 4096, fmap_max 128, latent 128), the stddev over the whole minibatch
+        # (mbstat_avg 'all'), WGAN-GP's target 750 (iwass_target), no lr ramp-up, no mirroring.
+        batch = max(1, 16 // n)
+        return {**common, "fade_kimg": 400, "stable_kimg": 400, "batch_size": batch,
+                "batch_sizes": "", "lr_sizes": "", "fmap_base": 4096, "fmap_max": 128,
+                "z_dim": 128, "mbstd_group": 0, "gp_target": 750.0,
+                "steps": steps_for(20000, batch, n)}
+    # train.py TrainingSchedule: 600k images a phase; config.py: 12M images in all (total_kimg);
+    # networks.py: latent nf(0) = 512, minibatch stddev in groups of 4.
+    batches, base, lrates = PRESETS[max(k for k in PRESETS if k <= n)]
+    sides = [4 << s for s in range(int(math.log2(args.image_size)) - 1)]
+    per = [per_process_batch(batches.get(r, base), r, n, seen["gpu_gib"]) for r in sides]
+    fade = stable = 600
+    growing = stable + (len(sides) - 1) * (fade + stable)  # kimg to the end of the growing
+    steps = schedule_steps(fade * 1000, stable * 1000, len(sides), lambda s: per[s] * n)
+    steps += steps_for(12000 - growing, per[-1], n) if growing < 12000 else 0
+    config = {**common, "fade_kimg": fade, "stable_kimg": stable, "batch_size": per[-1],
+              "batch_sizes": ",".join(f"{r}:{b}" for r, b in zip(sides, per)),
+              "lr_sizes": ",".join(f"{r}:{lr:g}" for r, lr in lrates.items() if r in sides),
+              "z_dim": 512, "mbstd_group": 4, "gp_target": 1.0, "steps": steps}
+    if seen["dataset"] == "celeba":
+        config["flip"] = True  # config.py's celeba line: mirror_augment = True
+    return config
+
+
+def positive_float(text):
+    """argparse type: a number greater than 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not greater than 0")
+    return value
 
 
 def parse_args(argv=None):
@@ -69,16 +150,21 @@ def parse_args(argv=None):
     m.add_argument("--fade-kimg", type=float, default=None, help="kimg per fade-in (Sec. A.1: "
                    "800); None: PHASE_EPOCHS passes over the data, at most 800")
     m.add_argument("--stable-kimg", type=float, default=None, help="kimg to stabilise (Sec. A.1: "
-                   "800); None: as --fade-kimg")
+                   "800); None: PHASE_EPOCHS passes over the data, at most 800")
     m.add_argument("--batch-sizes", default="256:12,512:4,1024:4",
                    help="RES:BATCH,... per process, else --batch-size (Sec. A.1's 14, 6, 3, "
                    "rounded to multiples of 4)")
+    m.add_argument("--lr-sizes", default="", help="RES:LR,... G's and D's learning rate at these "
+                   "resolutions, else --lr-g/--lr-d (official code's G_lrate_dict, D_lrate_dict)")
     m.add_argument("--mbstd-group", type=int, default=4, help="minibatch stddev group (official "
                    "code); 0: the whole minibatch (Sec. 3)")
     m.add_argument("--fmap-base", type=int, default=128, help="feature maps at 2^r: "
                    "min(fmap_base / 2^(r-1), fmap_max) (Table 2, official code: 8192)")
     m.add_argument("--fmap-max", type=int, default=64, help="most feature maps (Table 2: 512)")
     m.add_argument("--lambda-gp", type=float, default=10.0, help="WGAN-GP weight (Sec. A.1)")
+    m.add_argument("--gp-target", type=positive_float, default=1.0, help="the penalty's gradient "
+                   "norm target gamma, lambda (||g|| - gamma)^2 / gamma^2 (WGAN-GP, Sec. A.1: 1; "
+                   "the authors' CIFAR-10 run: 750)")
     m.add_argument("--eps-drift", type=float, default=0.001, help="drift term weight (Sec. A.1)")
     m.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (Sec. A.1)")
     m.add_argument("--beta2", type=float, default=0.99, help="Adam beta2 (Sec. A.1)")
@@ -290,14 +376,8 @@ def growth(args):
     A.1's smaller batches at high resolutions from --batch-sizes, --batch-size elsewhere."""
     from common import UserError
 
-    n_stages, given = int(math.log2(args.image_size)) - 1, {}
-    for item in filter(None, (s.strip() for s in args.batch_sizes.split(","))):
-        res, _, bs = item.partition(":")
-        res, bs = (int(v) if v.isdigit() else 0 for v in (res, bs))
-        if res < 4 or res & (res - 1) or bs < 1:
-            raise UserError(f"--batch-sizes {args.batch_sizes!r}: {item!r} is not RES:BATCH with a "
-                            "power-of-two RES >= 4 and BATCH >= 1 (e.g. 256:12,512:4)")
-        given[res] = bs
+    n_stages = int(math.log2(args.image_size)) - 1
+    given = by_resolution(args.batch_sizes, "--batch-sizes", "BATCH", int, "256:12,512:4")
     sizes = [given.get(4 << s, args.batch_size) for s in range(n_stages)]
     for r, bs in ((4 << s, bs) for s, bs in enumerate(sizes)):
         if bs % (min(args.mbstd_group, bs) or bs):  # a group of 0: the whole batch
@@ -305,6 +385,31 @@ def growth(args):
                             f"at {r}x{r} is not a multiple of --mbstd-group {args.mbstd_group}")
     fade, stable = (round((k or 0) * 1000) for k in (args.fade_kimg, args.stable_kimg))
     return n_stages, fade, stable, sizes
+
+
+def by_resolution(text, flag, name, kind, example):
+    """{resolution: value} from RES:VALUE,... (--batch-sizes, --lr-sizes); one line otherwise."""
+    from common import UserError
+
+    given = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        res, _, value = item.partition(":")
+        try:
+            res, value = int(res), kind(value)
+        except ValueError:
+            res = value = 0
+        if res < 4 or res & (res - 1) or not value > 0:
+            raise UserError(f"{flag} {text!r}: {item!r} is not RES:{name} with a power-of-two "
+                            f"RES >= 4 and {name} > 0 (e.g. {example})")
+        given[res] = value
+    return given
+
+
+def learning_rates(args, n_stages):
+    """(G's, D's) learning rate of each stage: --lr-sizes where it names the resolution, else
+    --lr-g and --lr-d (the official TrainingSchedule's lrate dicts, one for both nets)."""
+    given = by_resolution(args.lr_sizes, "--lr-sizes", "LR", float, "128:0.0015,256:0.002")
+    return [(given.get(4 << s, args.lr_g), given.get(4 << s, args.lr_d)) for s in range(n_stages)]
 
 
 # ============================================================ loss
@@ -326,13 +431,14 @@ def interpolate(real, fake):
     return (eps * real + (1 - eps) * fake).detach().requires_grad_(True)
 
 
-def gradient_penalty(hat_scores, x_hat, scale=1.0):
-    """WGAN-GP's E[(||grad D(x_hat)||_2 - 1)^2] (lambda by the caller; target 1 as in the
-    official wgan_target): norm over all non-batch dims, create_graph=True. ``scale``: fp16's
-    loss scale (PyTorch's AMP recipe: scale before autograd.grad, divide the gradients by it)."""
+def gradient_penalty(hat_scores, x_hat, scale=1.0, target=1.0):
+    """WGAN-GP's E[(||grad D(x_hat)||_2 - gamma)^2] / gamma^2 (lambda by the caller; gamma 1 as
+    in the official wgan_target, 750 in the authors' CIFAR-10 run): norm over all non-batch
+    dims, create_graph=True. ``scale``: fp16's loss scale (PyTorch's AMP recipe: scale before
+    autograd.grad, divide the gradients by it)."""
     (grad,) = torch.autograd.grad(hat_scores.float().sum() * scale, x_hat, create_graph=True)
     norm = (grad.float() / scale).flatten(1).norm(2, dim=1)
-    return ((norm - 1) ** 2).mean()
+    return (((norm - target) / target) ** 2).mean()
 
 
 # ============================================================ shared: command line
@@ -547,7 +653,7 @@ def check_args(args):
                         "4x4, so use a power of two >= 8 (32, 64, ..., 1024)")
     if args.fade_kimg == 0 and args.stable_kimg == 0:
         raise UserError("--fade-kimg and --stable-kimg are both 0: the schedule has no length")
-    growth(args)
+    learning_rates(args, growth(args)[0])
 
 
 def total_steps(args, n_images, world, resumed):
@@ -582,6 +688,7 @@ def train(args):
         if getattr(args, k) is None:
             setattr(args, k, min(800, PHASE_EPOCHS * len(data) / 1000))
     n_stages, fade_img, stable_img, sizes = growth(args)
+    rates = learning_rates(args, n_stages)
     total = total_steps(args, len(data), world, run.resumed)
     batches = run.batches(data, sizes[0])  # one stream; its batch size follows the stage
 
@@ -614,6 +721,7 @@ def train(args):
             sched["phase"] = phase
             run.write(f"step {run.step}, {sched['images'] / 1000:g} kimg: {res}x{res}, "
                       f"{'fading in' if alpha < 1 else 'stabilising'}")
+        opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = rates[stage]
         if sizes[stage] != batches.batch_size:  # from the next epoch on
             batches.set_batch_size(sizes[stage])
             stream = iter(batches)
@@ -630,7 +738,7 @@ def train(args):
             real_scores, fake_scores = D(real, stage, alpha), D(fake.detach(), stage, alpha)
             hat_scores = D(x_hat, stage, alpha)
         # scaler_d.scale(one) is fp16's loss scale as a tensor (no host sync), 1 otherwise.
-        penalty = gradient_penalty(hat_scores, x_hat, scaler_d.scale(one))
+        penalty = gradient_penalty(hat_scores, x_hat, scaler_d.scale(one), args.gp_target)
         loss_w = d_loss(real_scores, fake_scores, args.eps_drift)
         optimizer_step(loss_w + args.lambda_gp * penalty, opt_d, scaler_d, D, world)
 

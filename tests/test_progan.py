@@ -25,10 +25,100 @@ def test_paper_defaults():
     assert a.steps == 0  # to the end of the growing schedule
     # Table 2: 512 maps up to 32x32, then halving to 16 at 1024x1024.
     assert [m.feature_maps(r) for r in range(2, 11)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
+    assert a.ema_warmup is False and a.gp_target == 1.0  # G_smoothing 0.999 from step 0
     # --config auto (the default): the same method, CPU-sized, phases resolved from the data
-    a = m.parse_args(["--image-size", "64"])
+    a = m.parse_args(["--image-size", "64", "--assume", "cpu"])
     assert (a.fmap_base, a.fmap_max, a.ema_decay, a.fade_kimg, a.lambda_gp) == (
-        256, 64, 0.99, None, 10.0)
+        256, 64, 0.99, 480 / 64, 10.0)
+
+
+def stages_and_steps(a):
+    """(stages, steps to the end of the growing schedule) of parsed args, one process."""
+    n_stages, fade, stable, sizes = m.growth(a)
+    return n_stages, m.schedule_steps(fade, stable, n_stages, lambda s: sizes[s])
+
+
+def test_auto_cpu_digits_resolve_to_todays_run():
+    """The default run on the embedded digits: 16 passes of the 1797 digits a phase, grown to
+    16x16 in 8985 steps of 16, as before the CPU cap (480 / 16 = 30 kimg is above 28.752)."""
+    a = m.parse_args(["--assume", "cpu"])
+    assert (a.image_size, a.fade_kimg, a.stable_kimg, a.fmap_base, a.fmap_max, a.z_dim) == (
+        16, 28.752, 28.752, 64, 64, 512)
+    assert (a.batch_size, a.batch_sizes, a.lr_sizes, a.lr_g, a.lr_d, a.mbstd_group) == (
+        16, "256:12,512:4,1024:4", "", 1e-3, 1e-3, 4)
+    assert (a.steps, a.ema_decay, a.ema_warmup, a.gp_target, a.flip) == (0, 0.99, True, 1.0, False)
+    assert a.chosen == {"fmap_base": 64, "fade_kimg": 28.752, "stable_kimg": 28.752}
+    assert stages_and_steps(a) == (3, 8985)
+
+
+def test_auto_cpu_mnist_grows_to_32_within_its_budget():
+    """60,000 MNIST images: 16 passes would be 960k images a phase (350k steps, still at 4x4
+    after 10 CPU-minutes); the CPU cap, 480 / 32 = 15 kimg a phase, grows to 32x32 in 6563
+    steps of 16, fewer than the digits' 8985 at 16x16 (a step at 32x32 costs more)."""
+    a = m.parse_args(["--dataset", "mnist", "--assume", "cpu"])
+    assert (a.image_size, a.fade_kimg, a.stable_kimg, a.fmap_base, a.batch_size) == (
+        32, 15.0, 15.0, 128, 16)
+    n_stages, steps = stages_and_steps(a)
+    assert (n_stages, steps) == (4, 6563)
+    # 32x32 has faded in after 6 phases (90k images, step 5625) and stabilises to the end.
+    assert m.schedule(5624 * 16, 15_000, 15_000, n_stages)[:2] == (3, pytest.approx(14984 / 15000))
+    assert m.schedule(5625 * 16, 15_000, 15_000, n_stages) == (3, 1.0, 6)
+
+
+def cuda(*flags):
+    return m.parse_args(["--assume", *flags])
+
+
+def test_auto_cuda_celeba_128_on_8_gpus_is_the_official_preset():
+    """config.py preset-v2-8gpus (global minibatch {4: 512, 8: 256, 16: 128, 32: 64, 64: 32},
+    32 elsewhere, lrate 0.0015 at 128), celeba's mirror_augment, total_kimg 12000; train.py's
+    600k-image phases and G_smoothing 0.999 without ramp-up; networks.py's 8192/512 maps."""
+    a = cuda("cuda:8", "--dataset", "celeba", "--image-size", "128")
+    assert (a.batch_sizes, a.batch_size, a.lr_sizes, a.lr_g, a.lr_d) == (
+        "4:64,8:32,16:16,32:8,64:4,128:4", 4, "128:0.0015", 1e-3, 1e-3)
+    assert (a.fade_kimg, a.stable_kimg, a.fmap_base, a.fmap_max, a.z_dim, a.mbstd_group) == (
+        600, 600, 8192, 512, 512, 4)
+    assert (a.ema_decay, a.ema_warmup, a.flip, a.gp_target) == (0.999, False, True, 1.0)
+    # Steps: the growing (600k at 4x4, then 1.2M a resolution, 6.6M images) at each stage's
+    # global batch, then the rest of the 12M images at 32.
+    per = [64, 32, 16, 8, 4, 4]
+    growing = m.schedule_steps(600_000, 600_000, 6, lambda s: per[s] * 8)
+    assert a.steps == growing + 5_400_000 // 32
+    assert m.learning_rates(a, 6) == [(1e-3, 1e-3)] * 5 + [(0.0015, 0.0015)]
+
+
+def test_auto_cuda_presets_by_gpu_count_and_memory():
+    a = cuda("cuda:1", "--dataset", "celeba")  # 64x64 on 1 GPU: preset-v2-1gpu
+    assert (a.image_size, a.batch_sizes, a.lr_sizes) == (64, "4:128,8:128,16:128,32:64,64:32", "")
+    a = cuda("cuda:1", "--dataset", "celeba", "--image-size", "1024")
+    assert a.batch_sizes.endswith("256:8,512:4,1024:4") and a.lr_sizes == "1024:0.0015"
+    a = cuda("cuda:4", "--dataset", "mnist")  # preset-v2-4gpus, no mirroring but for CelebA
+    assert (a.image_size, a.batch_sizes, a.flip) == (32, "4:128,8:64,16:32,32:16", False)
+    # max_minibatch_per_gpu (fp32, 16 GB): 16 at 256 on a 16 GB GPU, 8 on an 8 GB one.
+    a = cuda("cuda:2:8", "--dataset", "celeba", "--image-size", "256")
+    assert a.batch_sizes.endswith("128:8,256:4")
+    assert cuda("cuda:2:16", "--dataset", "celeba", "--image-size", "256").batch_sizes.endswith(
+        "256:4")
+    # 3 processes: the 2-GPU preset, the batch split and kept a multiple of the group of 4.
+    a = cuda("cuda:3", "--dataset", "celeba")
+    assert a.batch_sizes == "4:84,8:84,16:40,32:20,64:8"
+    # Given flags win.
+    assert cuda("cuda:8", "--dataset", "celeba", "--batch-sizes", "4:8").batch_sizes == "4:8"
+
+
+def test_auto_cuda_cifar10_is_the_papers_run():
+    """Sec. 6.5's CIFAR-10 run, the authors' Theano code (original-theano-version, config.py
+    'cifar-10-32x32'): 400k-image phases, minibatch 16, 20M images, fmap_base 4096, fmap_max
+    128, latent 128, the stddev over the whole minibatch, gradient-norm target 750."""
+    a = cuda("cuda:1", "--dataset", "cifar10")
+    assert (a.image_size, a.fade_kimg, a.stable_kimg, a.batch_size, a.steps) == (
+        32, 400, 400, 16, 20_000_000 // 16)
+    assert (a.fmap_base, a.fmap_max, a.z_dim, a.mbstd_group, a.gp_target, a.lambda_gp) == (
+        4096, 128, 128, 0, 750.0, 10.0)
+    assert (a.lr_g, a.lr_d, a.ema_decay, a.ema_warmup, a.flip, a.lr_sizes) == (
+        1e-3, 1e-3, 0.999, False, False, "")
+    a = cuda("cuda:8", "--dataset", "cifar10")  # the global 16 split over 8 processes
+    assert (a.batch_size, a.steps) == (2, 20_000_000 // 16)
 
 
 def test_schedule():
@@ -148,6 +238,9 @@ def test_losses_drift_and_penalty():
     x_hat = m.interpolate(torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4))
     # (||g|| - 1)^2 with ||g|| = 2.
     assert m.gradient_penalty(critic(x_hat), x_hat).item() == pytest.approx(1.0)
+    # gamma 750 (the authors' CIFAR-10 run): (||g|| - 750)^2 / 750^2, here ||g|| = 2.
+    assert m.gradient_penalty(critic(x_hat), x_hat, target=750.0).item() == pytest.approx(
+        (748 / 750) ** 2)
     x_hat = m.interpolate(torch.zeros(8, 1, 2, 2), torch.ones(8, 1, 2, 2))
     # One eps per sample.
     assert torch.equal(x_hat.flatten(1), x_hat.flatten(1)[:, :1].expand(8, 4))
@@ -226,6 +319,8 @@ def test_batches_switch_batch_size_at_the_next_epoch():
     (["--batch-sizes", "8:6"], "--batch-sizes"),
     (["--batch-sizes", "8-6"], "RES:BATCH"),
     (["--image-size", "24"], "power of two"),
+    (["--lr-sizes", "8:0"], "RES:LR"),
+    (["--lr-sizes", "8:x"], "--lr-sizes"),
     (["--fade-kimg", "-1"], "--fade-kimg"),
 ])
 def test_bad_input(in_tmp, capsys, flags, words):
