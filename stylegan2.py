@@ -29,8 +29,8 @@ Based on dcgan.py; differs in the networks, the lazy regularisers, style mixing,
 half-life, sampling extras, DiffAugment, per-block precision, no --conditional/channels-last.
 
 Departures from the paper, and choices where it is silent (more in docs/stylegan2.md):
-* Width: min(--channel-base / r, --channel-max) channels at resolution r. Config F is
-  32768/512; the default 1024/64 is a CPU-sized model (z and w keep 512 dimensions).
+* --config auto: on CUDA StyleGAN2-ADA's --cfg auto (train.py; cfg cifar for CIFAR-10); on a
+  CPU a CPU-sized width, min(--channel-base / r, --channel-max), 1024/64 (config F: 32768/512).
 * Resampling: the [1,3,3,1] FIR filter through common.ops, whose gradient is itself a blur
   (cheap double backward); a copy of this file alone falls back to plain autograd.
 * Lazy regularisation, the EMA's half-life and w_avg follow the official code. The EMA's
@@ -92,7 +92,73 @@ SMOKE_ARGS = ["--channel-base", "64", "--channel-max", "8", "--z-dim", "8", "--w
 PAPER = {"image_size": 1024, "batch_size": 32, "lr_g": 0.002, "lr_d": 0.002, "z_dim": 512,
          "w_dim": 512, "mapping_layers": 8, "channel_base": 32768, "channel_max": 512,
          "r1_gamma": 10.0, "r1_every": 16, "pl_weight": 2.0, "pl_every": 4, "style_mixing": 0.9,
-         "beta1": 0.0, "beta2": 0.99, "mbstd_group": 4, "ema_kimg": 10.0, "ema_rampup": 0.0}
+         "beta1": 0.0, "beta2": 0.99, "mbstd_group": 4, "ema_kimg": 10.0, "ema_rampup": 0.0,
+         "ema_warmup": False}
+# --config auto on a CPU: the defaults below, sized for the digits at 16x16 (docs/stylegan2.md).
+CPU = {"channel_base": 1024, "channel_max": 64, "batch_size": 16, "steps": 2250, "lr_g": 0.002,
+       "lr_d": 0.002, "r1_gamma": 10.0, "mbstd_group": 4, "ema_kimg": 10.0, "ema_rampup": 0.05,
+       "mapping_layers": 8}
+# On a CPU above 16x16: the 16x16 run's cost, 2250 x 68 / 127 (G + D's MFLOP per image).
+STEPS_32 = 1200
+# Memory of a training step (G, path length, D, R1) per image and per activation (r^2 x
+# channels, summed over the resolutions): the slope of the peak between batch 2 and 8 at 64x64
+# and half width, fp32 on a CPU (docs/stylegan2.md); --amp needs less. It bounds auto's batch.
+BYTES_PER_UNIT = 83
+
+
+def auto_config(args):
+    """on a CPU the defaults below (a CPU-sized net, batch 16, 2250 steps at 16x16 and 1200
+    above: about ten minutes); on CUDA StyleGAN2-ADA's --cfg auto for the resolution and the
+    GPUs (its cifar config for CIFAR-10): widths, batch, lr, R1 gamma, EMA, 25,000 kimg."""
+    seen = args.auto
+    if seen["device"] == "cpu":
+        steps = CPU["steps"] if args.image_size <= 16 else STEPS_32
+        return {**CPU, "steps": steps}
+    if seen["dataset"] == "cifar10" and args.image_size == 32:
+        return ada_cifar(seen["processes"], seen["gpu_gib"])
+    return ada_auto(args.image_size, seen["processes"], seen["gpu_gib"])
+
+
+def max_batch(res, base, gib):
+    """The largest batch per process whose training step fits in 3/4 of ``gib`` GiB (0: not
+    known, no bound), by the estimate BYTES_PER_UNIT x the activations r^2 x channels(r)."""
+    if gib <= 0:
+        return 2**20
+    resolutions = (2**i for i in range(2, res.bit_length()))  # 4 .. res
+    units = sum(r * r * channels_at(r, base, 512) for r in resolutions)
+    return max(1, int(0.75 * gib * 2**30 / (units * BYTES_PER_UNIT)))
+
+
+def ada_auto(res, gpus, gib):
+    """StyleGAN2-ADA's --cfg auto (NVlabs/stylegan2-ada-pytorch, train.py: cfg_specs['auto'] and
+    the formulas under ``if cfg == 'auto'``), per process; the global batch sets gamma and EMA."""
+    mb = max(min(gpus * min(4096 // res, 32), 64), gpus)  # "keep gpu memory consumption at bay"
+    base = 32768 if res >= 512 else 16384  # fmaps 1 or 0.5 times 32768, channel_max 512
+    batch = min(mb // gpus, max_batch(res, base, gib))  # batch_gpu = mb // gpus; our memory
+    mbstd = min(batch, 4)  # mbstd = min(mb // gpus, 4)
+    batch = batch // mbstd * mbstd  # whole groups (ADA's GPU counts are powers of two)
+    mb = batch * gpus
+    lr = 0.002 if res >= 1024 else 0.0025  # lrate
+    return {"channel_base": base, "channel_max": 512, "batch_size": batch, "mbstd_group": mbstd,
+            "lr_g": lr, "lr_d": lr,
+            "r1_gamma": 0.0002 * res**2 / mb,  # gamma: "heuristic formula"
+            "ema_kimg": mb * 10 / 32, "ema_rampup": 0.05,  # ema, ramp
+            "mapping_layers": 2,  # map
+            "steps": steps_for(25000, batch, gpus)}  # kimg 25000
+
+
+def ada_cifar(gpus, gib):
+    """StyleGAN2-ADA's cfg 'cifar' (train.py: cfg_specs['cifar'], CIFAR-10's "tuned
+    configuration" for 1 or 2 GPUs), its global batch 64 split over the processes."""
+    batch = min(max(64 // gpus, 1), max_batch(32, 32768, gib))  # mb 64
+    mbstd = min(32, batch)  # mbstd 32
+    batch = batch // mbstd * mbstd
+    return {"channel_base": 32768, "channel_max": 512,  # fmaps 1
+            "batch_size": batch, "mbstd_group": mbstd, "lr_g": 0.0025, "lr_d": 0.0025,  # lrate
+            "r1_gamma": 0.01, "ema_kimg": 500.0, "ema_rampup": 0.05,  # gamma, ema, ramp
+            "mapping_layers": 2,  # map
+            "pl_weight": 0.0, "style_mixing": 0.0,  # train.py: if cfg == 'cifar'
+            "steps": steps_for(100000, batch, gpus)}  # kimg 100000
 
 
 def parse_args(argv=None):
@@ -103,7 +169,7 @@ def parse_args(argv=None):
     add_common_args(p, batch_size=16, steps=2250, lr_g=0.002, lr_d=0.002, z_dim=512,
                     ema_decay=None, sources={"batch_size": "32, App. B, config F", "lr_g": "App. B",
                                              "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
-                    configs={"paper": PAPER})
+                    configs={"auto": auto_config, "paper": PAPER})
     a = p.add_argument_group("StyleGAN2").add_argument
     a("--w-dim", type=int, default=512, help="dimension of w (StyleGAN Sec. 2)")
     a("--mapping-layers", type=int, default=8, help="layers of z -> w (StyleGAN Sec. 2)")
@@ -123,7 +189,8 @@ def parse_args(argv=None):
     a("--beta2", type=float, default=0.99, help="Adam beta2 (App. B)")
     a("--ema-kimg", type=float, default=10.0, help="EMA half-life in kimg (App. B); or --ema-decay")
     a("--ema-rampup", type=float, default=0.05, help="half-life <= this x images seen "
-      "(StyleGAN2-ADA's cfg auto/cifar; config F has no ramp-up: 0)")
+      "(StyleGAN2-ADA's cfg auto/cifar; config F has no ramp-up: 0); the half-life's ramp-up, "
+      "--ema-warmup is a constant --ema-decay's")
     a("--augment", action="store_true", help="DiffAugment (Zhao et al. 2020) on D's inputs")
     a("--fp16-res", type=int, default=4, help="--amp in the k top resolutions (StyleGAN2-ADA)")
     a("--conv-clamp", type=float, default=256.0, help="with --amp: clamp to +-this (StyleGAN2-ADA)")
@@ -201,10 +268,13 @@ def modulated_conv(x, weight, styles, demodulate=True, up=False, f=None):
     weight (equalized lr), divide each output channel by sqrt(sum_i,k (s_i w_ijk)^2 + 1e-8).
     up: a stride-2 transposed conv, then the [1,3,3,1] blur (bilinear upsampling, App. B)."""
     cout, cin, kh, kw = weight.shape
-    w = weight * (1 / math.sqrt(cin * kh * kw))
+    gain = 1 / math.sqrt(cin * kh * kw)  # equalized lr
     if demodulate and x.dtype != torch.float32:  # official: keeps fp16 in range; demod undoes it
-        w = w / w.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
+        # StyleGAN2-ADA's modulated_conv2d: the weight's largest entry becomes the gain, not 1
+        w = weight * (gain / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+    else:
+        w = weight * gain
     x = x * styles.to(x.dtype)[:, :, None, None]
     if up:  # (2H + 1)^2, blurred back to 2H
         x = F.conv_transpose2d(x, w.transpose(0, 1).flip([2, 3]).to(x.dtype), stride=2)
@@ -808,9 +878,10 @@ def train(args):
             optimizer_step(r1 * (args.r1_gamma / 2) * args.r1_every, opt_d, scaler_d, D, world)
             reg["last"][0] = logged(r1, args.amp)
         if ema is not None:  # after the D step (official), so the copied w_avg is the latest
-            decay = args.ema_decay if args.ema_decay is not None else ema_beta(
-                run.step, args.batch_size * world, args.ema_kimg, args.ema_rampup)
-            ema_update(ema, G, decay, run.step, warmup=False)  # its own ramp-up: ema_beta
+            half_life = args.ema_decay is None  # App. B's, with its own ramp-up (--ema-rampup)
+            decay = ema_beta(run.step, args.batch_size * world, args.ema_kimg,
+                             args.ema_rampup) if half_life else args.ema_decay
+            ema_update(ema, G, decay, run.step, warmup=args.ema_warmup and not half_life)
 
         run.end_step(d_loss=loss_d, g_loss=loss_g,
                      d_real=torch.sigmoid(real_logits.detach().float()).mean(),

@@ -20,9 +20,9 @@ SMALL = [*m.SMOKE_ARGS]
 
 
 def test_paper_defaults():
-    a = m.parse_args(["--image-size", "32", "--batch-size", "32"])  # auto's batch: 16
+    a = m.parse_args(["--image-size", "32", "--batch-size", "32", "--assume", "cpu"])
     assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2) == (32, 0.002, 0.002, 0.0, 0.99)
-    assert m.parse_args([]).batch_size == 16  # --config auto; paper: config F's 32
+    assert m.parse_args(["--assume", "cpu"]).batch_size == 16  # auto; paper: config F's 32
     assert m.parse_args(["--config", "paper"]).batch_size == 32
     assert (a.z_dim, a.w_dim, a.mapping_layers, a.mapping_lr_mul) == (512, 512, 8, 0.01)
     assert (a.style_mixing, a.mbstd_group) == (0.9, 4)
@@ -215,3 +215,149 @@ def test_training_logs_regularisers_and_samples(in_tmp, capsys):
 ])
 def test_bad_input(in_tmp, capsys, flags, words):
     assert_one_line_error(m, flags, words, capsys)
+
+
+# ---------------------------------------------------------------- --config auto (issue 25)
+def ada_auto(res, gpus):
+    """StyleGAN2-ADA's --cfg auto, as written in NVlabs/stylegan2-ada-pytorch train.py."""
+    mb = max(min(gpus * min(4096 // res, 32), 64), gpus)
+    return {"mb": mb, "batch_gpu": mb // gpus, "mbstd": min(mb // gpus, 4),
+            "channel_base": int((1 if res >= 512 else 0.5) * 32768), "channel_max": 512,
+            "lrate": 0.002 if res >= 1024 else 0.0025, "gamma": 0.0002 * res**2 / mb,
+            "ema": mb * 10 / 32, "ramp": 0.05, "map": 2, "kimg": 25000}
+
+
+def test_auto_on_a_cpu_is_todays_digits_run():
+    """The digits on a CPU resolve to the values of the default run before issue 25."""
+    today = {"image_size": 16, "channel_base": 1024, "channel_max": 64, "batch_size": 16,
+             "steps": 2250, "lr_g": 0.002, "lr_d": 0.002, "r1_gamma": 10.0, "mbstd_group": 4,
+             "ema_kimg": 10.0, "ema_rampup": 0.05, "ema_decay": None, "mapping_layers": 8,
+             "pl_weight": 2.0, "style_mixing": 0.9, "z_dim": 512, "w_dim": 512}
+    a = m.parse_args(["--assume", "cpu"])
+    assert {k: getattr(a, k) for k in today} == today
+    assert a.chosen == m.CPU  # what auto set, recorded in args.json
+    mnist = m.parse_args(["--assume", "cpu", "--dataset", "mnist"])  # 32x32: about as long
+    assert (mnist.image_size, mnist.channel_base, mnist.batch_size) == (32, 1024, 16)
+    assert mnist.steps == m.STEPS_32 < 2250
+
+
+@pytest.mark.parametrize("flags,res,gpus", [
+    (["--assume", "cuda:8", "--dataset", "celeba"], 64, 8),
+    (["--assume", "cuda:8", "--dataset", "folder", "--image-size", "256"], 256, 8),
+    (["--assume", "cuda:1", "--dataset", "celeba"], 64, 1),
+    (["--assume", "cuda:8", "--dataset", "folder", "--image-size", "1024"], 1024, 8),
+])
+def test_auto_on_gpus_is_stylegan2_ada_cfg_auto(flags, res, gpus):
+    a, ada = m.parse_args(flags), ada_auto(res, gpus)
+    assert a.image_size == res and a.auto["processes"] == gpus
+    assert (a.channel_base, a.channel_max) == (ada["channel_base"], ada["channel_max"])
+    assert (a.batch_size, a.mbstd_group) == (ada["batch_gpu"], ada["mbstd"])
+    assert a.lr_g == a.lr_d == ada["lrate"]
+    assert a.r1_gamma == pytest.approx(ada["gamma"])
+    assert (a.ema_kimg, a.ema_rampup, a.mapping_layers) == (ada["ema"], ada["ramp"], ada["map"])
+    assert a.steps * a.batch_size * gpus >= ada["kimg"] * 1000 > (a.steps - 1) * ada["mb"]
+    assert (a.pl_weight, a.style_mixing, a.ema_decay) == (2.0, 0.9, None)  # the loss's defaults
+
+
+def test_auto_celeba_and_256_numbers():
+    """The issue's numbers: CelebA at 64x64 on 8 GPUs is batch 64 (8 per GPU), half width,
+    gamma 0.0128, EMA 20 kimg; a 256x256 folder the same batch with gamma 0.2048."""
+    a = m.parse_args(["--assume", "cuda:8", "--dataset", "celeba"])
+    assert (a.batch_size, a.channel_base, a.r1_gamma, a.ema_kimg) == (8, 16384, 0.0128, 20)
+    assert a.steps == 390625  # 25,000 kimg at batch 64
+    b = m.parse_args(["--assume", "cuda:8", "--dataset", "folder", "--image-size", "256"])
+    assert (b.batch_size, b.mbstd_group, b.r1_gamma, b.steps) == (8, 4, 0.2048, 390625)
+    assert m.parse_args(["--dry-run", "--assume", "cuda:8", "--dataset", "celeba",
+                         "--batch-size", "4"]).batch_size == 4  # a given flag wins
+
+
+@pytest.mark.parametrize("gpus", [2, 1])
+def test_auto_cifar10_is_stylegan2_ada_cfg_cifar(gpus):
+    """train.py cfg_specs['cifar']: ref_gpus 2, kimg 100000, mb 64, mbstd 32, fmaps 1, lrate
+    0.0025, gamma 0.01, ema 500, ramp 0.05, map 2; pl_weight 0 and style_mixing_prob 0."""
+    a = m.parse_args(["--assume", f"cuda:{gpus}", "--dataset", "cifar10"])
+    assert a.image_size == 32 and a.batch_size * gpus == 64 and a.mbstd_group == 32
+    assert (a.channel_base, a.channel_max, a.lr_g, a.lr_d) == (32768, 512, 0.0025, 0.0025)
+    assert (a.r1_gamma, a.ema_kimg, a.ema_rampup, a.mapping_layers) == (0.01, 500, 0.05, 2)
+    assert (a.pl_weight, a.style_mixing) == (0, 0)
+    assert a.steps == 100_000 * 1000 // 64
+
+
+def test_auto_batch_fits_the_gpu():
+    """Less memory than the estimate of ADA's per-GPU batch needs: a smaller batch, whole
+    mbstd groups, and gamma and the EMA follow the global batch as ADA's formulas do."""
+    big = m.parse_args(["--assume", "cuda:8:80", "--dataset", "folder", "--image-size", "1024"])
+    small = m.parse_args(["--assume", "cuda:8:12", "--dataset", "folder", "--image-size", "1024"])
+    assert big.batch_size == 4 and 1 <= small.batch_size < 4
+    assert small.batch_size % small.mbstd_group == 0
+    assert small.r1_gamma == pytest.approx(0.0002 * 1024**2 / (8 * small.batch_size))
+    assert small.ema_kimg == pytest.approx(8 * small.batch_size * 10 / 32)
+    assert m.max_batch(64, 16384, 80) >= 32 and m.max_batch(1024, 32768, 12) < 4
+
+
+def test_help_states_the_auto_rule():
+    text = m.config_help(m.auto_config)
+    assert "StyleGAN2-ADA" in text and "CPU" in text and not text.endswith(".")
+
+
+# ---------------------------------------------------------------- issue 27, items 2 and 3
+def test_config_paper_has_no_ema_rampup(in_tmp, monkeypatch):
+    """Config F has no EMA ramp-up: --config paper's decay is exactly App. B's beta =
+    0.5 ** (batch / 10k) from step 0, with no cap of the shared ema_update either."""
+    a = m.parse_args(["--config", "paper"])
+    assert (a.ema_rampup, a.ema_warmup, a.ema_decay, a.ema_kimg) == (0.0, False, None, 10.0)
+    assert m.ema_beta(0, 32, 10.0, 0.0) == 0.5 ** (32 / 10_000)  # step 0: beta, not 0
+    seen = []
+    real_update = m.ema_update
+
+    def spy(ema, model, decay, step, warmup=True):
+        seen.append((step, decay, warmup))
+        return real_update(ema, model, decay, step, warmup)
+
+    monkeypatch.setattr(m, "ema_update", spy)
+    small = [*tiny_args(m), "--image-size", "16", "--steps", "2"]
+    m.main(["--config", "paper", *small, "--out", "paper"])
+    beta = 0.5 ** (16 / 10_000)  # tiny_args' batch 16
+    assert seen == [(0, beta, False), (1, beta, False)]
+    seen.clear()
+    m.main([*small, "--out", "auto"])  # auto: the ramp-up of StyleGAN2-ADA, no second cap
+    assert seen[0] == (0, 0.0, False) and seen[1][1] == pytest.approx(0.5 ** (16 / 0.8))
+    seen.clear()
+    m.main([*small, "--ema-decay", "0.99", "--out", "const"])  # a constant decay: --ema-warmup
+    assert [w for _, _, w in seen] == [True, True]
+    # and with warmup off, the shared update applies the decay itself at step 0
+    G, _ = m.build_models(m.parse_args(SMALL), 1, 0)
+    ema = m.build_models(m.parse_args(SMALL), 1, 0)[0]
+    before = [p.detach().clone() for p in ema.parameters()]
+    real_update(ema, G, beta, 0, warmup=False)
+    for pe, p0, pg in zip(ema.parameters(), before, G.parameters()):
+        torch.testing.assert_close(pe, beta * p0 + (1 - beta) * pg)
+
+
+def test_fp16_prenormalisation_keeps_the_equalized_lr_scale(monkeypatch):
+    """StyleGAN2-ADA's modulated_conv2d under fp16: weight * (1 / sqrt(fan_in) / max|weight|),
+    styles / max|styles|; the conv's output (before demodulation) is at that scale, not
+    sqrt(fan_in) larger, and the demodulated output is the fp32 one."""
+    torch.manual_seed(0)
+    cin = 512
+    x, w = torch.randn(2, cin, 4, 4), torch.randn(8, cin, 3, 3)
+    s = torch.rand(2, cin) + 0.5
+    outputs = []
+    conv2d = m.F.conv2d
+
+    def spy(*args, **kw):
+        outputs.append(conv2d(*args, **kw))
+        return outputs[-1]
+
+    monkeypatch.setattr(m.F, "conv2d", spy)
+    y16 = m.modulated_conv(x.half(), w, s)
+    (pre,) = outputs
+    monkeypatch.undo()
+    gain = 1 / math.sqrt(cin * 9)
+    w_ref = w * (gain / w.abs().amax(dim=[1, 2, 3], keepdim=True))
+    s_ref = s / s.abs().amax(dim=1, keepdim=True)
+    ref = conv2d(x * s_ref[:, :, None, None], w_ref, padding=1)
+    assert pre.dtype == torch.float16
+    torch.testing.assert_close(pre.float(), ref, rtol=2e-2, atol=2e-3)
+    assert pre.float().abs().max() < 2  # about 0.2 rms; without the gain, about 68x more
+    torch.testing.assert_close(y16.float(), m.modulated_conv(x, w, s), rtol=2e-2, atol=2e-2)
