@@ -16,11 +16,13 @@ Usage:
     python sagan.py                                   # class-conditional digits, 16x16 (auto)
     python sagan.py --config paper --dataset folder --data-path ~/imagenet   # Sec. 5
     python sagan.py --unconditional                   # no labels
-    python sagan.py --dataset cifar10 --data-path ~/data --g-width 64 --d-width 64
     python sagan.py --dataset folder --data-path ~/cats --image-size 64 --attention-res 32
     torchrun --nproc_per_node=8 sagan.py --dataset cifar10 --data-path ~/data --amp bf16
     python sagan.py --sample 40 --checkpoint runs/sagan/<run>   # one row per class
     python sagan.py --sample 10 --attention-map --attention-query 8 20 --checkpoint <run>
+
+On CUDA, --config auto is the authors' ImageNet run (brain-research/self-attention-gan: model.py,
+train_imagenet.py, README): widths 64, global batch 256, 1M steps at 256 (auto_config).
 
 Based on dcgan.py; differs in: residual G and D with spectral norm on every layer,
 self-attention, conditional batch norm in G and a projection D (``--unconditional`` turns
@@ -29,8 +31,9 @@ probabilities) in the log, the power-iteration vectors synced under torchrun, an
 ``--attention-map`` for sampling.
 
 Departures from the paper, and choices where it is silent (docs/sagan.md has the details):
-* Architecture: the authors' code (the SNGAN ResNets) scaled by ``--image-size``; widths
-  ``--g-width 8``/``--d-width 16`` so that the digits fit a CPU (the paper's model: 64).
+* Architecture: the authors' code (the SNGAN ResNets) scaled by ``--image-size``. On a CPU
+  widths 8/16, batch 16, 3100 steps at 16x16; widths 16/32 and 1300 steps at 32x32 (the
+  paper: 64, 256, 1M). G's update reuses D's fake batch.
 * ``--attention-res`` (default image_size / 4, Table 1's feat32 at 128x128) places attention
   in G and D. f, g, h have C/8 channels each, as Sec. 3 writes; the authors' code
   (brain-research/self-attention-gan, non_local.py) gives the values h C/2 channels (its
@@ -38,7 +41,8 @@ Departures from the paper, and choices where it is silent (docs/sagan.md has the
 * Conditional batch norm: BigGAN's shared class embedding by default (``--shared-dim 0``:
   the authors' per-class tables, too slow to separate the classes at lr 1e-4). Data
   without labels falls back to unconditional with a one-line warning.
-* Batch 16 and 3100 steps (the paper: 256 and 1M); G's update reuses D's fake batch.
+* Adam beta2 0.9 (Sec. 5), also in --config paper, which is the paper's setting: the
+  authors' code (model.py) passes only beta1 = 0, so TF's default beta2 0.999 applies there.
 * Orthogonal init (Saxe et al. 2014), as BigGAN's SAGAN baseline (Brock et al. 2019);
   the paper names none, and the authors' code (ops.py) uses Xavier (Glorot) in every layer.
 * EMA generator (not in the paper): its batch-norm statistics are recomputed before use.
@@ -62,16 +66,44 @@ SMOKE_ARGS = ["--g-width", "2", "--d-width", "2"]
 PAPER = {"image_size": 128, "batch_size": 256, "steps": 1000000, "lr_g": 1e-4, "lr_d": 4e-4,
          "beta1": 0.0, "beta2": 0.9, "z_dim": 128, "g_width": 64, "d_width": 64,
          "shared_dim": 0, "ema_decay": 0.0}
+# --config auto on a CPU above 16x16 (MNIST, CIFAR-10, folders at 32x32): wider nets for fewer
+# steps, about the CPU time of the defaults at 32x32 (docs/sagan.md, "--config auto").
+CPU_32 = {"g_width": 16, "d_width": 32, "steps": 1300}
+
+
+def auto_config(args):
+    """on a CPU the defaults below at 16x16 (the digits), widths 16 and 32 for 1300 steps
+    above (about 5 CPU-minutes); on CUDA the authors' ImageNet run: widths 64, per-class CBN
+    gains, global batch 256 (bounded by GPU memory), 256M images (1M steps at 256), EMA 0.9999."""
+    seen = args.auto
+    if seen["device"] == "cpu":
+        return {} if args.image_size <= 16 else dict(CPU_32)
+    size, processes, gib = args.image_size, seen["processes"], seen["gpu_gib"]
+    # Global batch 256: 64 per GPU on 4 GPUs (README; train_imagenet.py batch_size 64,
+    # num_towers 4); the paper, Sec. 5.
+    batch = max(1, 256 // processes)
+    if gib:  # 64 images of 128x128 per tower, taken to fit 16 GiB (the README names no GPU)
+        batch = max(1, min(batch, int(64 * gib / 16 * (128 / size) ** 2)))
+    return {
+        "g_width": 64, "d_width": 64,  # model.py: gf_dim 64, df_dim 64
+        "shared_dim": 0,  # per-class CBN gains and biases (generator.py, ops.py)
+        "batch_size": batch,
+        # 1M steps at batch 256 (README; the paper, Sec. 5): 256,000 kimg at any batch
+        "steps": steps_for(256000, batch, processes),
+        # lr 1e-4 (G), 4e-4 (D), not tied to the batch (model.py; Sec. 5): the defaults.
+        "ema_decay": 0.9999,  # not in the paper: BigGAN's (Brock et al. 2019, App. B)
+    }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="SAGAN (Zhang et al. 2019)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Sec. 5: lr 1e-4 for G and 4e-4 for D (TTUR); z of size 128 (the authors' code). Batch 16
-    # and the steps are a digits default (the paper: batch 256, 1M steps).
+    # and the steps are a digits default (the paper: batch 256, 1M steps; --config auto on CUDA).
     add_common_args(p, batch_size=16, steps=3100, lr_g=1e-4, lr_d=4e-4, z_dim=128,
                     sources={"lr_g": "Sec. 5, TTUR", "lr_d": "Sec. 5, TTUR",
-                             "z_dim": "authors' code"}, configs={"paper": PAPER})
+                             "z_dim": "authors' code"},
+                    configs={"auto": auto_config, "paper": PAPER})
     m = p.add_argument_group("SAGAN")
     m.add_argument("--g-width", type=int, default=8, help="G's channels at the image resolution "
                    "(the authors' gf_dim), x16 at 4x4 for 128x128 (the paper's model: 64)")
@@ -86,7 +118,8 @@ def parse_args(argv=None):
     m.add_argument("--unconditional", action="store_true",
                    help="ignore labels: plain batch norm in G, no projection in D")
     m.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (Sec. 5)")
-    m.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (Sec. 5)")
+    m.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (Sec. 5; the authors' "
+                   "code: TF's default 0.999)")
     m.add_argument("--attention-map", action="store_true", help="--sample: save G's attention "
                    "over key positions for one query position, beside each image")
     m.add_argument("--attention-query", type=int, nargs=2, default=None, metavar=("ROW", "COL"),
@@ -101,7 +134,8 @@ def parse_args(argv=None):
 def sn(layer):
     """Orthogonal init (Saxe et al. 2014; BigGAN's SAGAN baseline; the authors' code: Xavier),
     zero bias, then spectral norm (Miyato et al. 2018): W / sigma(W), sigma from one power
-    iteration per training forward with a persistent u (a buffer: in the checkpoint)."""
+    iteration per training forward with a persistent u (a buffer: in the checkpoint); the
+    training step turns D's off after its real batch (``power_iteration``): one per step."""
     nn.init.orthogonal_(layer.weight)
     if getattr(layer, "bias", None) is not None:
         nn.init.zeros_(layer.bias)
@@ -281,6 +315,15 @@ def build_models(args, channels, num_classes):
                   args.attention_res, args.shared_dim)
     d = Discriminator(args.image_size, channels, args.d_width, num_classes, args.attention_res)
     return g, d  # initialised in their layers (``sn``): orthogonal, then spectral norm
+
+
+def power_iteration(module, on):
+    """Turn the power-iteration step of every spectrally normalised layer of ``module`` on or
+    off; off, sigma still comes from the current u, v, and W's gradient still flows through
+    it (torch runs the step in a layer's training mode only; ``module`` itself keeps its mode)."""
+    for mod in module.modules():
+        if hasattr(mod, "_u"):  # torch's spectral-norm parametrization, which holds u and v
+            mod.train(on)
 
 
 def spectral_norm_buffers(module):
@@ -564,10 +607,14 @@ def train(args):
         z = torch.randn(real.shape[0], args.z_dim, device=device)
         y_fake = torch.randint(nc, (real.shape[0],), device=device) if nc else None
 
-        # D step (Eq. 4): hinge loss, lr 4e-4 (TTUR), one D step per G step.
+        # D step (Eq. 4): hinge loss, lr 4e-4 (TTUR), one D step per G step. D's u takes one
+        # power-iteration step per training step, on the real batch: the authors' code runs
+        # D(x) with update_collection None and D(G(z)) with "NO_OPS" (model.py).
         with autocast(device, args.amp):
             fake = G_step(z, y_fake)
-            real_scores, fake_scores = D_step(real, y), D_step(fake.detach(), y_fake)
+            real_scores = D_step(real, y)
+            power_iteration(D, False)
+            fake_scores = D_step(fake.detach(), y_fake)
             loss_d = d_loss(real_scores, fake_scores)
         optimizer_step(loss_d, opt_d, scaler_d, D, world)
 
@@ -577,6 +624,7 @@ def train(args):
             loss_g = g_loss(D_step(fake, y_fake))
         optimizer_step(loss_g, opt_g, scaler_g, G, world)
         D.requires_grad_(True)
+        power_iteration(D, True)
         if ema is not None:
             ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
 

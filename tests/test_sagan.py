@@ -100,6 +100,70 @@ def test_power_iteration_vector_is_persistent_and_depends_on_w_only():
                for a, b in zip(m.spectral_norm_buffers(D1), m.spectral_norm_buffers(D2)))
 
 
+def test_one_power_iteration_per_step(in_tmp, monkeypatch):
+    """D's u takes one power-iteration step per training step (on the real batch), as the
+    authors' update_collection; G's takes one too (its one forward per step)."""
+    sn_class = type(m.Discriminator(16, 1, 2, 0, 4).out.parametrizations.weight[0])
+    calls = {}
+    power_method = sn_class._power_method
+
+    def counted(self, *a, **k):
+        calls[id(self)] = calls.get(id(self), 0) + 1
+        return power_method(self, *a, **k)
+
+    monkeypatch.setattr(sn_class, "_power_method", counted)
+    build = m.build_models
+
+    def build_then_count(*a):  # building runs power iterations too (torch's registration)
+        nets = build(*a)
+        calls.clear()
+        return nets
+
+    monkeypatch.setattr(m, "build_models", build_then_count)
+    res = m.main([*tiny_args(m), "--steps", "3", "--out", "run"])
+    for net in ("D", "G"):
+        layers = [mod for mod in res[net].modules() if hasattr(mod, "_u")]
+        assert len(layers) > 10 and all(mod.training for mod in layers)  # switched back on
+        assert [calls.get(id(mod)) for mod in layers] == [3] * len(layers), net
+
+
+def test_auto_on_a_cpu_keeps_the_digits_defaults_and_widens_at_32():
+    args = m.parse_args(["--assume", "cpu"])
+    assert args.chosen == {} and args.image_size == 16
+    assert (args.g_width, args.d_width, args.batch_size, args.steps, args.lr_g, args.lr_d,
+            args.shared_dim, args.ema_decay, args.attention_res) == (
+        8, 16, 16, 3100, 1e-4, 4e-4, 128, 0.999, 4)
+    for data in (["--dataset", "mnist"], ["--dataset", "cifar10"]):
+        args = m.parse_args(["--assume", "cpu", *data])
+        assert args.image_size == 32 and args.chosen == {"g_width": 16, "d_width": 32,
+                                                         "steps": 1300}
+        assert (args.batch_size, args.lr_g, args.lr_d, args.shared_dim) == (16, 1e-4, 4e-4, 128)
+
+
+@pytest.mark.parametrize("assume, batch, steps", [
+    ("cuda:1", 256, 1000000), ("cuda:4", 64, 1000000), ("cuda:8", 32, 1000000),
+    ("cuda:1:16", 64, 4000000)])  # 16 GiB: the authors' 64 per GPU, 256M images all the same
+def test_auto_on_cuda_is_the_authors_imagenet_run(assume, batch, steps):
+    """ImageNet-like folder at 128x128 (Sec. 5; model.py, train_imagenet.py, README)."""
+    a = m.parse_args(["--dataset", "folder", "--image-size", "128", "--assume", assume])
+    assert (a.g_width, a.d_width, a.z_dim, a.shared_dim, a.attention_res) == (64, 64, 128, 0, 32)
+    assert (a.batch_size, a.steps) == (batch, steps)
+    assert (a.lr_g, a.lr_d, a.beta1, a.ema_decay) == (1e-4, 4e-4, 0.0, 0.9999)
+
+
+def test_auto_on_cuda_cifar10():
+    """CIFAR-10: the authors' widths on the script's nets at 32x32 (G 512 at 4x4 to 64 at
+    32x32, D 64 to 256), the paper's batch and schedule."""
+    a = m.parse_args(["--dataset", "cifar10", "--assume", "cuda:1"])
+    assert (a.image_size, a.g_width, a.d_width, a.batch_size, a.steps, a.attention_res) == (
+        32, 64, 64, 256, 1000000, 8)
+    assert (a.lr_g, a.lr_d, a.shared_dim) == (1e-4, 4e-4, 0)
+    assert m.g_widths(32, 64) == [512, 256, 128, 64] and m.d_widths(32, 64) == [64, 128, 256]
+    assert m.parse_args(["--dataset", "cifar10", "--assume", "cuda:8"]).batch_size == 32
+    assert m.parse_args(["--dataset", "cifar10", "--assume", "cuda:1",
+                         "--steps", "5"]).steps == 5  # a given flag wins
+
+
 def test_hinge_loss():
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, 0.0, 0.5])
     assert m.d_loss(real, fake).item() == pytest.approx((0 + 0.5 + 2) / 3 + (0 + 1 + 1.5) / 3)
