@@ -14,7 +14,16 @@ another machine's floating point trains slightly different weights, and real-vs-
 Its penultimate features give a Fréchet distance between generated and real digits (like
 FID, with this classifier in place of Inception), and its predictions give the class
 coverage (how many of the ten digits the samples hit) and the mean confidence (how
-recognisable each sample is).
+recognisable each sample is). Neither sees a collapse within each class (every sample of a
+digit nearly the same image, ten digits covered, a low FD); two numbers do:
+* recall (Kynkäänniemi et al. 2019, k = 3): the fraction of the real digits that lie inside
+  the generated samples' manifold (the union of balls around each sample reaching its 3rd
+  nearest generated neighbour), in the classifier's features;
+* within-class spread: per digit the samples cover, the generated features' RMS distance to
+  their class mean over the real digits' (classes as the classifier predicts them), averaged
+  over the covered digits: about 1 for real digits, 0 for one image per digit (above 1:
+  samples more scattered than real digits, e.g. unrecognisable ones; FD and confidence see
+  those).
 
 The evaluation protocol (``evaluate``): the metrics come from torch-fidelity (Obukhov et
 al.), whose values match the reference implementations; this module only feeds it
@@ -166,7 +175,8 @@ def frechet_distance(f1, f2):
 
 
 def score(images, net=None, reference=None):
-    """{"fd", "coverage", "confidence", "class_counts"} of a batch of digit images in [-1, 1].
+    """{"fd", "recall", "within_class_spread", "coverage", "confidence", "class_counts"} of a
+    batch of digit images in [-1, 1], against the real digits' features ``reference``.
 
     Coverage counts the classes that receive at least a fifth of their fair share of
     the samples' predictions (so a stray prediction does not count as a covered mode).
@@ -175,7 +185,47 @@ def score(images, net=None, reference=None):
     if reference is None:
         reference = features_and_probs(net, real_digits()[0])[0]
     f, p = features_and_probs(net, images)
-    return {"fd": frechet_distance(f, reference), **class_stats(p)}
+    with torch.no_grad():  # the reference's classes, from its features
+        real_classes = net.head(torch.from_numpy(reference).float()).argmax(1)
+    return {
+        "fd": frechet_distance(f, reference),
+        "recall": knn_recall(f, reference),
+        "within_class_spread": within_class_spread(f, p.argmax(1), reference, real_classes),
+        **class_stats(p),
+    }
+
+
+def knn_recall(fake, real, k=3):
+    """Recall of Kynkäänniemi et al. 2019: the fraction of ``real`` features (N, D) inside the
+    manifold of ``fake`` (M, D), the union of the balls around each fake feature whose radius
+    is the distance to its ``k``-th nearest other fake feature (torch-fidelity's definition)."""
+    fake, real = torch.as_tensor(fake).double(), torch.as_tensor(real).double()
+    # in chunks of 500 rows, so that 50,000 samples need no 20 GB distance matrix
+    radii = torch.cat([torch.cdist(f, fake).kthvalue(k + 1, dim=1).values  # +1: itself
+                       for f in fake.split(500)])
+    inside = torch.cat([(torch.cdist(r, fake) <= radii).any(1) for r in real.split(500)])
+    return float(inside.double().mean())
+
+
+def within_class_spread(fake, fake_classes, real, real_classes):
+    """Mean over the classes the samples cover (as ``class_stats`` counts them) of the
+    generated features' RMS distance to their class mean over the real features' (same
+    class): 0 when every sample of a class is the same image, about 1 for real digits;
+    nan when no covered class has two samples and two real ones."""
+    fake, real = torch.as_tensor(fake).double(), torch.as_tensor(real).double()
+    counts = torch.bincount(fake_classes, minlength=10)
+    ratios = []
+    for c in range(len(counts)):
+        a, b = fake[fake_classes == c], real[real_classes == c]
+        if counts[c] < max(2, 0.2 * len(fake) / len(counts)) or len(b) < 2:
+            continue
+        ratios.append(rms_spread(a) / rms_spread(b))
+    return float(torch.stack(ratios).mean()) if ratios else float("nan")
+
+
+def rms_spread(x):
+    """The RMS distance of the rows of ``x`` to their mean."""
+    return (x - x.mean(0)).square().sum(1).mean().sqrt()
 
 
 def class_stats(probs):
@@ -425,7 +475,8 @@ def evaluate(
     against the real ``dataset``; returns {"metrics": {...}, "protocol": {...}}.
 
     ``dataset``/``data_path`` default to the checkpoint's own (digits for a folder); with the
-    digits extractor the metrics also hold ``coverage`` and ``confidence``. The real side's
+    digits extractor the metrics also hold ``coverage``, ``confidence`` and
+    ``within_class_spread`` (see the module docstring). The real side's
     features are cached under ``cache_dir()/fidelity``. Raises UserError for a user's mistake.
     """
     import warnings
@@ -509,9 +560,12 @@ def evaluate(
     }
     result = {names.get(k, k): float(v) for k, v in out.items()}
     if kind == "digits":
-        _, p = features_and_probs(classifier(verbose=False), fake.float().div(127.5).sub(1))
+        net = classifier(verbose=False)
+        f, p = features_and_probs(net, fake.float().div(127.5).sub(1))
         stats = class_stats(p)
         result["coverage"], result["confidence"] = stats["coverage"], stats["confidence"]
+        rf, rp = features_and_probs(net, real.float().div(127.5).sub(1))
+        result["within_class_spread"] = within_class_spread(f, p.argmax(1), rf, rp.argmax(1))
     protocol = {
         "generated": {**gen_info, "num_generated": len(fake)},
         "real": real_info,
@@ -523,6 +577,10 @@ def evaluate(
         "torch": torch.__version__,
         "seconds": round(time.time() - t0, 1),
     }
+    if kind == "digits":
+        protocol["within_class_spread"] = (
+            "mean over covered classes of the generated over the real RMS distance to the "
+            "class mean, in the same features; classes: the classifier's predictions")
     return {"metrics": result, "protocol": protocol}
 
 

@@ -535,9 +535,10 @@ class CollapseWatch:
     the mean D(G(z)) probability of a log interval, below ``floor`` on every log of a
     stretch of at least ``logs`` logs and ``steps`` steps. The watch reads only the numbers
     a log already has (no host sync). ``d_fake`` is taken as a probability while every
-    logged ``d_real`` and ``d_fake`` lies in [0, 1]; a critic's scores (WGAN, hinge loss,
-    least squares) leave that range and turn the watch off for the run. The warning names
-    the last numbered checkpoint (``checkpoints/step_N.pt``) written before the stretch.
+    logged ``d_real`` and ``d_fake`` lies in [0, 1]: scores that are none (a WGAN critic's,
+    a hinge loss's) leave that range within the first logs and turn the watch off for the
+    run. The warning names the last numbered checkpoint (``checkpoints/step_N.pt``) written
+    before the stretch began.
     """
 
     def __init__(self, floor=1e-4, logs=3, steps=100):
@@ -652,8 +653,8 @@ class Metrics:
                                       device="auto" if torch.cuda.is_available() else "cpu")
         random.setstate(py)
         np.random.set_state(npy)
-        names = ("fid", "kid", "precision", "recall", "coverage", "confidence", "js1", "js2",
-                 "js3", "js4", "words")
+        names = ("fid", "kid", "precision", "recall", "coverage", "confidence",
+                 "within_class_spread", "js1", "js2", "js3", "js4", "words")
         m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in names}
         best_file = os.path.join(self.out, "checkpoints", "best.json")
         best = json.load(open(best_file)) if os.path.exists(best_file) else None

@@ -174,9 +174,11 @@ def test_compare_two_scripts(tmp_path):
     run_compare(out, "dcgan", "lsgan", "--steps", "2", "--show", "4")
     table = (out / "results.md").read_text()
     assert "| dcgan | 2 |" in table and "| lsgan | 2 |" in table and "coverage" in table
+    assert "| within-class spread |" in table
     assert "[grid](dcgan/samples/step_000002.png)" in table  # the grid of the last step
     results = json.load(open(out / "results.json"))
-    assert [x["script"] for x in results] == ["dcgan", "lsgan"] and all("fid" in x for x in results)
+    assert [x["script"] for x in results] == ["dcgan", "lsgan"]
+    assert all("fid" in x and "within_class_spread" in x for x in results)
     from PIL import Image
 
     w, h = Image.open(out / "samples.png").size

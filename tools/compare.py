@@ -36,6 +36,9 @@ if ROOT not in sys.path:
 
 from common.scripts import load_script, paper_scripts  # noqa: E402
 
+# the table's column headers, where they are not the metric's name
+HEADERS = {"fid": "FID", "kid": "KID", "is": "IS", "within_class_spread": "within-class spread"}
+
 
 def train(name, out, flags, minutes, log):
     """Run one script; returns (wall seconds, return code). A --minutes run is stopped by
@@ -233,7 +236,7 @@ def main(argv=None):
             flush=True,
         )
     cols = ["fid", "kid", "is", "precision", "recall"] + (
-        ["coverage", "confidence"] if args.dataset == "digits" else []
+        ["within_class_spread", "coverage", "confidence"] if args.dataset == "digits" else []
     )
     budget = budget_words(args)
     fe = next(
@@ -248,7 +251,7 @@ def main(argv=None):
         f"{'CUDA' if 'cuda' in args.extra else f'CPU, {os.cpu_count()} cores'}.",
         "",
         "| script | steps | wall time | img/s | "
-        + " | ".join(c.upper() if c in ("fid", "kid", "is") else c for c in cols)
+        + " | ".join(HEADERS.get(c, c) for c in cols)
         + " | grid |",
         "| --- " * (5 + len(cols)) + "|",
     ]

@@ -5,14 +5,19 @@ seconds on a 2-core CPU, cached; trained on 1400 of the 1797 digits it classifie
 other 397 with 99.0% accuracy). Its penultimate features give a Fréchet distance between
 generated and real digits (like FID, with this classifier in place of Inception), and
 its predictions give the class coverage (how many of the ten digits the samples hit)
-and the mean confidence (how recognisable each sample is). The classifier and the
-metric live in common/evaluation.py; this is their command line.
+and the mean confidence (how recognisable each sample is). Two numbers see a collapse within
+each class (every sample of a digit nearly the same image, all ten covered, a low FD):
+recall (Kynkäänniemi et al. 2019, k = 3: the fraction of real digits inside the samples'
+feature manifold) and the within-class spread (per covered digit, the samples' feature
+spread over the real digits'; about 1 for real digits, 0 for one image per digit). The
+classifier and the metric live in common/evaluation.py; this is their command line.
 
     python tools/digits_metric.py runs/dcgan/<run>               # EMA generator
     python tools/digits_metric.py runs/dcgan/<run> --compare-ema # raw G vs EMA variants
 
-Reference values (``--real``): real digits against real digits score a Fréchet
-distance near 0, coverage 10 and confidence near 1.
+Reference values (``--real``): half of the real digits against all of them score a Fréchet
+distance near 0, recall near 0.95, within-class spread near 1, coverage 10 and confidence
+near 1.
 """
 
 import argparse
@@ -102,9 +107,11 @@ def main(argv=None):
             )
     if not results:
         p.error("give a checkpoint or --real")
-    print(f"{'generator':42s} {'FD':>8s} {'coverage':>9s} {'confidence':>11s}")
+    print(f"{'generator':42s} {'FD':>8s} {'recall':>7s} {'within-class spread':>20s} "
+          f"{'coverage':>9s} {'confidence':>11s}")
     for label, r in results:
-        print(f"{label:42s} {r['fd']:8.2f} {r['coverage']:6d}/10 {r['confidence']:11.3f}")
+        print(f"{label:42s} {r['fd']:8.2f} {r['recall']:7.3f} {r['within_class_spread']:20.3f} "
+              f"{r['coverage']:6d}/10 {r['confidence']:11.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({label: r for label, r in results}, f, indent=2)
