@@ -10,7 +10,8 @@ penalises the critic's gradient norm for deviating from 1 at random points x_hat
 lines (Eq. 3): L = E[D(x_tilde)] - E[D(x)] + lambda E[(||grad D(x_hat)||_2 - 1)^2], with
 x_hat = eps x + (1 - eps) x_tilde, one eps ~ U[0, 1] per sample. The critic has no batch
 norm, which couples the samples of a batch; layer norm instead (Sec. 4). Adam with lr
-1e-4, betas (0, 0.9), lambda = 10 and n_critic = 5 (Alg. 1).
+1e-4, betas (0, 0.9), lambda = 10 and n_critic = 5 (Alg. 1). ``--config auto`` on CUDA takes
+each setting from the authors' code for the data (igul222/improved_wgan_training; auto_config).
 
 Usage:
     python wgan_gp.py                                  # digits (embedded), 16x16 (auto)
@@ -28,7 +29,8 @@ Departures from the paper, and choices where it is silent (more in docs/wgan_gp.
 * ``--arch dcgan`` (default): dcgan.py's networks, with layer norm (``nn.GroupNorm(1, C)``,
   as the authors' gan_64x64.py) where the critic had batch norm.
 * ``--arch resnet``: App. C's CIFAR-10 networks (Table 4), scaled by ``--image-size``,
-  128 channels per block; G's batch is ``--batch-size``, not twice the critic's.
+  128 channels per block; G's batch is ``--batch-size``, not twice the critic's. Real images
+  get the code's U[0, 1/128) dequantisation noise (``--dequantize``, on with this arch).
 * fp16: PyTorch's AMP recipe for the penalty (the critic's output scaled before
   ``autograd.grad``, the gradients unscaled, the norm in fp32). The explicit gradient
   all-reduce lets the double backward work under torchrun; ``--compile`` compiles G only.
@@ -36,9 +38,11 @@ Departures from the paper, and choices where it is silent (more in docs/wgan_gp.
 * ``--dataset text``: the paper's character-level model (modelling discrete data with a
   continuous generator; the authors' gan_language.py): G's softmax per position goes to the
   critic as it is, real sequences as one-hot, the penalty on interpolates of the two; five
-  residual blocks (x + 0.3 f(x), kernel-5 convs) in both nets, Adam beta1 0.5, 32 characters.
-  For a few CPU-minutes (``TEXT``): batch 32, lr 1e-3, n_critic 5, widths 64 (theirs: 64,
-  1e-4, 10, 512). Samples show each position's likeliest character (their argmax).
+  residual blocks (x + 0.3 f(x), kernel-5 convs) in both nets, Adam beta1 0.5; windows of 32
+  characters at random positions of running text (theirs: each line's first 32, padded), so
+  that any text trains, not only one sentence per line. Auto on a CPU (``TEXT``): batch 32,
+  lr 1e-3, n_critic 5, widths 64, 96 characters (theirs, on CUDA and in paper: 64, 1e-4, 10,
+  512, up to 2048). Samples show each position's likeliest character (their argmax).
 """
 import argparse
 import math
@@ -54,31 +58,110 @@ SCRIPT = "wgan_gp"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
 # --config paper: App. C's CIFAR-10 ResNet run (the authors' gan_cifar_resnet.py: batch 64, Adam
-# 2e-4 decayed linearly to 0 over 100k steps, betas (0, 0.9), widths 128, n_critic 5), no EMA;
-# with --dataset text, the language model (gan_language.py: batch 64, lr 1e-4, beta1 0.5, widths
-# 512, n_critic 10, 200k steps).
+# 2e-4 decayed linearly to 0 over 100k steps, betas (0, 0.9), widths 128, n_critic 5, real images
+# dequantized), no EMA; with --dataset text, the language model (gan_language.py: batch 64, lr
+# 1e-4, beta1 0.5, widths 512, n_critic 10, 200k steps; language_helpers.py's vocabulary cap).
 PAPER = {"arch": "resnet", "g_width": 128, "d_width": 128, "batch_size": 64, "lr_g": 2e-4,
          "lr_d": 2e-4, "lr_decay": 100000, "steps": 100000, "z_dim": 128, "n_critic": 5,
-         "beta1": 0.0, "beta2": 0.9, "lambda_gp": 10.0, "ema_decay": 0.0}
+         "beta1": 0.0, "beta2": 0.9, "lambda_gp": 10.0, "dequantize": True, "ema_decay": 0.0}
 PAPER_TEXT = {"batch_size": 64, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5, "beta2": 0.9,
               "g_width": 512, "d_width": 512, "n_critic": 10, "steps": 200000, "seq_len": 32,
-              "lambda_gp": 10.0, "ema_decay": 0.0}
-# --config auto on --dataset text: the language model's beta1 0.5, and a batch, learning rate,
-# width and length for about 5 CPU-minutes (docs/wgan_gp.md#text).
+              "lambda_gp": 10.0, "vocab_size": 2048, "ema_decay": 0.0}
+# --config auto on --dataset text on a CPU: the language model's beta1 0.5, and a batch,
+# learning rate, width and length for about 5 CPU-minutes (docs/wgan_gp.md#text).
 TEXT = {"beta1": 0.5, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3, "g_width": 64, "d_width": 64,
         "steps": 500}
+# --config auto on CUDA: the authors' code (github.com/igul222/improved_wgan_training) for the
+# data at hand, variable by variable. Not flags: "kimg", its ITERS x BATCH_SIZE / 1000, so that
+# --steps is ITERS at the code's global batch on any number of GPUs; "decay", its linear decay
+# of the learning rates to 0 over the whole run (--lr-decay = --steps).
+CIFAR_RESNET = {  # gan_cifar_resnet.py (App. C, Table 4) with CONDITIONAL = False (as committed
+    # it trains Table 3's supervised AC-GAN; this script, the unsupervised model): 3-channel
+    # images up to 32x32
+    "arch": "resnet",  # Generator / Discriminator: ResidualBlock and OptimizedResBlockDisc1
+    "g_width": 128, "d_width": 128,  # DIM_G, DIM_D
+    "batch_size": 64,  # BATCH_SIZE (the critic's; G's is GEN_BS_MULTIPLE 2 x it: a departure)
+    "kimg": 6400,  # ITERS 100000 x BATCH_SIZE 64
+    "lr_g": 2e-4, "lr_d": 2e-4,  # LR
+    "decay": True,  # DECAY: LR x max(0, 1 - iteration / ITERS)
+    "beta1": 0.0, "beta2": 0.9,  # tf.train.AdamOptimizer(beta1=0., beta2=0.9)
+    "n_critic": 5,  # N_CRITIC
+    "lambda_gp": 10.0,  # gradient_penalty = 10 * ...
+    "dequantize": True,  # all_real_data += tf.random_uniform(..., maxval=1./128)
+}
+MNIST = {  # gan_mnist.py (MODE "wgan-gp"): 1-channel images up to 32x32
+    "arch": "dcgan",  # its DCGAN-shaped nets (5x5 kernels, no normalization at all; ours have
+    #                   4x4 kernels, batch norm in G and layer norm in the critic)
+    "g_width": 64, "d_width": 64,  # DIM
+    "batch_size": 50,  # BATCH_SIZE
+    "kimg": 10000,  # ITERS 200000 x BATCH_SIZE 50
+    "lr_g": 1e-4, "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...), constant
+    "beta1": 0.5, "beta2": 0.9,  # AdamOptimizer(..., beta1=0.5, beta2=0.9)
+    "n_critic": 5,  # CRITIC_ITERS
+    "lambda_gp": 10.0,  # LAMBDA
+}
+IMAGES_64 = {  # gan_64x64.py (MODE "wgan-gp"): 64x64 and larger
+    "arch": "dcgan",  # its DCGANGenerator / DCGANDiscriminator with layer norm (its default,
+    #                   GoodGenerator, is a ResNet of 8*DIM..DIM channels not built here)
+    "g_width": 64, "d_width": 64,  # DIM
+    "batch_size": 64,  # BATCH_SIZE
+    "kimg": 12800,  # ITERS 200000 x BATCH_SIZE 64
+    "lr_g": 1e-4, "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...), constant
+    "beta1": 0.0, "beta2": 0.9,  # AdamOptimizer(..., beta1=0., beta2=0.9)
+    "n_critic": 5,  # CRITIC_ITERS
+    "lambda_gp": 10.0,  # LAMBDA
+}
+LANGUAGE = {  # gan_language.py: --dataset text
+    "batch_size": 64,  # BATCH_SIZE
+    "kimg": 12800,  # ITERS 200000 x BATCH_SIZE 64
+    "seq_len": 32,  # SEQ_LEN
+    "g_width": 512, "d_width": 512,  # DIM
+    "lr_g": 1e-4, "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...)
+    "beta1": 0.5, "beta2": 0.9,  # AdamOptimizer(..., beta1=0.5, beta2=0.9)
+    "n_critic": 10,  # CRITIC_ITERS
+    "lambda_gp": 10.0,  # LAMBDA
+    "vocab_size": 2048,  # language_helpers.load_dataset(max_vocab_size=2048)
+}
 
 
 def auto_config(args):
-    """the defaults below; with --dataset text: batch 32, lr 1e-3, beta1 0.5, widths 64, 500
-    steps (about 5 CPU-minutes)."""
-    return TEXT if args.dataset == "text" else {}
+    """on a CPU, a run of minutes: the defaults below, with widths 64 x 16 / the image size
+    and batch 32 above 16x16; text: batch 32, lr 1e-3, beta1 0.5, widths 64, 500 steps. On
+    CUDA, the authors' code for the data (text: gan_language.py; 64x64 and up: gan_64x64.py;
+    1 channel: gan_mnist.py; else gan_cifar_resnet.py), its global batch split over the GPUs."""
+    seen = args.auto
+    if seen["device"] == "cpu":
+        if args.dataset == "text":
+            return TEXT
+        if args.image_size <= 16:  # the embedded digits' 16x16: the defaults, 5 CPU-minutes
+            return {}
+        # A step costs about what a 16x16 step at width 64 does (multiply-adds: width^2 x area).
+        width = max(8, 64 * 16 // args.image_size)
+        return {"g_width": width, "d_width": width, "batch_size": 32}
+    if args.dataset == "text":
+        code = LANGUAGE
+    elif args.image_size >= 64:
+        code = IMAGES_64
+    elif seen["channels"] == 1:
+        code = MNIST
+    else:
+        code = CIFAR_RESNET
+    chosen = {k: v for k, v in code.items() if k not in ("kimg", "decay")}
+    if "arch" in args.explicit and args.arch != code.get("arch", args.arch):
+        for k in ("g_width", "d_width", "dequantize"):  # the given --arch's own defaults
+            chosen.pop(k, None)
+    chosen["batch_size"] = max(1, code["batch_size"] // seen["processes"])
+    chosen["steps"] = steps_for(code["kimg"], chosen["batch_size"], seen["processes"])
+    if code.get("decay"):
+        chosen["lr_decay"] = chosen["steps"]
+    return chosen
 
 
 def paper_config(args):
     """App. C's CIFAR-10 ResNet run: --arch resnet, widths 128, batch 64, lr 2e-4 decayed to 0
-    over 100k steps, betas (0, 0.9), no EMA; with --dataset text, gan_language.py's: batch 64,
-    lr 1e-4, beta1 0.5, widths 512, n_critic 10, 200k steps."""
+    over 100k steps, betas (0, 0.9), dequantized real images, no EMA; with --dataset text,
+    gan_language.py's: batch 64, lr 1e-4, beta1 0.5, widths 512, n_critic 10, 200k steps,
+    vocabulary 2048."""
     return PAPER_TEXT if args.dataset == "text" else PAPER
 
 
@@ -101,13 +184,18 @@ def parse_args(argv=None):
     m("--beta2", type=float, default=0.9, help="Adam beta2 (Alg. 1)")
     m("--lr-decay", type=int, default=0, metavar="N", help="decay both learning rates linearly "
       "to 0 over N G steps (App. C's ResNet run: 100000); 0: constant")
+    m("--dequantize", action=argparse.BooleanOptionalAction, default=None, help="add U[0, "
+      "1/128) to real images, spreading each 8-bit level over its bin (the authors' "
+      "gan_cifar_resnet.py); default: on with --arch resnet")
     m("--seq-len", type=int, default=32, help="--dataset text: characters per sequence (paper)")
     m("--vocab-size", type=int, default=96, help="--dataset text: the most frequent characters "
-      "kept, the rest one unknown symbol")
+      "kept, the rest one unknown symbol (language_helpers.py: 2048)")
     args = parse_with_resume(p, argv)
     for k in ("g_width", "d_width"):  # the paper's width for the chosen architecture
         if getattr(args, k) is None:
             setattr(args, k, 128 if args.arch == "resnet" else 64)
+    if args.dequantize is None:  # as the code whose networks --arch resnet builds
+        args.dequantize = args.arch == "resnet" and args.dataset != "text"
     return args
 
 
@@ -522,6 +610,15 @@ def check_args(args):
     if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
         raise UserError(f"--image-size {args.image_size} cannot be built: both architectures "
                         "double from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
+    if args.dataset == "text" and args.dequantize:
+        raise UserError("--dequantize is for 8-bit images; leave it out with --dataset text")
+
+
+def dequantize(x):
+    """gan_cifar_resnet.py's real images: an 8-bit level k as 2 (k / 256 - 0.5) + U[0, 1/128),
+    spread uniformly over its bin, so that the critic cannot tell real images by their
+    lattice. Our batches hold x = 2k / 255 - 1, hence the rescaling."""
+    return x * (255 / 256) - 1 / 256 + torch.rand_like(x) / 128
 
 
 def train(args):
@@ -558,6 +655,8 @@ def train(args):
         # Critic: Alg. 1 lines 2-9, each step on a fresh real batch, fresh z and fresh eps.
         for _ in range(args.n_critic):
             real, _ = next(stream)
+            if args.dequantize:
+                real = dequantize(real)
             real = (one_hot(real, data.channels) if text else real).contiguous(
                 memory_format=torch.channels_last)
             z = torch.randn(real.shape[0], args.z_dim, device=device)

@@ -14,12 +14,15 @@ same way); it is stored in the checkpoint, so sampling and evaluation decode wit
 run's own. A window is ``--seq-len`` consecutive characters (32 in both papers) at a
 uniformly random position.
 
-The measure (Rajeswar et al. 2017, "Adversarial Generation of Natural Language", Sec. 5):
-the Jensen-Shannon divergence, in bits (0 to 1), between the n-gram distribution of the
-generated sequences and that of the corpus, for n = 1..4 (``js1`` .. ``js4``), and ours,
-``words``: the share of generated words (runs of two or more letters, not cut by the
-window's ends) that occur in the corpus. Real windows do not score 0: their
-sample is finite (the README gives the real-vs-real floor beside every result).
+The measure: Gulrajani et al.'s ``NgramLanguageModel.js_with`` (igul222/improved_wgan_training,
+language_helpers.py; Rajeswar et al. 2017 report the same), the Jensen-Shannon divergence, in
+bits (0 to 1), between the n-gram distribution of the generated sequences and that of the
+corpus, for n = 1..4 (``js1`` .. ``js4``), and ours, ``words``: the share of generated words
+(runs of two or more letters, not cut by the window's ends) that occur in the corpus. Both
+count the corpus in the run's vocabulary, each character outside it as the unknown symbol,
+the alphabet the samples are written in (as gan_language.py counts its reference on the same
+mapped lines it trains on). Real windows do not score 0: their sample is finite (the README
+gives the real-vs-real floor beside every result).
 """
 import collections
 import math
@@ -97,6 +100,8 @@ class TextData:
         self.ids = torch.tensor([table.get(c, 0) for c in self.text], dtype=torch.int64)
         self.channels = len(vocab)
         self.unknown_share = 1 - sum(counts[c] for c in vocab[1:]) / len(self.text)
+        # str.translate's table: every character of the text outside the vocabulary -> UNKNOWN
+        self._unknown = {ord(c): UNKNOWN for c in counts if c not in table}
         self._reference = {}
 
     def __len__(self):
@@ -116,21 +121,31 @@ class TextData:
         at = torch.randint(len(self), (n,), generator=g)
         return self.decode(self.ids[at[:, None] + torch.arange(self.seq_len)])
 
+    def in_vocabulary(self, text):
+        """``text`` as the model reads and writes it: characters outside the vocabulary as
+        UNKNOWN (decode's alphabet)."""
+        return text.translate(self._unknown)
+
     def reference(self, n):
-        """The corpus's n-gram counts (on at most REFERENCE_CHARS characters: random
-        1000-character stretches, seeded, for a larger corpus)."""
+        """The corpus's n-gram counts in the vocabulary's alphabet (language_helpers.py counts
+        the same mapped lines the model trains on), on at most REFERENCE_CHARS characters:
+        random 1000-character stretches, seeded, for a larger corpus."""
         if n not in self._reference:
             text = self.text
             if len(text) > REFERENCE_CHARS:
                 g = np.random.default_rng(0)
                 starts = np.sort(g.integers(0, len(text) - 1000, REFERENCE_CHARS // 1000))
-                text = [text[s : s + 1000] for s in starts]
-            self._reference[n] = ngrams([text] if isinstance(text, str) else text, n)
+                texts = [self.in_vocabulary(text[s : s + 1000]) for s in starts]
+            else:
+                texts = [self.in_vocabulary(text)]
+            self._reference[n] = ngrams(texts, n)
         return self._reference[n]
 
     def words(self):
+        """The corpus's words in the vocabulary's alphabet (a character outside it ends a
+        word, as it does in the samples)."""
         if "words" not in self._reference:
-            self._reference["words"] = set(WORD.findall(self.text))
+            self._reference["words"] = set(WORD.findall(self.in_vocabulary(self.text)))
         return self._reference["words"]
 
 

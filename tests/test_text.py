@@ -72,6 +72,31 @@ def test_metric_real_near_zero_shuffled_far(corpus):
     assert s["js4"] > 3 * r["js4"] and s["js4"] > 0.6 and s["words"] < 0.2  # ... not the text
 
 
+@pytest.fixture(scope="module")
+def letters(tmp_path_factory):
+    """26 letters with skewed frequencies, read with an 8-character vocabulary: 7 letters
+    (' ' among the 7 most frequent symbols) and the unknown symbol for the other 20."""
+    rng = random.Random(0)
+    abc = "abcdefghijklmnopqrstuvwxyz"
+    weights = [1 / (i + 1) for i in range(26)]
+    words = ("".join(rng.choices(abc, weights, k=rng.randint(2, 8))) for _ in range(8000))
+    f = tmp_path_factory.mktemp("letters") / "letters.txt"
+    f.write_text(" ".join(words), encoding="utf-8")
+    return TextData(str(f), seq_len=32, vocab_size=8)
+
+
+def test_reference_is_counted_in_the_samples_alphabet(letters):
+    """language_helpers.py (igul222/improved_wgan_training): NgramLanguageModel.js_with
+    compares samples with n-grams of the same vocabulary-mapped lines the model trains on."""
+    assert letters.unknown_share > 0.2  # a fifth of the text is outside the vocabulary
+    real = letters.windows(1000, seed=0)
+    assert set(letters.reference(1)) == set(letters.vocab) == set("".join(real))
+    assert all(set(k) <= set(letters.vocab) for k in letters.reference(4))
+    assert all(set(w) <= set(letters.vocab) for w in letters.words())
+    r = text_metrics(real, letters)  # real windows against their own corpus
+    assert r["js1"] < 0.005 and r["js4"] < 0.1 and r["words"] == 1.0  # raw text: js1 0.30
+
+
 def test_js_divergence_bounds():
     p, q = ngrams(["abab"], 1), ngrams(["cdcd"], 1)
     assert js_divergence(p, p) == 0 and math.isclose(js_divergence(p, q), 1.0)
