@@ -385,12 +385,15 @@ class Generator(nn.Module):
 
     def mix(self, z, ws, prob, psi=1.0):
         """Style mixing (StyleGAN Sec. 3.1): with probability prob, the w's from a random
-        crossover point on come from a second latent (one crossover per batch, as official)."""
-        if prob <= 0 or torch.rand(()).item() >= prob:
+        crossover point on come from a second latent (one crossover per batch, drawn on the
+        device as official training/loss.py does, so that no step waits for the host)."""
+        if prob <= 0:
             return ws
-        cutoff = torch.randint(1, self.num_ws, ()).item()
+        cutoff = torch.randint(1, self.num_ws, (), device=ws.device)
+        cutoff = torch.where(torch.rand((), device=ws.device) < prob, cutoff, self.num_ws)
         w2 = self.mapping(torch.randn_like(z), psi).unsqueeze(1).expand(-1, self.num_ws, -1)
-        return torch.cat([ws[:, :cutoff], w2[:, cutoff:]], dim=1)
+        layer = torch.arange(self.num_ws, device=ws.device)[None, :, None]
+        return torch.where(layer < cutoff, ws, w2)
 
     def forward(self, z, psi=1.0, noise_mode="random", mixing=0.0, update_w_avg=False,
                 return_ws=False):
@@ -560,7 +563,9 @@ def path_length_penalty(lengths, pl_mean, decay, world):
     if world > 1:  # every rank's samples, so a stays the same on every rank
         dist.all_reduce(batch_mean)
         batch_mean /= world
-    pl_mean = pl_mean.lerp(batch_mean, decay)
+    # Under fp16 an overflowing loss scale makes the lengths inf in a step that GradScaler
+    # skips: a keeps its value then (torch.where: no host sync), as the weights do.
+    pl_mean = torch.where(batch_mean.isfinite(), pl_mean.lerp(batch_mean, decay), pl_mean)
     return (lengths - pl_mean).square(), pl_mean
 
 

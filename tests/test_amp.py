@@ -83,3 +83,14 @@ def penalties():
 def test_penalties_are_computed_on_unscaled_gradients(script, fn):
     plain, scaled = fn(1.0), fn(torch.tensor(2.0**16))
     assert torch.allclose(plain.float(), scaled.float(), rtol=1e-4), script
+
+
+def test_path_length_mean_survives_a_skipped_fp16_step():
+    """stylegan2: lengths made inf by an overflowing loss scale leave a (the running mean)
+    as it was, so the next steps are not NaN."""
+    m = load_script("stylegan2")
+    pl_mean = torch.tensor(2.0)
+    _, kept = m.path_length_penalty(torch.tensor([float("inf"), 1.0]), pl_mean, 0.01, world=1)
+    assert kept == 2.0
+    _, moved = m.path_length_penalty(torch.tensor([1.0, 1.0]), pl_mean, 0.01, world=1)
+    assert moved == pytest.approx(2.0 - 0.01)
