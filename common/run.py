@@ -148,6 +148,16 @@ def resolve_amp(amp, device, rank=0):
     return amp
 
 
+def cuda_habits(device, tf32):
+    """On CUDA: cuDNN picks the fastest convolution algorithms for the (fixed) shapes, and
+    matmuls and convolutions run in TF32 unless --no-tf32 (a script whose paper's numerics
+    need full fp32 sets that default). Nothing changes on a CPU."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+
+
 def check_common_args(script, args):
     """The range of every numeric flag (``common.flags``: one table for every script); the
     script's own ``check_args`` checks what depends on several of its flags."""
@@ -188,6 +198,7 @@ class Run:
             args.out = run_dir_of(path)
         check_common_args(script, args)
         args.amp = resolve_amp(args.amp, device, rank)  # args.json records what ran
+        cuda_habits(device, args.tf32)
         if check is not None:
             check(args)
         self.step, self.out, self.data, self.metrics, self.pbar = 0, args.out, None, None, None

@@ -94,3 +94,24 @@ def test_path_length_mean_survives_a_skipped_fp16_step():
     assert kept == 2.0
     _, moved = m.path_length_penalty(torch.tensor([1.0, 1.0]), pl_mean, 0.01, world=1)
     assert moved == pytest.approx(2.0 - 0.01)
+
+
+def test_cuda_habits_only_on_cuda():
+    """TF32 and cuDNN's autotuner are set for CUDA runs (off with --no-tf32; stylegan2's
+    default, as the official code), and a CPU run leaves torch's flags alone."""
+    from common.run import cuda_habits
+
+    b = torch.backends
+    saved = (b.cudnn.benchmark, b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
+    try:
+        b.cudnn.benchmark = b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = False
+        cuda_habits(torch.device("cpu"), True)
+        assert not (b.cudnn.benchmark or b.cuda.matmul.allow_tf32 or b.cudnn.allow_tf32)
+        cuda_habits(torch.device("cuda"), True)
+        assert b.cudnn.benchmark and b.cuda.matmul.allow_tf32 and b.cudnn.allow_tf32
+        cuda_habits(torch.device("cuda"), False)
+        assert b.cudnn.benchmark and not (b.cuda.matmul.allow_tf32 or b.cudnn.allow_tf32)
+    finally:
+        b.cudnn.benchmark, b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = saved
+    assert load_script("dcgan").parse_args([]).tf32 is True
+    assert load_script("stylegan2").parse_args([]).tf32 is False
