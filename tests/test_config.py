@@ -94,7 +94,7 @@ def test_progan_auto_phases_follow_the_data(in_tmp):
     """progan's auto phases are PHASE_EPOCHS passes over the data (at most the paper's 800
     kimg), resolved once the data is loaded and recorded in args.json."""
     m = load_script("progan")
-    assert m.parse_args([]).fade_kimg is None
+    assert m.parse_args([]).fade_kimg == pytest.approx(m.PHASE_EPOCHS * 1797 / 1000)
     assert m.parse_args(["--config", "paper"]).fade_kimg == 800
     flags = [a for a in tiny_args(m) if a not in ("--stable-kimg", "0.016", "--fade-kimg", "0.024")]
     m.main([*flags, "--steps", "2", "--out", "run"])
