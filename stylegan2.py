@@ -598,6 +598,7 @@ def lazy_adam(params, lr, betas, every):
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
 KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
               "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -614,8 +615,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       "auto saw) and exit")
     a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
       "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
+      help="training data (digits: embedded; text: characters)")
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
@@ -661,6 +662,17 @@ def config_help(config):
     flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
              for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
     return " ".join(flags) or "the defaults below"
+
+
+def dataset_name(text):
+    """--dataset's value, or one line that names the nearest dataset."""
+    import difflib
+
+    if text in DATASETS:
+        return text
+    near = difflib.get_close_matches(text.lower(), DATASETS, n=1, cutoff=0.4)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(DATASETS)}{hint}")
 
 
 def hardware_spec(text):

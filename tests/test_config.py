@@ -182,3 +182,12 @@ def test_auto_table_page_is_generated_from_the_rules():
     r = subprocess.run([sys.executable, os.path.join(root, "tools", "auto_table.py"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_mistyped_dataset_names_the_nearest(capsys):
+    m = load_script("sagan")
+    with pytest.raises(SystemExit) as e:
+        m.parse_args(["--dataset", "cifar"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and err.endswith("did you mean cifar10?")
+    assert m.parse_args(["--dataset", "fashion-mnist"]).dataset == "fashion-mnist"
