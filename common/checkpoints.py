@@ -48,16 +48,25 @@ def new_run_dir(script, out=None, restart=False):
     return out
 
 
-def find_checkpoint(script, resume, out=None):
+_SAMPLING = object()  # find_checkpoint called without out: --checkpoint
+
+
+def find_checkpoint(script, resume, out=_SAMPLING):
     """Resolve ``--resume``/``--checkpoint``: a checkpoint file, a run directory, or ``auto``.
 
     ``auto`` takes ``<out>/checkpoints/last.pt`` when ``--out`` is given, else the most
-    recent ``runs/<script>/*/checkpoints/last.pt``.
+    recent ``runs/<script>/*/checkpoints/last.pt``. A call with ``out`` (even None) resolves
+    ``--resume``; one without it resolves ``--checkpoint``, and the error names that flag.
     """
+    sampling = out is _SAMPLING
+    out = None if sampling else out
     if resume == "auto":
         pattern = (os.path.join(out, "checkpoints", "last.pt") if out
                    else os.path.join("runs", script, "*", "checkpoints", "last.pt"))
         found = sorted(glob.glob(pattern), key=os.path.getmtime)
+        if not found and sampling:
+            raise UserError(f"--checkpoint auto found no checkpoint ({pattern}); train a run "
+                            "first, or give --checkpoint a .pt file or a run directory")
         if not found:
             raise UserError(f"--resume auto found no checkpoint ({pattern}); "
                             "start a new run without --resume")
