@@ -8,43 +8,42 @@ discrete data, which cannot be back-propagated through, G outputs a distribution
 (a Bernoulli per pixel for binary images, a softmax over a palette per pixel for quantized
 ones, over the vocabulary per character for text), draws M samples per latent, and
 maximises sum_m w~(x^(m)) log g(x^(m) | z), with w~ a softmax of D's logits over the M
-samples of one z (Sec. 2, Algorithm 1: a policy gradient with w~ as reward). D trains on
-the real data and all N x M samples. For continuous data the same fixed point,
-w(G(z)) = 1, gives G the loss 1/2 (log D - log(1 - D))^2 (Sec. 2).
+samples of one z (Sec. 2, Algorithm 1: a policy gradient with w~ as reward). D trains on the
+real data and all N x M samples. For continuous data the same fixed point, w(G(z)) = 1,
+gives G the loss 1/2 (log D - log(1 - D))^2 (Sec. 2).
 
 Usage:
     python bgan.py                                    # binarized digits (embedded), 16x16 (auto)
     python bgan.py --dataset mnist --data-path ~/data --download   # binarized MNIST
-    python tools/quantize_celeba.py --num-colors 16 --size 64 ~/celeba ~/data/celeba16
-    torchrun --nproc_per_node=8 bgan.py --dataset folder --data-path ~/data/celeba16 \
-        --image-size 64 --activation elu --amp bf16   # K-colour CelebA (palette.json)
+    torchrun --nproc_per_node=8 bgan.py --dataset folder --data-path ~/data/celeba16  # K colours
     python bgan.py --mode continuous                  # the boundary-seeking loss, grey digits
     python bgan.py --dataset text                     # characters (common/text.py)
     python bgan.py --sample 8 --interpolate 10 --checkpoint runs/bgan/<run>   # drawn samples
 
-Based on dcgan.py; differs in G's output (``G.logits(z)``; ``G(z)`` is its mean in D's input
-space, but D trains on drawn samples), Algorithm 1, the data, the flags, no --conditional.
+Based on dcgan.py; differs in G's output (``G.logits(z)``), Algorithm 1, the data, the flags.
+--config paper: the authors' code (rdevon/BGAN main_discrete.py; text: old/BILLION-WORD/main.py)
+and, where the paper's text differs, still the code; --config auto on CUDA: the same at scale.
 
 Departures from the paper, and choices where it is silent (measurements: docs/bgan.md):
 * w~ comes from D before its update (Algorithm 1's order), detached, normalised over the M
-  samples of each latent, never across the batch; M = --n-mc-samples 20 (official code).
+  samples of each latent, never across the batch; M = --n-mc-samples 20 (the authors').
+* No batch norm in D in the discrete modes (nor in the authors'): with it each logit, a log
+  importance weight, would depend on the batch's other samples (--d-batch-norm).
 * --log-lik sum is the paper's log g(x | z); mean (the PyTorch reimplementation's) divides
-  by the pixels; under Adam the two differ only through its epsilon.
-* D reads binary samples as images in {-1, 1}, quantized ones as K one-hot planes.
+  by the pixels (under Adam only its epsilon tells them apart).
+* D reads binary samples in {-1, 1} (the authors': {0, 1}), quantized ones as one-hot planes.
 * Not in the paper: --baseline (on), w~ - 1/M (a control variate: the same expected gradient,
   less variance), and --d-noise, Gaussian noise on D's inputs (real and drawn; the weights
   come from that same pass): 1.5 on images, 0 in --mode continuous and on text, where it
   hurt (docs/bgan.md). --d-noise 0 --no-baseline: the paper.
-* Adam (beta1 0.5, as DCGAN); D's lr is the official code's 1e-4, G's 1e-3 on images
-  (equal rates let D win at once). Batch 32 and widths 32/16 fit a small CPU (official code:
-  batch 128). z ~ N(0, I); the official code (lib/train.py) draws z ~ U[0, 1).
-* From the PyTorch reimplementation, off by default: --activation, --bn-after-act,
-  --spectral-norm. Binary pixels: intensity >= --binarize-threshold, after resizing.
-* EMA generator (not in the paper): as dcgan.py's, batch norm recalibrated.
-* --dataset text: the official BILLION-WORD code's residual nets with batch norm (kernel-5
-  convs along a sequence held as a palette image one pixel high), 32 characters; for a CPU
-  (TEXT): widths 64, 96 characters, batch 32, M 10, lr 2e-4 for both, no D noise (official:
-  512, 192, 64, 20, 1e-4). Samples: each position's likeliest character, as it prints them.
+* Adam (beta1 0.5); lr 1e-4 for D and 1e-3 for G (the authors': 1e-4 both, which on a CPU's
+  budget lets D win at once); batch 32, widths 32/16, z ~ N(0, I) of 100 (the authors': 64,
+  64, U[0, 1) of 64) fit a small CPU.
+* Off by default, the PyTorch reimplementation's --activation, --bn-after-act, --spectral-norm.
+  EMA generator (not in the paper): as dcgan.py's. Binary: intensity >= --binarize-threshold.
+* --dataset text: the authors' residual nets (BN in G only, Glorot init, kernel-5 convs along
+  a 1 x 32 palette image); on a CPU (TEXT) widths 64, 5 blocks, 96 characters, batch 32, M 10,
+  lr 2e-4, no D noise (the authors': 256, 3, 192, 64, 20, 1e-3). Samples: likeliest characters.
 """
 import argparse
 import functools
@@ -60,45 +59,84 @@ import torch.nn.functional as F
 SCRIPT = "bgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-mc-samples", "4"]
-# --config paper: the official code's discrete MNIST (batch 128, Adam 1e-4 for both, M 20, the
-# paper's estimator without D noise or baseline), no EMA; with --dataset text, its BILLION-WORD
-# run (batch 64, widths 512, 192 characters).
-PAPER = {"batch_size": 128, "lr_g": 1e-4, "lr_d": 1e-4, "n_mc_samples": 20, "d_noise": 0.0,
-         "baseline": False, "log_lik": "sum", "ema_decay": 0.0}
-PAPER_TEXT = {**PAPER, "batch_size": 64, "g_width": 512, "d_width": 512, "vocab_size": 192}
-# --config auto on --dataset text, for about 5 CPU-minutes (docs/bgan_experiments.md): no D noise
-# (1.5 stalls it), equal learning rates (G's 10x collapses it), batch 32 and M 10.
+# --config paper on images: the authors' published discrete MNIST, rdevon/BGAN main_discrete.py
+# (_default_args; its optimizer in lib/train.py, its loss in lib/loss.py binary_bgan).
+PAPER = {"batch_size": 64,  # data_args batch_size
+         "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5,  # one Adam learning rate, beta1 0.5
+         "z_dim": 64, "z_prior": "uniform",  # dim_z 64; lib/train.py draws np.random.rand
+         "n_mc_samples": 20,  # loss_args n_samples
+         "g_width": 64, "d_width": 64,  # dim_h 64 (models/dcgan_28_pub.py: 64 and 2 x 64)
+         # D without batch norm (model_args use_batch_norm=False; G keeps it): --d-batch-norm's
+         # default in every discrete mode, under every config
+         "d_noise": 0.0, "baseline": False, "log_lik": "sum",  # lib/loss.py: none, sum
+         "steps": 93700,  # train_args epochs 100 x 937 full batches of MNIST's 60,000
+         "ema_decay": 0.0}  # no EMA
+# --config paper on text: rdevon/BGAN old/BILLION-WORD/main.py (_defaults, build_generator,
+# build_discriminator, N_WORDS, L_GEN); its 100 epochs of its corpus have no step count here.
+PAPER_TEXT = {"batch_size": 64, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.5,  # _defaults
+              "z_dim": 100, "z_prior": "uniform",  # dim_noise 100, np.random.rand
+              "n_mc_samples": 20,  # _defaults n_samples
+              "g_width": 256, "d_width": 256, "text_blocks": 3,  # dim_h 256, n_steps 3
+              "vocab_size": 192, "seq_len": 32,  # N_WORDS, L_GEN
+              # D without batch norm (build_discriminator; G has it): --d-batch-norm's default
+              "d_noise": 0.0, "baseline": False, "log_lik": "sum", "ema_decay": 0.0}
+# --config auto on --dataset text on a CPU, for about 5 CPU-minutes (docs/bgan_experiments.md):
+# no D noise (1.5 stalls it), equal learning rates (G's 10x collapses it), batch 32 and M 10;
+# five residual blocks as before issue 26 (text is re-tuned there).
 TEXT = {"d_noise": 0.0, "lr_g": 2e-4, "lr_d": 2e-4, "batch_size": 32, "n_mc_samples": 10,
-        "g_width": 64, "d_width": 64, "steps": 1500}
+        "g_width": 64, "d_width": 64, "text_blocks": 5, "steps": 1500}
+# --config auto on a CPU above 16x16 (MNIST-format files: 32x32): about 5 CPU-minutes, ending
+# before the collapse seen at step ~3300 (docs/bgan_experiments.md#mnist-format-files-on-a-cpu).
+CPU_32 = {"steps": 1500}
 
 
 def auto_config(args):
-    """the defaults below; with --dataset text: no D noise, lr 2e-4 for both, batch 32, M 10,
-    widths 64, 1500 steps (about 5 CPU-minutes)."""
-    return TEXT if args.dataset == "text" else {}
+    """CPU: the defaults below, with --dataset text TEXT's and above 16x16 CPU_32's (each about
+    5 CPU-minutes); CUDA: the authors' main_discrete.py (text: BILLION-WORD main.py), global
+    batch 64, 100 passes over the data."""
+    if args.auto["device"] == "cuda":
+        return authors_at_scale(args)
+    if args.dataset == "text":
+        return TEXT
+    return CPU_32 if args.image_size > 16 else {}
+
+
+def authors_at_scale(args):
+    """--config auto on CUDA: the authors' settings (PAPER, PAPER_TEXT) with their global batch
+    of 64 split over the processes and, for images, their 100 epochs (main_discrete.py
+    train_args) as steps over the data at hand; EMA kept for the samples."""
+    seen = args.auto
+    config = dict(PAPER_TEXT if args.dataset == "text" else PAPER)
+    config["batch_size"] = max(1, 64 // seen["processes"])
+    del config["ema_decay"]
+    if args.dataset != "text":
+        images = seen["images"] or 60000
+        config["steps"] = steps_for(100 * images / 1000, config["batch_size"], seen["processes"])
+    return config
 
 
 def paper_config(args):
-    """the official code's discrete MNIST: batch 128, lr 1e-4 for both, M 20, no D noise, no
-    baseline, no EMA; with --dataset text, its BILLION-WORD run: batch 64, widths 512, 192
-    characters."""
+    """the authors' main_discrete.py: batch 64, Adam 1e-4 for both, z 64 ~ U[0, 1), M 20,
+    widths 64, D without batch norm, noise or baseline, 93,700 steps, no EMA; with --dataset
+    text their BILLION-WORD main.py: lr 1e-3, z 100, widths 256, 3 blocks, 192 characters."""
     return PAPER_TEXT if args.dataset == "text" else PAPER
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="BGAN (Hjelm et al. 2018)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # The official code (DISC-MNIST) has batch 128; 32 and the steps suit the digits on a CPU.
+    # The authors' code has batch 64 (main_discrete.py); 32 and the steps suit the digits on a
+    # CPU. The authors' z: 64-d (main_discrete.py), 100-d (BILLION-WORD main.py).
     add_common_args(p, batch_size=32, steps=7000, lr_g=1e-3, lr_d=1e-4, z_dim=100,
-                    sources={"lr_g": "official code's 1e-4 x 10, see docstring",
-                             "lr_d": "official code", "z_dim": "official code"},
+                    sources={"lr_g": "the authors' 1e-4 x 10, see docstring",
+                             "lr_d": "the authors' main_discrete.py", "batch_size": "64"},
                     configs={"auto": auto_config, "paper": paper_config})
     a = p.add_argument_group("BGAN").add_argument
     a("--mode", default="discrete", choices=["discrete", "continuous"], help="discrete: "
       "Algorithm 1; continuous: G's loss 1/2 (log D - log(1 - D))^2 (Sec. 2)")
     a("--data-mode", default="auto", choices=["auto", "binary", "quantized"], help="binarized "
       "images or a quantized folder; auto: quantized when --data-path holds palette.json")
-    a("--n-mc-samples", type=int, default=20, help="M, samples per latent (official code: 20)")
+    a("--n-mc-samples", type=int, default=20, help="M, samples per latent (the authors': 20)")
     a("--log-lik", default="sum", choices=["sum", "mean"], help="log g(x|z) summed over pixels "
       "(the paper's) or averaged (the PyTorch reimplementation's)")
     a("--baseline", action=argparse.BooleanOptionalAction, default=True, help="subtract 1/M "
@@ -110,19 +148,29 @@ def parse_args(argv=None):
     a("--d-width", type=int, default=16, help="channels of D's first layer (D reads M times the "
       "batch; 64 for CelebA)")
     a("--activation", default="dcgan", choices=["dcgan", "relu", "lrelu", "elu"], help="dcgan: "
-      "ReLU in G, LeakyReLU(0.2) in D (the official code); else this one in both")
+      "ReLU in G, LeakyReLU(0.2) in D (the authors'); else this one in both")
     a("--bn-after-act", action="store_true",
       help="conv -> activation -> BN, not conv -> BN -> activation (the PyTorch reimpl.'s)")
     a("--spectral-norm", action="store_true", help="spectral norm on D (Miyato et al. 2018)")
+    a("--d-batch-norm", action=argparse.BooleanOptionalAction, default=None, help="batch norm "
+      "in D's hidden layers; it couples the importance weights across the batch (each sample's "
+      "logit then depends on the other N x M samples); None: off in the discrete modes (the "
+      "authors'), on with --mode continuous (dcgan.py's D)")
+    a("--z-prior", default="normal", choices=["normal", "uniform"], help="z ~ N(0, I), or "
+      "U[0, 1) as the authors' code draws it (G maps N(0, I) through the normal CDF)")
     a("--d-noise", type=float, default=None, help="std of Gaussian noise on D's inputs (not in "
       "the paper, docs/bgan.md); None: 1.5, or 0 with --mode continuous or text; 0: off")
     a("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN's)")
     a("--beta2", type=float, default=0.999, help="Adam beta2 (Adam's default)")
     a("--seq-len", type=int, default=32, help="--dataset text: characters per sequence (the "
-      "official BILLION-WORD code's)")
+      "authors' BILLION-WORD code's)")
     a("--vocab-size", type=int, default=96, help="--dataset text: the most frequent characters "
-      "kept, the rest one unknown symbol (the official code's: 192)")
+      "kept, the rest one unknown symbol (the authors' BILLION-WORD code: 192)")
+    a("--text-blocks", type=int, default=3, help="--dataset text: residual blocks in G and D "
+      "(the authors' BILLION-WORD code)")
     args = parse_with_resume(p, argv)
+    if args.d_batch_norm is None:  # Algorithm 1 needs per-sample weights (docs/bgan.md)
+        args.d_batch_norm = args.mode == "continuous"
     if args.d_noise is None:  # it helps Algorithm 1 and hurts the continuous loss (docs/bgan.md)
         args.d_noise = 0.0 if args.mode == "continuous" else 1.5
     return args
@@ -144,7 +192,7 @@ def init_weights(m):
 
 
 def activation(kind, net):
-    """--activation: dcgan is ReLU in G and LeakyReLU(0.2) in D (the official code)."""
+    """--activation: dcgan is ReLU in G and LeakyReLU(0.2) in D (the authors')."""
     kind = ("relu" if net == "G" else "lrelu") if kind == "dcgan" else kind
     make = {"relu": nn.ReLU, "lrelu": functools.partial(nn.LeakyReLU, 0.2), "elu": nn.ELU}[kind]
     return make(inplace=True)
@@ -153,6 +201,14 @@ def activation(kind, net):
 def norm_act(channels, act, bn_after_act):
     """Batch norm and activation after a conv: BN -> act (DCGAN), or act -> BN (--bn-after-act)."""
     return [act, nn.BatchNorm2d(channels)] if bn_after_act else [nn.BatchNorm2d(channels), act]
+
+
+def latent(z, prior):
+    """G's latent: z itself (N(0, I)), or with prior "uniform" Phi(z), the normal CDF of each
+    entry, which is U(0, 1) exactly: the authors' prior, while every sampler draws N(0, I)."""
+    if prior == "normal":
+        return z
+    return torch.special.ndtr(z.float()).to(z.dtype)
 
 
 class Generator(nn.Module):
@@ -164,10 +220,10 @@ class Generator(nn.Module):
     = E[2x - 1] (binary), softmax over K (quantized), tanh(l) (continuous)."""
 
     def __init__(self, z_dim=100, image_size=32, out_channels=1, width=64, kind="binary",
-                 act="dcgan", bn_after_act=False):
+                 act="dcgan", bn_after_act=False, prior="normal"):
         super().__init__()
         w = widths(image_size, width)
-        self.kind, self.w0 = kind, w[0]
+        self.kind, self.w0, self.prior = kind, w[0], prior
         self.project = nn.Linear(z_dim, w[0] * 4 * 4, bias=False)
         layers = norm_act(w[0], activation(act, "G"), bn_after_act)
         for cin, cout in zip(w[:-1], w[1:]):
@@ -177,7 +233,7 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def logits(self, z):
-        return self.net(self.project(z).view(-1, self.w0, 4, 4))
+        return self.net(self.project(latent(z, self.prior)).view(-1, self.w0, 4, 4))
 
     def forward(self, z, y=None):
         a = self.logits(z)
@@ -187,16 +243,22 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """dcgan.py's discriminator (strided 4x4 convs to 4x4, a linear logit, no BN on the input
-    layer), with the activation and BN order of --activation/--bn-after-act."""
+    """dcgan.py's discriminator (strided 4x4 convs to 4x4, a linear logit), with the activation
+    and BN order of --activation/--bn-after-act. ``batch_norm`` False (--no-d-batch-norm, the
+    discrete modes' default): convs with biases and no BN, so that each sample's logit, its log
+    importance weight, depends on that sample alone (the authors' use_batch_norm=False)."""
 
-    def __init__(self, image_size=32, in_channels=1, width=64, act="dcgan", bn_after_act=False):
+    def __init__(self, image_size=32, in_channels=1, width=64, act="dcgan", bn_after_act=False,
+                 batch_norm=True):
         super().__init__()
         w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
         layers = [nn.Conv2d(in_channels, w[0], 4, 2, 1), activation(act, "D")]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
-                       *norm_act(cout, activation(act, "D"), bn_after_act)]
+            layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=not batch_norm))
+            if batch_norm:
+                layers += norm_act(cout, activation(act, "D"), bn_after_act)
+            else:
+                layers.append(activation(act, "D"))
         self.net = nn.Sequential(*layers)
         self.out = nn.Linear(w[-1] * 4 * 4, 1)  # a logit: log D - log(1 - D) = log w(x)
 
@@ -204,38 +266,52 @@ class Discriminator(nn.Module):
         return self.out(self.net(x).flatten(1)).view(-1)
 
 
-def conv5(cin, cout):
-    """A kernel-5 convolution along a sequence held as a 1 x L image (batch norm follows)."""
-    return nn.Conv2d(cin, cout, (1, 5), padding=(0, 2), bias=False)
+def conv5(cin, cout, bias=False):
+    """A kernel-5 convolution along a sequence held as a 1 x L image."""
+    return nn.Conv2d(cin, cout, (1, 5), padding=(0, 2), bias=bias)
+
+
+def glorot(m):
+    """The authors' text init (Lasagne's default, GlorotUniform): Glorot-uniform weights, zero
+    biases; batch norm keeps gain 1 and bias 0."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 class TextBlock(nn.Module):
-    """The official text code's residual block: x + BN(conv(ReLU(BN(conv(act(x))))))."""
+    """The authors' text residual block (BILLION-WORD main.py): x + BN(conv(ReLU(BN(conv(act(x))))))
+    in G; in D, without batch norm: x + conv(ReLU(conv(act(x)))), convs with biases."""
 
-    def __init__(self, width, act):
+    def __init__(self, width, act, batch_norm=True):
         super().__init__()
-        self.f = nn.Sequential(act, conv5(width, width), nn.BatchNorm2d(width), nn.ReLU(),
-                               conv5(width, width), nn.BatchNorm2d(width))
+        if batch_norm:
+            self.f = nn.Sequential(act, conv5(width, width), nn.BatchNorm2d(width), nn.ReLU(),
+                                   conv5(width, width), nn.BatchNorm2d(width))
+        else:
+            self.f = nn.Sequential(act, conv5(width, width, True), nn.ReLU(),
+                                   conv5(width, width, True))
 
     def forward(self, x):
         return x + self.f(x)
 
 
 class TextGenerator(nn.Module):
-    """--dataset text, the official BILLION-WORD code's G: z -> linear + BN to width x L, five
+    """--dataset text, the authors' BILLION-WORD G: z -> linear + BN to width x L, --text-blocks
     residual blocks, ReLU, conv + BN to per-position logits over the vocabulary. ``logits``:
     (N, V, 1, L), a palette image one pixel high; ``forward``: the softmax."""
 
-    def __init__(self, z_dim, seq_len, vocab, width):
+    def __init__(self, z_dim, seq_len, vocab, width, blocks=3, prior="normal"):
         super().__init__()
-        self.shape = (width, 1, seq_len)
+        self.shape, self.prior = (width, 1, seq_len), prior
         self.project = nn.Sequential(nn.Linear(z_dim, width * seq_len, bias=False),
                                      nn.BatchNorm1d(width * seq_len))
-        self.net = nn.Sequential(*(TextBlock(width, nn.ReLU()) for _ in range(5)), nn.ReLU(),
-                                 conv5(width, vocab), nn.BatchNorm2d(vocab))
+        self.net = nn.Sequential(*(TextBlock(width, nn.ReLU()) for _ in range(blocks)),
+                                 nn.ReLU(), conv5(width, vocab), nn.BatchNorm2d(vocab))
 
     def logits(self, z):
-        return self.net(self.project(z).view(-1, *self.shape))
+        return self.net(self.project(latent(z, self.prior)).view(-1, *self.shape))
 
     def forward(self, z, y=None):
         a = self.logits(z)
@@ -243,14 +319,16 @@ class TextGenerator(nn.Module):
 
 
 class TextDiscriminator(nn.Module):
-    """--dataset text, the official code's D: a conv from the one-hot characters, five residual
-    blocks with LeakyReLU(0.2), LeakyReLU, a linear logit of the whole sequence."""
+    """--dataset text, the authors' D: a conv from the one-hot characters, --text-blocks residual
+    blocks with LeakyReLU(0.2), LeakyReLU, a linear logit of the whole sequence; no batch norm
+    unless ``batch_norm`` (--d-batch-norm, which couples the importance weights)."""
 
-    def __init__(self, seq_len, vocab, width):
+    def __init__(self, seq_len, vocab, width, blocks=3, batch_norm=False):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(vocab, width, (1, 5), padding=(0, 2)),
-                                 *(TextBlock(width, nn.LeakyReLU(0.2)) for _ in range(5)),
-                                 nn.LeakyReLU(0.2))
+        self.net = nn.Sequential(
+            nn.Conv2d(vocab, width, (1, 5), padding=(0, 2)),
+            *(TextBlock(width, nn.LeakyReLU(0.2), batch_norm) for _ in range(blocks)),
+            nn.LeakyReLU(0.2))
         self.out = nn.Linear(width * seq_len, 1)
 
     def forward(self, x, y=None):
@@ -262,13 +340,19 @@ def build_models(args, channels, num_classes=0, num_colors=0):
     planes); continuous: a tanh G; text: over ``channels`` characters. num_classes: unused."""
     kind = "continuous" if args.mode == "continuous" else "quantized" if num_colors else "binary"
     planes = num_colors if kind == "quantized" else channels
-    if args.dataset == "text":  # channels: the vocabulary; PyTorch's init (official: Glorot)
-        g = TextGenerator(args.z_dim, args.seq_len, channels, args.g_width)
-        d = TextDiscriminator(args.seq_len, channels, args.d_width)
+    # checkpoints from before issue 26: D with batch norm, 5 text blocks, z ~ N(0, I)
+    prior, d_bn = getattr(args, "z_prior", "normal"), getattr(args, "d_batch_norm", True)
+    if args.dataset == "text":  # channels: the vocabulary
+        blocks = getattr(args, "text_blocks", 5)
+        g = TextGenerator(args.z_dim, args.seq_len, channels, args.g_width, blocks, prior)
+        d = TextDiscriminator(args.seq_len, channels, args.d_width, blocks, d_bn)
+        g.apply(glorot)
+        d.apply(glorot)
     else:
         g = Generator(args.z_dim, args.image_size, planes, args.g_width, kind, args.activation,
-                      args.bn_after_act)
-        d = Discriminator(args.image_size, planes, args.d_width, args.activation, args.bn_after_act)
+                      args.bn_after_act, prior)
+        d = Discriminator(args.image_size, planes, args.d_width, args.activation, args.bn_after_act,
+                          d_bn)
         g.apply(init_weights)
         d.apply(init_weights)
     if args.spectral_norm:  # after the init: the parametrization keeps it as the "original"
@@ -378,6 +462,7 @@ def effective_sample_size(fake_logits, m):
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
 KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
               "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -394,8 +479,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       "auto saw) and exit")
     a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
       "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
+      help="training data (digits: embedded; text: characters)")
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
@@ -424,6 +509,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
+    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
+      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -439,6 +526,17 @@ def config_help(config):
     flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
              for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
     return " ".join(flags) or "the defaults below"
+
+
+def dataset_name(text):
+    """--dataset's value, or one line that names the nearest dataset."""
+    import difflib
+
+    if text in DATASETS:
+        return text
+    near = difflib.get_close_matches(text.lower(), DATASETS, n=1, cutoff=0.4)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(DATASETS)}{hint}")
 
 
 def hardware_spec(text):
@@ -632,7 +730,7 @@ def load_data(args, run):
 def grid_images(gen, z, kind, palette):
     """The grid: one drawn sample per latent, the same pixel noise each time (or tanh image)."""
     logits = gen.logits(z)
-    if kind in ("continuous", "text"):  # text: the likeliest characters, as the official code
+    if kind in ("continuous", "text"):  # text: the likeliest characters, as the authors' code
         return logits.argmax(1).flatten(1) if kind == "text" else torch.tanh(logits.float())
     pixels = draw(logits, 1, kind, generator=torch.Generator().manual_seed(99))
     return decode(pixels[:, 0], kind, palette)
