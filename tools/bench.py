@@ -11,6 +11,9 @@ slowdown shows up between versions.
 
 img/s counts real images consumed per second (batch size x processes x G steps / s).
 Peak memory is the process's peak resident set (CPU) or torch's peak allocation (CUDA).
+``--record TABLE`` also writes the rows into the docs' record, docs/results.json (with the
+commit, date, CPU model and this command); ``python tools/results_table.py --write`` then
+regenerates the pages' tables.
 """
 
 import argparse
@@ -72,6 +75,12 @@ def main(argv=None):
     )
     p.add_argument("--extra", default="", help="more flags for the scripts, e.g. '--g-width 32'")
     p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument(
+        "--record",
+        metavar="TABLE",
+        default=None,
+        help="also write the rows into docs/results.json as TABLE",
+    )
     args = p.parse_args(argv)
     names = args.scripts or paper_scripts()
     unknown = sorted(set(names) - set(paper_scripts()))
@@ -143,6 +152,20 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    if args.record:
+        import shlex
+
+        from tools.results_table import record_rows
+
+        rows = [{"key": f"{r['script']} {r['amp']} {args.image_size}px",
+                 **{k: v for k, v in r.items() if k != "cpu"}} for r in results]
+        gpu = None
+        if args.device.startswith("cuda"):
+            import torch
+
+            gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        argv = sys.argv[1:] if argv is None else argv
+        record_rows(args.record, rows, shlex.join(["python", "tools/bench.py", *argv]), gpu)
     return results
 
 

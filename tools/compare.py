@@ -19,7 +19,10 @@ generator from one fixed seed go into one row of the image, in the order of the 
 nothing is picked by hand.
 
 Output (--out, default runs/compare/<time>): results.md, results.json, samples.png and
-each script's run directory.
+each script's run directory. ``--record TABLE`` also writes each script's row into the docs'
+record, docs/results.json (with the commit, date, CPU model and this command), as a row of
+TABLE (``defaults`` is the table that README.md and docs/results.md show); then
+``python tools/results_table.py --write`` regenerates the pages' tables.
 """
 
 import argparse
@@ -114,6 +117,32 @@ def budget_words(args):
     return f"{args.steps} generator steps each" if args.steps else f"{args.minutes:g} minutes each"
 
 
+def record(table, results, argv, cuda):
+    """Each script's row into docs/results.json as a row of ``table``."""
+    import shlex
+
+    from tools.results_table import RECORD, record_rows
+
+    argv = sys.argv[1:] if argv is None else argv
+    rows = []
+    for r in results:
+        row = {"key": r["script"], **{k: v for k, v in r.items() if k != "protocol"}}
+        if "protocol" in r:
+            gen = r["protocol"]["generated"]
+            row.update(dataset=gen["dataset"], image_size=gen["image_size"],
+                       num_samples=gen["num_generated"],
+                       features=r["protocol"]["feature_extractor"]["name"])
+        rows.append(row)
+    gpu = None
+    if cuda:
+        import torch
+
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    record_rows(table, rows, shlex.join(["python", "tools/compare.py", *argv]), gpu)
+    print(f"recorded {len(rows)} rows of {table!r} in {os.path.relpath(RECORD, ROOT)}; "
+          "python tools/results_table.py --write regenerates the tables")
+
+
 def main(argv=None):
     from common import evaluation
     from common.run import find_checkpoint
@@ -150,6 +179,12 @@ def main(argv=None):
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default runs/compare/<time>)")
+    p.add_argument(
+        "--record",
+        metavar="TABLE",
+        default=None,
+        help="also write the rows into docs/results.json as TABLE (e.g. defaults)",
+    )
     args = p.parse_args(argv)
     names = args.scripts or paper_scripts()
     unknown = sorted(set(names) - set(paper_scripts()))
@@ -271,6 +306,8 @@ def main(argv=None):
         json.dump(results, f, indent=2)
     if rows:
         side_by_side(rows, os.path.join(out, "samples.png"), args.show)
+    if args.record:
+        record(args.record, results, argv, "cuda" in args.extra)
     print("\n".join(lines))
     print(
         f"wrote {os.path.join(out, 'results.md')}, results.json{' and samples.png' if rows else ''}"
