@@ -18,24 +18,24 @@ Usage:
     python began.py --gamma 0.7 --skip                # sharper, less diverse; Sec. 3.5.1
     python began.py --config paper --dataset celeba --data-path ~/data     # 64x64, Sec. 4.1
     python began.py --resume auto                     # continue (k_t and lr decay included)
-    python began.py --sample 8 --interpolate 10 --checkpoint runs/began/<run>
+    python began.py --sample 8 --interpolate 10 --checkpoint auto
 
 Based on dcgan.py; differs in the models, the losses and k_t, M (logged, and drawn in the
 run's convergence.png at the end), the lr decay, uniform latents, the defaults, and it has
-no --conditional. Tuning history and measurements: docs/began.md.
+no --conditional. Tuning history and measurements: docs/began.md. --config auto on CUDA is
+the paper's CelebA run with the settings of carpedm20/BEGAN-tensorflow's config.py.
 
 Departures from the paper, and choices where it is silent:
-* The defaults are a digits recipe (with the paper's, G collapses to one image on the
-  digits): batch norm (--bn), gamma 1.0, lambda_k 0.05, Adam 4e-4 with beta1 0.5, and
-  smaller nets (n 16, N_h 32, batch 32). ``--config paper`` sets the paper's (PAPER). The
-  lr is the paper's 1e-4 at batch 16 doubled for batch 32 and doubled again because it
-  measured better at 16x16 (FD 139 against 168 at 2e-4, 3400 steps; batch 16 did worse:
-  docs/began_recipe_search.md).
+* The defaults (auto on a CPU) are a digits recipe (with the paper's, G collapses to one
+  image on the digits): batch norm (--bn), gamma 1.0, lambda_k 0.05, Adam 4e-4 with beta1
+  0.5 (2e-4 above 16x16), smaller nets (n 16, N_h 32, batch 32); docs/began_recipe_search.md.
+  ``--config paper`` sets the paper's (PAPER).
 * Adam's betas are not in the paper: --config paper's beta1 0.9 is what reimplementations run.
 * The lr decay has no rule in the paper: both rates halve when the mean of M over a window
   of --lr-decay-patience steps is not 1% below the best earlier window mean.
-* G's update reuses D's fake batch; k_t and M use the L(G(z)) that G minimised, in fp32,
-  averaged over ranks so that every rank keeps the same k_t.
+* D and G step in turn (G against the updated D, on D's fake batch); carpedm20's code takes
+  both losses from one forward of D. k_t and M take L(x) and L(G(z)) from D's step (one D,
+  as that code does), in fp32, averaged over ranks so that every rank keeps the same k_t.
 * G has no tanh on its output, as in the reference code (carpedm20); weights are
   Glorot-uniform (PyTorch's default init leaves a fresh G almost independent of z).
 * Not implemented: Sec. 3.5.1's vanishing residuals (--skip gives its skip connections).
@@ -59,6 +59,41 @@ SMOKE_ARGS = ["--n-filters", "4", "--nh", "8"]
 # the defaults (auto) are the digits recipe (docs/began.md says why).
 PAPER = {"image_size": 64, "gamma": 0.5, "lambda_k": 0.001, "nh": 64, "n_filters": 64,
          "bn": False, "batch_size": 16, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.9, "ema_decay": 0.0}
+# --config auto on a CPU above 16x16 (MNIST, CIFAR-10, ... at 32x32): the digits recipe at half
+# its lr and the steps of about 5 CPU-minutes; at 4e-4 and 3200 steps G collapsed to one digit on
+# MNIST-format files, at 2e-4 and 1300 it does not, but its digits are not yet good
+# (docs/began.md).
+CPU_32 = {"lr_g": 2e-4, "lr_d": 2e-4, "steps": 1300}
+
+
+def auto_config(args):
+    """CPU: the defaults below (the digits recipe), above 16x16 with lr 2e-4 and 1300 steps
+    (each about 5 CPU-minutes); CUDA: the paper's CelebA run as carpedm20's code trains it
+    (n 128, N_h 64, gamma 0.5, lambda_k 0.001, no batch norm, global batch 16, Adam 8e-5, 8M
+    images, lr halved on a stall per 1.6M images, no EMA)."""
+    seen = args.auto
+    if seen["device"] == "cpu":
+        return {} if args.image_size <= 16 else CPU_32
+    # carpedm20/BEGAN-tensorflow, the reference code (the authors released none), config.py
+    # unless said: batch_size 16, global (split over the processes); a batch given keeps the
+    # schedule's images.
+    batch = max(1, 16 // seen["processes"])
+    if "batch_size" in args.explicit:
+        batch = args.batch_size
+    return {
+        "gamma": 0.5, "lambda_k": 0.001,  # gamma, lambda_k (Sec. 3.4: lambda_k 0.001)
+        "n_filters": 128,  # conv_hidden_num (Sec. 4.1: n 128 for its largest model)
+        "nh": 64, "z_dim": 64,  # z_num, both N_h and N_z; Sec. 4.1: N_h = N_z = 64
+        "bn": False,  # Sec. 3.5's nets, no batch norm
+        "batch_size": batch,
+        "lr_g": 8e-5, "lr_d": 8e-5,  # g_lr, d_lr; inside Sec. 4.1's [5e-5, 1e-4]
+        "beta1": 0.9,  # trainer.py passes no beta1 to AdamOptimizer: TensorFlow's 0.9
+        "steps": steps_for(8000, batch, seen["processes"]),  # max_step 500,000 at batch 16
+        # lr_update_step 100,000 at batch 16; trainer.py's (commented-out) stall test over that
+        # window is this script's rule, Sec. 4.1's "when the measure of convergence stalls".
+        "lr_decay_patience": steps_for(1600, batch, seen["processes"]),
+        "ema_decay": 0.0,  # neither the paper nor the code has an EMA
+    }
 
 
 def parse_args(argv=None):
@@ -69,7 +104,7 @@ def parse_args(argv=None):
     add_common_args(p, batch_size=32, steps=3200, lr_g=4e-4, lr_d=4e-4, z_dim=64,
                     sources={"batch_size": "16, reference code", "lr_g": "1e-4, Sec. 4.1",
                              "lr_d": "1e-4, Sec. 4.1", "z_dim": "Sec. 4.1, N_z"},
-                    configs={"paper": PAPER})
+                    configs={"auto": auto_config, "paper": PAPER})
     m = p.add_argument_group("BEGAN")
     m.add_argument("--gamma", type=float, default=1.0, help="diversity ratio E[L(G(z))] / "
                    "E[L(x)] that k_t maintains (Sec. 3.3), in (0, 1]; paper 0.5")
@@ -245,6 +280,7 @@ def set_lr(args, opt_g, opt_d, scale):
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
 KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
               "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -261,8 +297,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
       "auto saw) and exit")
     a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
       "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", help="training data (digits: embedded; text: characters)",
-      choices=["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"])
+    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
+      help="training data (digits: embedded; text: characters)")
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
@@ -291,6 +327,8 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
+    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
+      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -306,6 +344,17 @@ def config_help(config):
     flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
              for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
     return " ".join(flags) or "the defaults below"
+
+
+def dataset_name(text):
+    """--dataset's value, or one line that names the nearest dataset."""
+    import difflib
+
+    if text in DATASETS:
+        return text
+    near = difflib.get_close_matches(text.lower(), DATASETS, n=1, cutoff=0.4)
+    hint = f"; did you mean {near[0]}?" if near else ""
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(DATASETS)}{hint}")
 
 
 def hardware_spec(text):
@@ -507,10 +556,11 @@ def train(args):
         if ema is not None:
             ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
 
-        # k_t and M from L(x) and the L(G(z_G)) that G just minimised, as fp32 constants,
-        # averaged over ranks so that every rank keeps the same k_t.
+        # k_t and M from L(x) and L(G(z)) of one D, the one before its update (the forward of
+        # D's step, as in carpedm20's trainer.py), as fp32 constants, averaged over ranks so that
+        # every rank keeps the same k_t.
         l_real, l_fake = all_ranks_mean(
-            torch.stack([real_l.detach().float().mean(), loss_g.detach().float()]), world)
+            torch.stack([real_l.detach().float().mean(), fake_l.detach().float().mean()]), world)
         eq["k"].copy_(update_k(eq["k"], l_real, l_fake, args.gamma, args.lambda_k))
         m = convergence_measure(l_real, l_fake, args.gamma)
         eq["m_sum"] += m

@@ -1,4 +1,4 @@
-"""BEGAN-specific checks: L1 loss, k_t (clipped, no gradient, updated from G's own loss),
+"""BEGAN-specific checks: L1 loss, k_t (clipped, no gradient, updated from one forward of one D),
 M_global, the learning-rate halving when M stalls (and its exact resume), the M curve,
 the architecture options and the bad input; plus common.images.save_curve."""
 import math
@@ -67,14 +67,13 @@ def test_training_k_m_and_lr_halving(in_tmp):
     """Every step is a window (patience 1): the lr halves exactly when M stalls; k stays in
     [0, 1]; the k update used G's own loss; resume continues k and the decay exactly."""
     log = run_log("full", 8, "--no-bn")  # the tiny nets without batch norm: k rises at the start
-    a = m.parse_args([])
+    a = m.parse_args(tiny_args(m))
     lr0, gamma, best, scale = a.lr_g, a.gamma, math.inf, 1.0
     for r in log:
         if m.stalled(r["M"], best):
             scale /= 2
         best = min(best, r["M"])
         assert r["lr_g"] == lr0 * scale and 0 <= r["k"] <= 1
-        assert r["l_fake"] == r["g_loss"]  # k and M use the very L(G(z_G)) that G minimised
         want = r["l_real"] + abs(gamma * r["l_real"] - r["l_fake"])
         assert r["M"] == pytest.approx(want, rel=1e-5)
     assert scale < 1, "no stall in 8 steps: the test no longer exercises the decay"
@@ -94,6 +93,27 @@ def test_training_k_m_and_lr_halving(in_tmp):
     assert set(a) == {"k", "m_sum", "m_best", "lr_scale"}
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["lr_scale"].item() == scale and os.path.exists("part/convergence.png")
+
+
+def test_k_uses_one_forward_of_one_d(in_tmp):
+    """k_t's balance gamma L(x) - L(G(z)) takes both losses from one forward of one D, the one
+    that D's loss L(x) - k_t L(G(z)) was computed with (before D's update), as carpedm20's
+    trainer.py does; not L(G(z)) from the D after its update (G's loss)."""
+    # fp32, every step logged (tiny_args: --log-every 1); a fast D and a high gain, so that D's
+    # step moves L(G(z)) and k_t is well above 0
+    flags = ["--no-bn", "--amp", "off", "--lr-d", "1e-2", "--lambda-k", "0.5"]
+    log = run_log("run", 6, *flags)
+    a = m.parse_args(tiny_args(m, *flags))
+    k, moved = 0.0, False
+    for r in log:
+        # D's loss was made of this very L(x) and L(G(z)), with k_t before its update
+        assert r["d_loss"] == pytest.approx(r["l_real"] - k * r["l_fake"], rel=1e-6, abs=1e-8)
+        want = min(max(k + a.lambda_k * (a.gamma * r["l_real"] - r["l_fake"]), 0.0), 1.0)
+        assert r["k"] == pytest.approx(want, rel=1e-6, abs=1e-8)
+        # the two Ds differ: with G's loss (D after its step) the first assert would fail
+        moved |= k * abs(r["l_fake"] - r["g_loss"]) > 1e-3 * abs(r["d_loss"])
+        k = r["k"]
+    assert moved, "k_t stayed at 0 or D did not move: the test no longer tells the two Ds apart"
 
 
 @pytest.mark.parametrize("size", [8, 16, 64])
@@ -117,16 +137,62 @@ def test_architecture_options(size):
     assert grown == (size > 8)  # skip connections widen the first conv after each upsampling
 
 
+DIGITS_RECIPE = {"image_size": 16, "batch_size": 32, "steps": 3200, "lr_g": 4e-4, "lr_d": 4e-4,
+                 "z_dim": 64, "gamma": 1.0, "lambda_k": 0.05, "nh": 32, "n_filters": 16,
+                 "bn": True, "beta1": 0.5, "beta2": 0.999, "lr_decay_patience": 1000,
+                 "ema_decay": 0.999, "ema_warmup": True, "skip": False}
+
+
+def settings(args, keys):
+    return {k: getattr(args, k) for k in keys}
+
+
+def test_auto_cpu_digits_is_the_digits_recipe():
+    """--config auto on a CPU resolves the embedded digits to the digits recipe, unchanged."""
+    a = m.parse_args(["--assume", "cpu"])
+    assert settings(a, DIGITS_RECIPE) == DIGITS_RECIPE and a.chosen == {}
+    b = m.parse_args(["--device", "cpu"])  # this machine, told to use its CPU
+    assert settings(b, DIGITS_RECIPE) == DIGITS_RECIPE
+
+
+def test_auto_cpu_above_16_halves_the_lr():
+    """Above 16x16 on a CPU (MNIST at 32x32): the digits recipe at lr 2e-4, 1300 steps."""
+    a = m.parse_args(["--assume", "cpu", "--dataset", "mnist"])
+    want = {**DIGITS_RECIPE, "image_size": 32, "lr_g": 2e-4, "lr_d": 2e-4, "steps": 1300}
+    assert settings(a, want) == want
+    b = m.parse_args(["--assume", "cpu", "--dataset", "cifar10", "--lr-g", "1e-4"])
+    assert (b.lr_g, b.lr_d, b.steps) == (1e-4, 2e-4, 1300)  # a given flag wins
+
+
+def test_auto_cuda_celeba_is_the_reference_run():
+    """--config auto on CUDA, CelebA at 64x64: carpedm20/BEGAN-tensorflow's config.py (batch 16,
+    conv_hidden_num 128, z_num 64, d_lr = g_lr = 8e-5, lr_update_step 100,000, max_step
+    500,000, gamma 0.5, lambda_k 0.001), TensorFlow's Adam beta1 0.9, the paper's nets (no
+    batch norm), no EMA; the global batch split over the processes."""
+    want = {"image_size": 64, "batch_size": 16, "steps": 500_000, "lr_g": 8e-5, "lr_d": 8e-5,
+            "z_dim": 64, "gamma": 0.5, "lambda_k": 0.001, "nh": 64, "n_filters": 128,
+            "bn": False, "beta1": 0.9, "beta2": 0.999, "lr_decay_patience": 100_000,
+            "ema_decay": 0.0, "skip": False}
+    a = m.parse_args(["--assume", "cuda:1", "--dataset", "celeba"])
+    assert settings(a, want) == want
+    b = m.parse_args(["--assume", "cuda:8", "--dataset", "celeba"])  # 8 x 2 images a step
+    assert settings(b, want) == {**want, "batch_size": 2}
+    c = m.parse_args(["--assume", "cuda:1", "--dataset", "celeba", "--batch-size", "32"])
+    assert (c.batch_size, c.steps, c.lr_decay_patience) == (32, 250_000, 50_000)  # same images
+    d = m.parse_args(["--assume", "cuda:32", "--dataset", "celeba"])  # at least 1 a process
+    assert (d.batch_size, d.steps) == (1, 250_000)
+
+
 def test_paper_defaults():
     """--config paper gives the paper's settings (flags given beside it win); the defaults
-    (--config auto) are the digits recipe."""
+    (--config auto on a CPU) are the digits recipe."""
     a = m.parse_args(["--config", "paper"])
     got = (a.gamma, a.lambda_k, a.nh, a.n_filters, a.z_dim, a.lr_g, a.lr_d, a.batch_size,
            a.beta1, a.bn)
     assert got == (0.5, 0.001, 64, 64, 64, 1e-4, 1e-4, 16, 0.9, False)
     b = m.parse_args(["--config", "paper", "--gamma", "0.7", "--bn"])
     assert (b.gamma, b.bn, b.lambda_k) == (0.7, True, 0.001)
-    d = m.parse_args([])
+    d = m.parse_args(["--assume", "cpu"])
     got = (d.gamma, d.lambda_k, d.nh, d.n_filters, d.bn, d.batch_size, d.lr_g, d.lr_d)
     assert got == (1.0, 0.05, 32, 16, True, 32, 4e-4, 4e-4)
     assert m.parse_args(["--no-bn"]).bn is False
