@@ -289,6 +289,10 @@ class Run:
                 remove_stale(self.args.out)
             self.out = self.args.out = (self.args.out if ckpt is not None else
                                         new_run_dir(self.script, self.args.out, self.restart))
+            # args.json holds what ran: the device, and the data's channels where not given.
+            self.args.device = str(self.device)
+            if self.args.channels is None and getattr(self.data, "channels", None):
+                self.args.channels = self.data.channels
             write_args(self.out, self.args)
             a = self.args
             since = self.step if ckpt else 0 if self.restart else None

@@ -154,6 +154,7 @@ def test_args_json_records_what_auto_saw_and_chose(in_tmp, capsys):
     got = json.load(open(os.path.join("run", "args.json")))
     assert got["auto"]["device"] == "cpu" and got["auto"]["images"] == 1797
     assert got["auto"]["side"] == 8 and got["chosen"]["margin"] == 6  # ebgan's margin rule
+    assert got["device"] == "cpu" and got["channels"] == 1  # what ran, not "auto" and null
     m.main([*tiny_args(m), "--config", "paper", "--steps", "1", "--out", "run2"])
     got = json.load(open(os.path.join("run2", "args.json")))
     assert got["auto"] is None and got["chosen"]["margin"] == 10.0
