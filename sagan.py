@@ -15,14 +15,12 @@ class-conditional: conditional batch norm in G, a projection D (Miyato & Koyama 
 Usage:
     python sagan.py                                   # class-conditional digits, 16x16 (auto)
     python sagan.py --config paper --dataset folder --data-path ~/imagenet   # Sec. 5
-    python sagan.py --unconditional                   # no labels
     python sagan.py --dataset folder --data-path ~/cats --image-size 64 --attention-res 32
     torchrun --nproc_per_node=8 sagan.py --dataset cifar10 --data-path ~/data --amp bf16
     python sagan.py --sample 40 --checkpoint runs/sagan/<run>   # one row per class
     python sagan.py --sample 10 --attention-map --attention-query 8 20 --checkpoint <run>
 
-On CUDA, --config auto is the authors' ImageNet run (brain-research/self-attention-gan: model.py,
-train_imagenet.py, README): widths 64, global batch 256, 1M steps at 256 (auto_config).
+On CUDA --config auto is the authors' ImageNet run (brain-research/self-attention-gan).
 
 Based on dcgan.py; differs in: residual G and D with spectral norm on every layer,
 self-attention, conditional batch norm in G and a projection D (``--unconditional`` turns
