@@ -574,7 +574,7 @@ def train(args):
             eq["m_sum"].zero_()
 
         run.end_step(d_loss=loss_d, g_loss=loss_g, l_real=l_real, l_fake=l_fake, M=m,
-                     k=eq["k"], lr_g=args.lr_g * eq["lr_scale"].item())
+                     k=eq["k"], lr_g=args.lr_g * eq["lr_scale"])
     if rank == 0:
         draw_convergence(run.out, args.gamma)
     return run.finish(note=f", M curve {os.path.join(run.out, 'convergence.png')}")

@@ -32,8 +32,9 @@ RANGES = {
     "n_filters": "[1, inf)", "nh": "[1, inf)",
     # bgan.py
     "n_mc_samples": "[2, inf)", "binarize_threshold": "(0, 1]", "d_noise": "[0, inf)",
+    "text_blocks": "[1, inf)",
     # dragan.py, progan.py, wgan_gp.py
-    "lambda_gp": "[0, inf)", "perturb_std": "[0, inf)",
+    "lambda_gp": "[0, inf)", "perturb_std": "[0, inf)", "gp_target": "(0, inf)",
     # ebgan.py
     "margin": "(0, inf)", "pt_weight": "[0, inf)",
     # lsgan.py: the coding targets are any numbers (check_args refuses a == b and c == a)

@@ -13,7 +13,9 @@ from conftest import SCRIPTS, load_script, tiny_args
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_every_script_trains_under_fp16_and_resume_keeps_the_scale(name, in_tmp, capsys):
+def test_every_script_trains_under_fp16(name, in_tmp, capsys):
+    """Finite losses, and the GradScalers' state in the checkpoint; for two scripts (the
+    restore is common/run.py's, the same for all) a resume brings back the scale."""
     m = load_script(name)
     flags = [*tiny_args(m), "--amp", "fp16", "--out", "run"]
     m.main([*flags, "--steps", "2"])
@@ -27,6 +29,8 @@ def test_every_script_trains_under_fp16_and_resume_keeps_the_scale(name, in_tmp,
     ckpt = torch.load(path, weights_only=True)
     scalers = [k for k, v in ckpt.items() if isinstance(v, dict) and "scale" in v]
     assert scalers, "no GradScaler state in the checkpoint"
+    if name not in ("dcgan", "stylegan2"):
+        return
     for k in scalers:  # a scale a fresh scaler would not have: resume must bring it back
         ckpt[k]["scale"] = 1024.0
     torch.save(ckpt, path)

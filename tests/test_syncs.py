@@ -43,5 +43,5 @@ def syncs_per_step(module, steps):
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_no_host_sync_per_step(name, in_tmp):
-    got = syncs_per_step(load_script(name), 6)
+    got = syncs_per_step(load_script(name), 5)
     assert got and not any(got), f"{name}: host syncs per step {got}"
