@@ -32,11 +32,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from common.evaluation import (  # noqa: E402
-    digits_reference,
     classifier,
+    classifier_path,
+    digits_reference,
     features_and_probs,
     real_digits,
     score,
+    sha256,
 )
 from common.scripts import load_script  # noqa: E402
 
@@ -79,7 +81,14 @@ def main(argv=None):
         "--real", action="store_true", help="score half of the real digits (the reference point)"
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--record", default=None, metavar="TABLE",
+                   help="also write the first generator's scores into docs/results.json's TABLE "
+                   "(tools/results_table.py renders it), as the row --key")
+    p.add_argument("--key", default=None, help="--record: the row's name (default: the run)")
+    p.add_argument("--note", default="", help="--record: how the run was trained")
     args = p.parse_args(argv)
+    if args.record and not args.checkpoint:
+        p.error("--record needs a checkpoint")
     net = classifier()
     x, _ = real_digits()
     reference = features_and_probs(net, x)[0]
@@ -115,6 +124,23 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({label: r for label, r in results}, f, indent=2)
+    if args.record:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from results_table import record_rows
+
+        from common.checkpoints import run_dir_of
+
+        run = ckpt["args"]
+        # the generator the run samples with (the last of --compare-ema's variants)
+        row = {k: v for k, v in results[-1][1].items() if k != "class_counts"}
+        row.update(key=args.key or os.path.basename(os.path.normpath(run_dir_of(path))),
+                   script=ckpt.get("script"), dataset=run.get("dataset"),
+                   image_size=run.get("image_size"), steps=ckpt.get("step"), note=args.note,
+                   # the classifier is trained once per cache: numbers compare within one
+                   classifier=sha256(classifier_path())[:12])
+        given = argv if argv is not None else sys.argv[1:]
+        cmd = "python tools/digits_metric.py " + " ".join(given)
+        record_rows(args.record, [row], cmd)
     return results
 
 
