@@ -28,7 +28,7 @@ the paper's CelebA run with the settings of carpedm20/BEGAN-tensorflow's config.
 Departures from the paper, and choices where it is silent:
 * The defaults (auto on a CPU) are a digits recipe (with the paper's, G collapses to one
   image on the digits): batch norm (--bn), gamma 1.0, lambda_k 0.05, Adam 4e-4 with beta1
-  0.5 (2e-4 above 16x16), smaller nets (n 16, N_h 32, batch 32); docs/began_recipe_search.md.
+  0.5, smaller nets (n 16, N_h 32, batch 32); docs/began_recipe_search.md.
   ``--config paper`` sets the paper's (PAPER).
 * Adam's betas are not in the paper: --config paper's beta1 0.9 is what reimplementations run.
 * The lr decay has no rule in the paper: both rates halve when the mean of M over a window
@@ -59,16 +59,16 @@ SMOKE_ARGS = ["--n-filters", "4", "--nh", "8"]
 # the defaults (auto) are the digits recipe (docs/began.md says why).
 PAPER = {"image_size": 64, "gamma": 0.5, "lambda_k": 0.001, "nh": 64, "n_filters": 64,
          "bn": False, "batch_size": 16, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.9, "ema_decay": 0.0}
-# --config auto on a CPU above 16x16 (MNIST, CIFAR-10, ... at 32x32): the digits recipe at half
-# its lr and the steps of about 5 CPU-minutes; at 4e-4 and 3200 steps G collapsed to one digit on
-# MNIST-format files, at 2e-4 and 1300 it does not, but its digits are not yet good
-# (docs/began.md).
-CPU_32 = {"lr_g": 2e-4, "lr_d": 2e-4, "steps": 1300}
+# --config auto on a CPU above 16x16 (MNIST, CIFAR-10, ... at 32x32): the digits recipe for the
+# steps of about 5 CPU-minutes. On MNIST-format files 3200 steps collapsed G to one digit (with
+# k_t from two Ds); 1300 steps with k_t from one D gave varied, blurry digits, better at the
+# recipe's lr 4e-4 than at 2e-4 (docs/results.md, off the bench).
+CPU_32 = {"steps": 1300}
 
 
 def auto_config(args):
-    """CPU: the defaults below (the digits recipe), above 16x16 with lr 2e-4 and 1300 steps
-    (each about 5 CPU-minutes); CUDA: the paper's CelebA run as carpedm20's code trains it
+    """CPU: the defaults below (the digits recipe), above 16x16 for 1300 steps (each about
+    5 CPU-minutes); CUDA: the paper's CelebA run as carpedm20's code trains it
     (n 128, N_h 64, gamma 0.5, lambda_k 0.001, no batch norm, global batch 16, Adam 8e-5, 8M
     images, lr halved on a stall per 1.6M images, no EMA)."""
     seen = args.auto

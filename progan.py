@@ -722,7 +722,10 @@ def train(args):
               info={"channels": data.channels, "num_classes": 0}, total=total,
               note=f"grown from 4x4 in batches of {sizes}, {args.stable_kimg:g} kimg stable + "
                    f"{args.fade_kimg:g} kimg fade each: {total} steps")
-    G_step = torch.compile(G) if args.compile else G  # not D: compile lacks double backward
+    G_step = torch.compile(G) if args.compile else G
+    if args.compile and rank == 0:
+        print("note: --compile compiles G only: the critic's gradient penalty needs double "
+              "backward, which compiled graphs lack", file=sys.stderr)
     one = torch.ones((), device=device)
 
     stream = iter(batches)

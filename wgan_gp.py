@@ -657,6 +657,9 @@ def train(args):
               info={"channels": data.channels, "num_classes": 0},
               note=f"n_critic {args.n_critic}, lambda {args.lambda_gp}")
     G_step, D_step = (torch.compile(G), D) if args.compile else (G, D)
+    if args.compile and rank == 0:
+        print("note: --compile compiles G only: the critic's gradient penalty needs double "
+              "backward, which compiled graphs lack", file=sys.stderr)
 
     one = torch.ones((), device=device)
     stream = iter(batches)

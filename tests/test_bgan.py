@@ -304,7 +304,7 @@ def test_auto_on_a_cpu_keeps_the_digits_run():
             a.ema_decay) == (16, 32, 7000, 1e-3, 1e-4, 0.5, 100, "normal", 20, 32, 16, 1.5,
                              True, "sum", 0.999)
     b = m.parse_args(["--assume", "cpu", "--dataset", "mnist"])  # 32x32: CPU_32
-    assert (b.image_size, b.batch_size, b.steps, b.lr_g, b.d_batch_norm) == (32, 32, 1500, 1e-3,
+    assert (b.image_size, b.batch_size, b.steps, b.lr_g, b.d_batch_norm) == (32, 32, 3000, 1e-3,
                                                                             False)
     t = m.parse_args(["--assume", "cpu", "--dataset", "text"])
     assert t.chosen == m.TEXT and t.text_blocks == 5
