@@ -341,8 +341,13 @@ def config_help(config):
     """--help's words for a config: a rule's docstring, or the flags it sets."""
     if callable(config):
         return " ".join(config.__doc__.split()).rstrip(".")
-    flags = [(f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}")
-             for k, v in ((k.replace("_", "-"), v) for k, v in config.items())]
+    flags = []
+    for k, v in config.items():
+        k = k.replace("_", "-")
+        if isinstance(v, bool):
+            flags.append(f"--{k}" if v else f"--no-{k}")
+        else:
+            flags.append(f"--{k} {v}")
     return " ".join(flags) or "the defaults below"
 
 
@@ -422,8 +427,11 @@ def print_settings(args):
         print("auto saw: " + ", ".join(f"{k} {v}" for k, v in args.auto.items()))
     skip = ("explicit", "auto", "chosen", "dry_run")
     for k, v in sorted((k, v) for k, v in vars(args).items() if k not in skip):
-        src = ("given" if k in args.explicit else f"--config {args.config}"
-               if k in args.chosen else "default")
+        src = "default"
+        if k in args.explicit:
+            src = "given"
+        elif k in args.chosen:
+            src = f"--config {args.config}"
         print(f"  --{k.replace('_', '-'):<20} {v!s:<24} {src}")
 
 
