@@ -339,7 +339,9 @@ class TextDiscriminator(nn.Module):
 def build_models(args, channels, num_classes=0, num_colors=0):
     """G and D: ``num_colors`` > 0, categorical over a palette (K logits per pixel, K one-hot
     planes); continuous: a tanh G; text: over ``channels`` characters. num_classes: unused."""
-    kind = "continuous" if args.mode == "continuous" else "quantized" if num_colors else "binary"
+    kind = "quantized" if num_colors else "binary"
+    if args.mode == "continuous":
+        kind = "continuous"
     planes = num_colors if kind == "quantized" else channels
     # checkpoints from before issue 26: D with batch norm, 5 text blocks, z ~ N(0, I)
     prior, d_bn = getattr(args, "z_prior", "normal"), getattr(args, "d_batch_norm", True)
@@ -398,6 +400,18 @@ def log_likelihood(logits, samples, kind, reduce="sum"):
         ll = torch.log_softmax(a, 1).gather(1, samples)  # (N, K, S, S) gathered at (N, M, S, S)
     ll = ll.flatten(2)
     return ll.mean(2) if reduce == "mean" else ll.sum(2)
+
+
+def as_samples(real, kind, threshold):
+    """A batch of real data in the samples' form: binarized pixels, palette indices, or (text)
+    one sample of L characters per sequence."""
+    from common.data import binarize, to_indices
+
+    if kind == "binary":
+        return binarize(real, threshold)
+    if kind == "text":
+        return real[:, None]  # 1 x L
+    return to_indices(real)
 
 
 def d_input(samples, kind, num_colors=0, dtype=torch.float32):
@@ -746,7 +760,6 @@ def grid_images(gen, z, kind, palette):
 
 
 def train(args):
-    from common.data import binarize, to_indices
     from common.run import Run, fixed_inputs
 
     rank, world, device = setup_distributed(args.device)
@@ -782,9 +795,7 @@ def train(args):
                 fake = G_step(z)
             fake_in = fake.detach()
         else:  # Algorithm 1: M samples x^(m|n) ~ g(x | z_n) per latent, without gradient
-            real = (binarize(real, args.binarize_threshold) if kind == "binary" else
-                    real[:, None] if kind == "text" else to_indices(real))  # text: 1 x L
-            real = d_input(real, kind, K)
+            real = d_input(as_samples(real, kind, args.binarize_threshold), kind, K)
             with autocast(device, args.amp):
                 logits = G_logits(z)
             samples = draw(logits, M, kind)
