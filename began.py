@@ -51,6 +51,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+# ============================================================ flags
 SCRIPT = "began"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--n-filters", "4", "--nh", "8"]
@@ -273,6 +274,114 @@ def set_lr(args, opt_g, opt_d, scale):
     for opt, lr in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
         for group in opt.param_groups:
             group["lr"] = lr * scale
+
+
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    if args.image_size < 8 or args.image_size & (args.image_size - 1):
+        raise UserError(f"--image-size {args.image_size} cannot be built: the nets double from "
+                        "8x8, so use a power of two >= 8 (32, 64, 128, ...)")
+    for name in ("lr_g", "lr_d"):  # Adam's first step, lr / (1 - beta1), must be a float32
+        if not 0 < getattr(args, name) / (1 - args.beta1) < torch.finfo(torch.float32).max:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name):g} must be positive "
+                            "and small enough that Adam's step lr / (1 - beta1) is finite in "
+                            "float32 (else inf/NaN weights)")
+
+
+def train(args):
+    from common.run import Run, all_ranks_mean, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset()
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, 0)
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    # The paper's state: k_t (k_0 = 0, Sec. 3.4), M summed over the current lr-decay window,
+    # the lowest window mean so far and the product of the halvings (Sec. 4.1).
+    eq = {"k": torch.zeros((), device=device), "m_sum": torch.zeros((), device=device),
+          "m_best": torch.tensor(math.inf, dtype=torch.float64),
+          "lr_scale": torch.tensor(1.0, dtype=torch.float64)}
+    grid = fixed_inputs(64, args.z_dim, 0, 1234, device, latent=latents)[:1]
+    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device, latent=latents)[:1]
+                 for i in range(4)]
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches, "equilibrium": eq}, grid, calibrate,
+              info={"channels": data.channels, "num_classes": 0},
+              note=f"gamma {args.gamma:g}, lambda_k {args.lambda_k:g}")
+    set_lr(args, opt_g, opt_d, eq["lr_scale"].item())  # a rate given on resume is the new base
+    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
+
+    stream = iter(batches)
+    while run.step < args.steps:
+        real, _ = next(stream)
+        real = real.contiguous(memory_format=torch.channels_last)
+        z = torch.rand(real.shape[0], args.z_dim, device=device) * 2 - 1  # U[-1, 1], as latents()
+
+        # D step: reconstruct real images well and fakes badly, weighted by k_t (Sec. 3.4).
+        with autocast(device, args.amp):
+            fake = G_step(z)
+            real_l, fake_l = D_step(real), D_step(fake.detach())
+            loss_d = d_loss(real_l, fake_l, eq["k"])
+        optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+        # G step: make fakes that D reconstructs well. D's weights need no grads.
+        D.requires_grad_(False)
+        with autocast(device, args.amp):
+            loss_g = g_loss(D_step(fake))
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+        D.requires_grad_(True)
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+
+        # k_t and M from L(x) and L(G(z)) of one D, the one before its update (the forward of
+        # D's step, as in carpedm20's trainer.py), as fp32 constants, averaged over ranks so that
+        # every rank keeps the same k_t.
+        l_real, l_fake = all_ranks_mean(
+            torch.stack([real_l.detach().float().mean(), fake_l.detach().float().mean()]), world)
+        eq["k"].copy_(update_k(eq["k"], l_real, l_fake, args.gamma, args.lambda_k))
+        m = convergence_measure(l_real, l_fake, args.gamma)
+        eq["m_sum"] += m
+        # Sec. 4.1: halve both learning rates when M, averaged over a window, stalls.
+        if args.lr_decay_patience and (run.step + 1) % args.lr_decay_patience == 0:
+            window = eq["m_sum"].item() / args.lr_decay_patience  # one host sync per window
+            if stalled(window, eq["m_best"].item()):
+                eq["lr_scale"] /= 2
+                set_lr(args, opt_g, opt_d, eq["lr_scale"].item())
+            eq["m_best"].fill_(min(eq["m_best"].item(), window))
+            eq["m_sum"].zero_()
+
+        run.end_step(d_loss=loss_d, g_loss=loss_g, l_real=l_real, l_fake=l_fake, M=m,
+                     k=eq["k"], lr_g=args.lr_g * eq["lr_scale"])
+    if rank == 0:
+        draw_convergence(run.out, args.gamma)
+    return run.finish(note=f", M curve {os.path.join(run.out, 'convergence.png')}")
+
+
+def draw_convergence(out, gamma):
+    """<run>/convergence.png: M_global against the step, from metrics.jsonl."""
+    from common.images import save_curve
+    from common.run import read_metrics
+
+    logged = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "M" in r]
+    save_curve(os.path.join(out, "convergence.png"), [r["step"] for r in logged],
+               [r["M"] for r in logged], f"BEGAN convergence measure M_global (gamma {gamma:g})")
+
+
+# ============================================================ sampling
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
+    EMA generator (or raw G), for --sample and the evaluation tools; z ~ U[-1, 1] scaled by
+    the temperature. BEGAN is unconditional: num_classes is 0."""
+    from common.run import Generate
+
+    return Generate(SCRIPT, path, device, use_ema, build_models, latent=latents)
 
 
 # ============================================================ shared: command line
@@ -498,114 +607,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: the nets double from "
-                        "8x8, so use a power of two >= 8 (32, 64, 128, ...)")
-    for name in ("lr_g", "lr_d"):  # Adam's first step, lr / (1 - beta1), must be a float32
-        if not 0 < getattr(args, name) / (1 - args.beta1) < torch.finfo(torch.float32).max:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name):g} must be positive "
-                            "and small enough that Adam's step lr / (1 - beta1) is finite in "
-                            "float32 (else inf/NaN weights)")
-
-
-def train(args):
-    from common.run import Run, all_ranks_mean, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, 0)
-    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    # The paper's state: k_t (k_0 = 0, Sec. 3.4), M summed over the current lr-decay window,
-    # the lowest window mean so far and the product of the halvings (Sec. 4.1).
-    eq = {"k": torch.zeros((), device=device), "m_sum": torch.zeros((), device=device),
-          "m_best": torch.tensor(math.inf, dtype=torch.float64),
-          "lr_scale": torch.tensor(1.0, dtype=torch.float64)}
-    grid = fixed_inputs(64, args.z_dim, 0, 1234, device, latent=latents)[:1]
-    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device, latent=latents)[:1]
-                 for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches, "equilibrium": eq}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"gamma {args.gamma:g}, lambda_k {args.lambda_k:g}")
-    set_lr(args, opt_g, opt_d, eq["lr_scale"].item())  # a rate given on resume is the new base
-    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-
-    stream = iter(batches)
-    while run.step < args.steps:
-        real, _ = next(stream)
-        real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.rand(real.shape[0], args.z_dim, device=device) * 2 - 1  # U[-1, 1], as latents()
-
-        # D step: reconstruct real images well and fakes badly, weighted by k_t (Sec. 3.4).
-        with autocast(device, args.amp):
-            fake = G_step(z)
-            real_l, fake_l = D_step(real), D_step(fake.detach())
-            loss_d = d_loss(real_l, fake_l, eq["k"])
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
-
-        # G step: make fakes that D reconstructs well. D's weights need no grads.
-        D.requires_grad_(False)
-        with autocast(device, args.amp):
-            loss_g = g_loss(D_step(fake))
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-        D.requires_grad_(True)
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-
-        # k_t and M from L(x) and L(G(z)) of one D, the one before its update (the forward of
-        # D's step, as in carpedm20's trainer.py), as fp32 constants, averaged over ranks so that
-        # every rank keeps the same k_t.
-        l_real, l_fake = all_ranks_mean(
-            torch.stack([real_l.detach().float().mean(), fake_l.detach().float().mean()]), world)
-        eq["k"].copy_(update_k(eq["k"], l_real, l_fake, args.gamma, args.lambda_k))
-        m = convergence_measure(l_real, l_fake, args.gamma)
-        eq["m_sum"] += m
-        # Sec. 4.1: halve both learning rates when M, averaged over a window, stalls.
-        if args.lr_decay_patience and (run.step + 1) % args.lr_decay_patience == 0:
-            window = eq["m_sum"].item() / args.lr_decay_patience  # one host sync per window
-            if stalled(window, eq["m_best"].item()):
-                eq["lr_scale"] /= 2
-                set_lr(args, opt_g, opt_d, eq["lr_scale"].item())
-            eq["m_best"].fill_(min(eq["m_best"].item(), window))
-            eq["m_sum"].zero_()
-
-        run.end_step(d_loss=loss_d, g_loss=loss_g, l_real=l_real, l_fake=l_fake, M=m,
-                     k=eq["k"], lr_g=args.lr_g * eq["lr_scale"])
-    if rank == 0:
-        draw_convergence(run.out, args.gamma)
-    return run.finish(note=f", M curve {os.path.join(run.out, 'convergence.png')}")
-
-
-def draw_convergence(out, gamma):
-    """<run>/convergence.png: M_global against the step, from metrics.jsonl."""
-    from common.images import save_curve
-    from common.run import read_metrics
-
-    logged = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "M" in r]
-    save_curve(os.path.join(out, "convergence.png"), [r["step"] for r in logged],
-               [r["M"] for r in logged], f"BEGAN convergence measure M_global (gamma {gamma:g})")
-
-
-# ============================================================ sampling
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
-    EMA generator (or raw G), for --sample and the evaluation tools; z ~ U[-1, 1] scaled by
-    the temperature. BEGAN is unconditional: num_classes is 0."""
-    from common.run import Generate
-
-    return Generate(SCRIPT, path, device, use_ema, build_models, latent=latents)
 
 
 # ============================================================ shared: main

@@ -56,6 +56,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+# ============================================================ flags
 SCRIPT = "bgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-mc-samples", "4"]
@@ -472,6 +473,188 @@ def effective_sample_size(fake_logits, m):
     return (1.0 / w.pow(2).sum(1)).mean()
 
 
+# ============================================================ training
+def data_kind(args):
+    """continuous, text, quantized (--data-mode, or auto and a folder with palette.json) or
+    binary. Text is quantized data whose palette is the vocabulary."""
+    from common.quantize import has_palette
+
+    if args.mode == "continuous" or args.dataset == "text":
+        return args.mode if args.mode == "continuous" else "text"
+    auto = args.data_mode == "auto" and args.dataset == "folder" and has_palette(args.data_path)
+    return "quantized" if args.data_mode == "quantized" or auto else "binary"
+
+
+def real_view(x, run_args):
+    """Real images ``x`` in [-1, 1] as G learns to produce them, for common/evaluation.py:
+    binarized as in training when G draws binary pixels (so samples meet binarized digits, not
+    grey ones), else unchanged. ``run_args``: the checkpoint's args (a dict)."""
+    from common.data import binarize
+
+    a = argparse.Namespace(**run_args)
+    return x if data_kind(a) != "binary" else binarize(x, a.binarize_threshold) * 2 - 1
+
+
+def check_args(args):
+    from common import UserError
+
+    if args.dataset == "text" and args.mode == "continuous":
+        raise UserError("--dataset text is discrete (Algorithm 1): drop --mode continuous")
+    if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
+        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
+                        "so use a power of two >= 8 (32, 64, 128, ...)")
+
+
+def load_data(args, run):
+    """(data, kind, palette): palette, for quantized data, is a (K, 3) uint8 tensor."""
+    from common import UserError
+    from common.data import QuantizedFolderData
+
+    kind = data_kind(args)
+    if kind == "text":
+        return run.text(args.seq_len, args.vocab_size), kind, None
+    if kind != "quantized":
+        return run.dataset(), kind, None
+    if args.dataset != "folder" or not args.data_path:
+        raise UserError("--data-mode quantized reads a folder written by "
+                        "tools/quantize_celeba.py: use --dataset folder --data-path DIR")
+    if args.download:
+        raise UserError("--download does not apply to --dataset folder")
+    if args.color_jitter:
+        raise UserError("--color-jitter would move quantized pixels off the palette; drop it")
+    run.data = QuantizedFolderData(args.data_path, args.image_size)  # the banner reads it
+    return run.data, kind, torch.from_numpy(run.data.palette)
+
+
+def grid_images(gen, z, kind, palette):
+    """The grid: one drawn sample per latent, the same pixel noise each time (or tanh image)."""
+    logits = gen.logits(z)
+    if kind in ("continuous", "text"):  # text: the likeliest characters, as the authors' code
+        return logits.argmax(1).flatten(1) if kind == "text" else torch.tanh(logits.float())
+    pixels = draw(logits, 1, kind, generator=torch.Generator().manual_seed(99))
+    return decode(pixels[:, 0], kind, palette)
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data, kind, palette = load_data(args, run)
+    K, M = (len(palette) if palette is not None else data.channels), args.n_mc_samples
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, 0, K)
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    colours = palette.float().div(127.5).sub(1).to(device) if palette is not None else None
+    grid = functools.partial(grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
+                             kind=kind, palette=colours)
+    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device) for i in range(4)]
+    what = {"binary": f"binarized at {args.binarize_threshold:g}; {M} samples per latent",
+            "quantized": f"{K} colours; {M} samples per latent", "continuous": "continuous",
+            "text": f"{K} characters; {M} samples per latent"}[kind]
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches}, grid, calibrate, note=what,
+              info={"channels": data.channels, "num_classes": 0, "kind": kind, "palette": palette})
+    G_logits, G_step, D_step = ((torch.compile(G.logits), torch.compile(G), torch.compile(D))
+                                if args.compile else (G.logits, G, D))
+
+    stream = iter(batches)
+    while run.step < args.steps:
+        real, _ = next(stream)
+        z = torch.randn(real.shape[0], args.z_dim, device=device)
+        if kind == "continuous":  # G(z) is an image, as in dcgan.py
+            with autocast(device, args.amp):
+                fake = G_step(z)
+            fake_in = fake.detach()
+        else:  # Algorithm 1: M samples x^(m|n) ~ g(x | z_n) per latent, without gradient
+            real = d_input(as_samples(real, kind, args.binarize_threshold), kind, K)
+            with autocast(device, args.amp):
+                logits = G_logits(z)
+            samples = draw(logits, M, kind)
+            fake_in = d_input(samples.flatten(0, 1), kind, K)
+
+        # D step: the GAN loss on the real batch and every fake (on samples, logit = log w).
+        with autocast(device, args.amp):
+            real_logits = D_step(d_view(real, args.d_noise))
+            fake_logits = D_step(d_view(fake_in, args.d_noise))
+            loss_d = d_loss(real_logits, fake_logits)
+        optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+        if kind == "continuous":  # G step: the boundary-seeking loss 1/2 logit^2 (Sec. 2)
+            D.requires_grad_(False)
+            with autocast(device, args.amp):
+                loss_g = g_loss(D_step(d_view(fake, args.d_noise)))
+            optimizer_step(loss_g, opt_g, scaler_g, G, world)
+            D.requires_grad_(True)
+            extra = {}
+        else:  # G step: w~ from D before its update (Algorithm 1), detached inside g_loss
+            log_lik = log_likelihood(logits, samples, kind, args.log_lik)
+            loss_g = g_loss(fake_logits, log_lik, args.baseline)
+            optimizer_step(loss_g, opt_g, scaler_g, G, world)
+            extra = {"ess": effective_sample_size(fake_logits, M)}
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+        run.end_step(d_loss=loss_d, g_loss=loss_g,
+                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
+                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(), **extra)
+    return run.finish()
+
+
+# ============================================================ sampling
+class Generated:
+    """generate(n, seed=0, temperature=1.0, z=None, labels=None, shared_noise=False): samples
+    in [-1, 1] drawn from a checkpoint's EMA (or raw) G (binary: {-1, 1}, quantized: palette
+    colours), reproducible from ``seed``; shared_noise: one pixel noise for all (walks)."""
+
+    def __init__(self, path, device="cpu", use_ema=True):
+        from common.checkpoints import load_checkpoint, load_state
+
+        ckpt = load_checkpoint(path, SCRIPT, device)
+        self.run, self.device = argparse.Namespace(**ckpt["args"]), device
+        self.kind, self.palette = ckpt.get("kind", "binary"), ckpt.get("palette")
+        k = len(self.palette) if self.palette is not None else 0
+        self.colours = self.palette.float().div(127.5).sub(1) if k else None
+        self.z_dim, self.num_classes, self.vocab = self.run.z_dim, 0, ckpt.get("vocab")
+        self.used_ema = use_ema and ckpt.get("ema") is not None
+        self.model = build_models(self.run, ckpt["channels"], 0, k)[0].to(device).eval()
+        load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
+
+    @torch.no_grad()
+    def __call__(self, n=None, seed=0, temperature=1.0, z=None, labels=None, shared_noise=False):
+        if z is None:
+            z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
+            z = z * temperature
+        pixels, out = torch.Generator().manual_seed(seed + 1), []
+        for zc in z.split(256):
+            a = self.model.logits(zc.to(self.device)).float()
+            if self.kind in ("continuous", "text"):  # text: (n, L) likeliest characters
+                out.append((a.argmax(1).flatten(1) if self.vocab else torch.tanh(a)).cpu())
+                continue
+            if shared_noise:  # a fresh pixel generator per image: the same uniforms for each
+                s = torch.cat([draw(r, 1, self.kind, torch.Generator().manual_seed(seed + 1))
+                               for r in a.split(1)])
+            else:
+                s = draw(a, 1, self.kind, generator=pixels)
+            out.append(decode(s[:, 0], self.kind, self.colours).float().cpu())
+        return torch.cat(out)
+
+
+def load_generator(path, device="cpu", use_ema=True):
+    return Generated(path, device, use_ema)
+
+
+def sample(script, args, load_generator):
+    """--sample N [--interpolate K]: walks draw every frame with the same pixel noise."""
+    from common.run import Sampling
+
+    s = Sampling(script, args, load_generator)
+    return s.interpolation(shared_noise=True) if args.interpolate else s.grid()
+
+
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
@@ -695,188 +878,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def data_kind(args):
-    """continuous, text, quantized (--data-mode, or auto and a folder with palette.json) or
-    binary. Text is quantized data whose palette is the vocabulary."""
-    from common.quantize import has_palette
-
-    if args.mode == "continuous" or args.dataset == "text":
-        return args.mode if args.mode == "continuous" else "text"
-    auto = args.data_mode == "auto" and args.dataset == "folder" and has_palette(args.data_path)
-    return "quantized" if args.data_mode == "quantized" or auto else "binary"
-
-
-def real_view(x, run_args):
-    """Real images ``x`` in [-1, 1] as G learns to produce them, for common/evaluation.py:
-    binarized as in training when G draws binary pixels (so samples meet binarized digits, not
-    grey ones), else unchanged. ``run_args``: the checkpoint's args (a dict)."""
-    from common.data import binarize
-
-    a = argparse.Namespace(**run_args)
-    return x if data_kind(a) != "binary" else binarize(x, a.binarize_threshold) * 2 - 1
-
-
-def check_args(args):
-    from common import UserError
-
-    if args.dataset == "text" and args.mode == "continuous":
-        raise UserError("--dataset text is discrete (Algorithm 1): drop --mode continuous")
-    if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
-        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
-
-
-def load_data(args, run):
-    """(data, kind, palette): palette, for quantized data, is a (K, 3) uint8 tensor."""
-    from common import UserError
-    from common.data import QuantizedFolderData
-
-    kind = data_kind(args)
-    if kind == "text":
-        return run.text(args.seq_len, args.vocab_size), kind, None
-    if kind != "quantized":
-        return run.dataset(), kind, None
-    if args.dataset != "folder" or not args.data_path:
-        raise UserError("--data-mode quantized reads a folder written by "
-                        "tools/quantize_celeba.py: use --dataset folder --data-path DIR")
-    if args.download:
-        raise UserError("--download does not apply to --dataset folder")
-    if args.color_jitter:
-        raise UserError("--color-jitter would move quantized pixels off the palette; drop it")
-    run.data = QuantizedFolderData(args.data_path, args.image_size)  # the banner reads it
-    return run.data, kind, torch.from_numpy(run.data.palette)
-
-
-def grid_images(gen, z, kind, palette):
-    """The grid: one drawn sample per latent, the same pixel noise each time (or tanh image)."""
-    logits = gen.logits(z)
-    if kind in ("continuous", "text"):  # text: the likeliest characters, as the authors' code
-        return logits.argmax(1).flatten(1) if kind == "text" else torch.tanh(logits.float())
-    pixels = draw(logits, 1, kind, generator=torch.Generator().manual_seed(99))
-    return decode(pixels[:, 0], kind, palette)
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data, kind, palette = load_data(args, run)
-    K, M = (len(palette) if palette is not None else data.channels), args.n_mc_samples
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, 0, K)
-    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    colours = palette.float().div(127.5).sub(1).to(device) if palette is not None else None
-    grid = functools.partial(grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
-                             kind=kind, palette=colours)
-    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device) for i in range(4)]
-    what = {"binary": f"binarized at {args.binarize_threshold:g}; {M} samples per latent",
-            "quantized": f"{K} colours; {M} samples per latent", "continuous": "continuous",
-            "text": f"{K} characters; {M} samples per latent"}[kind]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate, note=what,
-              info={"channels": data.channels, "num_classes": 0, "kind": kind, "palette": palette})
-    G_logits, G_step, D_step = ((torch.compile(G.logits), torch.compile(G), torch.compile(D))
-                                if args.compile else (G.logits, G, D))
-
-    stream = iter(batches)
-    while run.step < args.steps:
-        real, _ = next(stream)
-        z = torch.randn(real.shape[0], args.z_dim, device=device)
-        if kind == "continuous":  # G(z) is an image, as in dcgan.py
-            with autocast(device, args.amp):
-                fake = G_step(z)
-            fake_in = fake.detach()
-        else:  # Algorithm 1: M samples x^(m|n) ~ g(x | z_n) per latent, without gradient
-            real = d_input(as_samples(real, kind, args.binarize_threshold), kind, K)
-            with autocast(device, args.amp):
-                logits = G_logits(z)
-            samples = draw(logits, M, kind)
-            fake_in = d_input(samples.flatten(0, 1), kind, K)
-
-        # D step: the GAN loss on the real batch and every fake (on samples, logit = log w).
-        with autocast(device, args.amp):
-            real_logits = D_step(d_view(real, args.d_noise))
-            fake_logits = D_step(d_view(fake_in, args.d_noise))
-            loss_d = d_loss(real_logits, fake_logits)
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
-
-        if kind == "continuous":  # G step: the boundary-seeking loss 1/2 logit^2 (Sec. 2)
-            D.requires_grad_(False)
-            with autocast(device, args.amp):
-                loss_g = g_loss(D_step(d_view(fake, args.d_noise)))
-            optimizer_step(loss_g, opt_g, scaler_g, G, world)
-            D.requires_grad_(True)
-            extra = {}
-        else:  # G step: w~ from D before its update (Algorithm 1), detached inside g_loss
-            log_lik = log_likelihood(logits, samples, kind, args.log_lik)
-            loss_g = g_loss(fake_logits, log_lik, args.baseline)
-            optimizer_step(loss_g, opt_g, scaler_g, G, world)
-            extra = {"ess": effective_sample_size(fake_logits, M)}
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-        run.end_step(d_loss=loss_d, g_loss=loss_g,
-                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
-                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(), **extra)
-    return run.finish()
-
-
-# ============================================================ sampling
-class Generated:
-    """generate(n, seed=0, temperature=1.0, z=None, labels=None, shared_noise=False): samples
-    in [-1, 1] drawn from a checkpoint's EMA (or raw) G (binary: {-1, 1}, quantized: palette
-    colours), reproducible from ``seed``; shared_noise: one pixel noise for all (walks)."""
-
-    def __init__(self, path, device="cpu", use_ema=True):
-        from common.checkpoints import load_checkpoint, load_state
-
-        ckpt = load_checkpoint(path, SCRIPT, device)
-        self.run, self.device = argparse.Namespace(**ckpt["args"]), device
-        self.kind, self.palette = ckpt.get("kind", "binary"), ckpt.get("palette")
-        k = len(self.palette) if self.palette is not None else 0
-        self.colours = self.palette.float().div(127.5).sub(1) if k else None
-        self.z_dim, self.num_classes, self.vocab = self.run.z_dim, 0, ckpt.get("vocab")
-        self.used_ema = use_ema and ckpt.get("ema") is not None
-        self.model = build_models(self.run, ckpt["channels"], 0, k)[0].to(device).eval()
-        load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
-
-    @torch.no_grad()
-    def __call__(self, n=None, seed=0, temperature=1.0, z=None, labels=None, shared_noise=False):
-        if z is None:
-            z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
-            z = z * temperature
-        pixels, out = torch.Generator().manual_seed(seed + 1), []
-        for zc in z.split(256):
-            a = self.model.logits(zc.to(self.device)).float()
-            if self.kind in ("continuous", "text"):  # text: (n, L) likeliest characters
-                out.append((a.argmax(1).flatten(1) if self.vocab else torch.tanh(a)).cpu())
-                continue
-            if shared_noise:  # a fresh pixel generator per image: the same uniforms for each
-                s = torch.cat([draw(r, 1, self.kind, torch.Generator().manual_seed(seed + 1))
-                               for r in a.split(1)])
-            else:
-                s = draw(a, 1, self.kind, generator=pixels)
-            out.append(decode(s[:, 0], self.kind, self.colours).float().cpu())
-        return torch.cat(out)
-
-
-def load_generator(path, device="cpu", use_ema=True):
-    return Generated(path, device, use_ema)
-
-
-def sample(script, args, load_generator):
-    """--sample N [--interpolate K]: walks draw every frame with the same pixel noise."""
-    from common.run import Sampling
-
-    s = Sampling(script, args, load_generator)
-    return s.interpolation(shared_noise=True) if args.interpolate else s.grid()
 
 
 # ============================================================ shared: main

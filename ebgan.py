@@ -55,6 +55,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+# ============================================================ flags
 SCRIPT = "ebgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
@@ -211,6 +212,85 @@ def g_loss(fake_out, pt_weight=0.1):
     e, s = fake_out
     loss = e.mean()
     return loss + pt_weight * pulling_away(s) if pt_weight else loss
+
+
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    if args.image_size < 8 or args.image_size & (args.image_size - 1):
+        raise UserError(f"--image-size {args.image_size} cannot be built: the nets double from "
+                        "4x4, so use a power of two >= 8 (32, 64, 128, ...)")
+    for name in ("lr_g", "lr_d"):  # Adam's first step, lr / (1 - beta1), must fit in float32
+        lr = getattr(args, name)
+        if not 0 < lr / (1 - args.beta1) < torch.finfo(torch.float32).max:
+            raise UserError(f"--{name.replace('_', '-')} {lr:g} must be positive and small enough "
+                            "that Adam's step lr / (1 - beta1) is finite in float32 (else inf/NaN "
+                            "weights)")
+    if args.pt_weight > 0 and args.batch_size < 2:
+        raise UserError("--batch-size 1 leaves the pulling-away term undefined (it averages over "
+                        "pairs of samples); use --batch-size 2 or more, or --pt-weight 0")
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset()
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, 0)
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]  # G takes z alone
+    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
+              info={"channels": data.channels, "num_classes": 0},
+              note=f"margin {args.margin:g}, PT weight {args.pt_weight:g}")
+    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
+
+    stream = iter(batches)
+    while run.step < args.steps:
+        real, _ = next(stream)
+        real = real.contiguous(memory_format=torch.channels_last)
+        z = torch.randn(real.shape[0], args.z_dim, device=device)
+
+        # D step: lower the energy of real images, raise that of fakes up to the margin (Eq. 1).
+        with autocast(device, args.amp):
+            fake = G_step(z)
+            real_out, fake_out = D_step(real), D_step(fake.detach())
+            loss_d = d_loss(real_out, fake_out, args.margin)
+        optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+        # G step: lower the energy of the fakes, plus the pulling-away term (Eq. 2, Sec. 2.4).
+        D.requires_grad_(False)
+        with autocast(device, args.amp):
+            fake_out_g = D_step(fake)
+            loss_g = g_loss(fake_out_g, args.pt_weight)
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+        D.requires_grad_(True)
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+
+        # f_PT is logged even at --pt-weight 0; a batch of one has no pairs.
+        pt = (pulling_away(fake_out_g[1].detach()) if real.shape[0] > 1
+              else torch.zeros((), device=device))
+        run.end_step(d_loss=loss_d, g_loss=loss_g, energy_real=real_out[0].detach().mean(),
+                     energy_fake=fake_out[0].detach().mean(), pt=pt)
+    return run.finish()
+
+
+# ============================================================ sampling
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
+    EMA generator (or raw G), for --sample and the evaluation tools (num_classes is 0)."""
+    from common.run import Generate
+
+    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: command line
@@ -436,85 +516,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: the nets double from "
-                        "4x4, so use a power of two >= 8 (32, 64, 128, ...)")
-    for name in ("lr_g", "lr_d"):  # Adam's first step, lr / (1 - beta1), must fit in float32
-        lr = getattr(args, name)
-        if not 0 < lr / (1 - args.beta1) < torch.finfo(torch.float32).max:
-            raise UserError(f"--{name.replace('_', '-')} {lr:g} must be positive and small enough "
-                            "that Adam's step lr / (1 - beta1) is finite in float32 (else inf/NaN "
-                            "weights)")
-    if args.pt_weight > 0 and args.batch_size < 2:
-        raise UserError("--batch-size 1 leaves the pulling-away term undefined (it averages over "
-                        "pairs of samples); use --batch-size 2 or more, or --pt-weight 0")
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, 0)
-    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]  # G takes z alone
-    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"margin {args.margin:g}, PT weight {args.pt_weight:g}")
-    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-
-    stream = iter(batches)
-    while run.step < args.steps:
-        real, _ = next(stream)
-        real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.randn(real.shape[0], args.z_dim, device=device)
-
-        # D step: lower the energy of real images, raise that of fakes up to the margin (Eq. 1).
-        with autocast(device, args.amp):
-            fake = G_step(z)
-            real_out, fake_out = D_step(real), D_step(fake.detach())
-            loss_d = d_loss(real_out, fake_out, args.margin)
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
-
-        # G step: lower the energy of the fakes, plus the pulling-away term (Eq. 2, Sec. 2.4).
-        D.requires_grad_(False)
-        with autocast(device, args.amp):
-            fake_out_g = D_step(fake)
-            loss_g = g_loss(fake_out_g, args.pt_weight)
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-        D.requires_grad_(True)
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-
-        # f_PT is logged even at --pt-weight 0; a batch of one has no pairs.
-        pt = (pulling_away(fake_out_g[1].detach()) if real.shape[0] > 1
-              else torch.zeros((), device=device))
-        run.end_step(d_loss=loss_d, g_loss=loss_g, energy_real=real_out[0].detach().mean(),
-                     energy_fake=fake_out[0].detach().mean(), pt=pt)
-    return run.finish()
-
-
-# ============================================================ sampling
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
-    EMA generator (or raw G), for --sample and the evaluation tools (num_classes is 0)."""
-    from common.run import Generate
-
-    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: main

@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+# ============================================================ flags
 SCRIPT = "lsgan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
@@ -246,6 +247,82 @@ def coding(args):
     """(a, b, c) of Eq. 2: the --coding scheme, with any of --a/--b/--c given overriding it."""
     given = (args.a, args.b, args.c)
     return tuple(d if v is None else v for v, d in zip(given, CODINGS[args.coding]))
+
+
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    if args.arch == "paper" and (args.image_size < 16 or args.image_size % 16):
+        raise UserError(f"--image-size {args.image_size} cannot be built by --arch paper: Fig. 3's "
+                        "networks halve it four times, so use a multiple of 16 (32, 64, 112, ...)")
+    if args.arch == "dcgan" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
+        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
+                        "so use a power of two >= 8 (32, 64, 128, ...)")
+    a, b, c = coding(args)
+    if a == b or c == a:
+        raise UserError(f"the coding a={a:g}, b={b:g}, c={c:g} cannot train: D needs a != b to "
+                        "tell real from fake, and G needs c != a; use --coding binary or pearson")
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset(labels=args.conditional)
+    nc = data.num_classes if args.conditional else 0
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, nc)
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    grid = fixed_inputs(8 * nc if nc else 64, args.z_dim, nc, 1234, device)  # a row per class
+    calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]
+    a, b, c = coding(args)
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
+              info={"channels": data.channels, "num_classes": nc},
+              note=f"a={a:g}, b={b:g}, c={c:g}, arch {args.arch}")
+    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
+
+    stream = iter(batches)
+    while run.step < args.steps:
+        real, y = next(stream)
+        real = real.contiguous(memory_format=torch.channels_last)
+        z = torch.randn(real.shape[0], args.z_dim, device=device)
+        y_fake = torch.randint(nc, (real.shape[0],), device=device) if nc else None
+
+        # D step: regress D(x) onto b and D(G(z)) onto a (Eq. 2).
+        with autocast(device, args.amp):
+            fake = G_step(z, y_fake)
+            real_out, fake_out = D_step(real, y), D_step(fake.detach(), y_fake)
+            loss_d = d_loss(real_out, fake_out, a, b)
+        optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+        # G step: pull D(G(z)) towards c (Eq. 2). D's weights need no grads.
+        D.requires_grad_(False)
+        with autocast(device, args.amp):
+            loss_g = g_loss(D_step(fake, y_fake), c)
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+        D.requires_grad_(True)
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+
+        run.end_step(d_loss=loss_d, g_loss=loss_g, d_real=real_out.detach().float().mean(),
+                     d_fake=fake_out.detach().float().mean())
+    return run.finish()
+
+
+# ============================================================ sampling
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None, labels=None) -> images in [-1, 1] from a
+    checkpoint's EMA generator (or raw G), for --sample and the evaluation tools."""
+    from common.run import Generate
+
+    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: command line
@@ -471,82 +548,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    if args.arch == "paper" and (args.image_size < 16 or args.image_size % 16):
-        raise UserError(f"--image-size {args.image_size} cannot be built by --arch paper: Fig. 3's "
-                        "networks halve it four times, so use a multiple of 16 (32, 64, 112, ...)")
-    if args.arch == "dcgan" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
-        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
-    a, b, c = coding(args)
-    if a == b or c == a:
-        raise UserError(f"the coding a={a:g}, b={b:g}, c={c:g} cannot train: D needs a != b to "
-                        "tell real from fake, and G needs c != a; use --coding binary or pearson")
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset(labels=args.conditional)
-    nc = data.num_classes if args.conditional else 0
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, nc)
-    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    grid = fixed_inputs(8 * nc if nc else 64, args.z_dim, nc, 1234, device)  # a row per class
-    calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]
-    a, b, c = coding(args)
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": nc},
-              note=f"a={a:g}, b={b:g}, c={c:g}, arch {args.arch}")
-    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-
-    stream = iter(batches)
-    while run.step < args.steps:
-        real, y = next(stream)
-        real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.randn(real.shape[0], args.z_dim, device=device)
-        y_fake = torch.randint(nc, (real.shape[0],), device=device) if nc else None
-
-        # D step: regress D(x) onto b and D(G(z)) onto a (Eq. 2).
-        with autocast(device, args.amp):
-            fake = G_step(z, y_fake)
-            real_out, fake_out = D_step(real, y), D_step(fake.detach(), y_fake)
-            loss_d = d_loss(real_out, fake_out, a, b)
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
-
-        # G step: pull D(G(z)) towards c (Eq. 2). D's weights need no grads.
-        D.requires_grad_(False)
-        with autocast(device, args.amp):
-            loss_g = g_loss(D_step(fake, y_fake), c)
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-        D.requires_grad_(True)
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-
-        run.end_step(d_loss=loss_d, g_loss=loss_g, d_real=real_out.detach().float().mean(),
-                     d_fake=fake_out.detach().float().mean())
-    return run.finish()
-
-
-# ============================================================ sampling
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None, labels=None) -> images in [-1, 1] from a
-    checkpoint's EMA generator (or raw G), for --sample and the evaluation tools."""
-    from common.run import Generate
-
-    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: main

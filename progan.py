@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+# ============================================================ flags
 SCRIPT = "progan"
 # A tiny model for the test harness (tests/test_scripts.py): 4 steps of 16 reach a stable 8x8.
 SMOKE_ARGS = ["--fmap-base", "16", "--fmap-max", "4", "--z-dim", "8", "--stable-kimg", "0.016",
@@ -441,6 +442,153 @@ def gradient_penalty(hat_scores, x_hat, scale=1.0, target=1.0):
     return (((norm - target) / target) ** 2).mean()
 
 
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    if args.image_size < 8 or args.image_size & (args.image_size - 1):
+        raise UserError(f"--image-size {args.image_size} cannot be grown: ProGAN doubles from "
+                        "4x4, so use a power of two >= 8 (32, 64, ..., 1024)")
+    if args.fade_kimg == 0 and args.stable_kimg == 0:
+        raise UserError("--fade-kimg and --stable-kimg are both 0: the schedule has no length")
+    learning_rates(args, growth(args)[0])
+
+
+def total_steps(args, n_images, world, resumed):
+    """The run's length (--steps 0: to the end of the growing schedule); a resumed run keeps
+    growing to its own size, never back to a lower resolution; the data must fill a batch."""
+    from common import UserError
+
+    n_stages, fade, stable, sizes = growth(args)
+    if resumed is not None:
+        size, was = resumed["args"]["image_size"], resumed["schedule"]
+        if args.image_size != size:
+            raise UserError(f"--image-size {args.image_size} differs from the resumed run's "
+                            f"{size}: a run grows to one size; resume without --image-size")
+        if schedule(was["images"], fade, stable, n_stages)[0] < was["stage"]:
+            r = 4 << was["stage"]
+            raise UserError(f"the --fade-kimg/--stable-kimg given now would take the run back "
+                            f"from {r}x{r} to a lower resolution; keep the run's schedule")
+    if max(sizes) > (n_images + world - 1) // world:
+        raise UserError(f"the dataset has {n_images} images, fewer than one batch of {max(sizes)}"
+                        " per process; lower --batch-size/--batch-sizes")
+    end = schedule_steps(fade, stable, n_stages, lambda s: sizes[s] * world)
+    return args.steps or end  # --steps 0: to the end of the schedule
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset()
+    for k in ("fade_kimg", "stable_kimg"):  # --config auto: phases in passes over the data
+        if getattr(args, k) is None:
+            setattr(args, k, min(800, PHASE_EPOCHS * len(data) / 1000))
+    n_stages, fade_img, stable_img, sizes = growth(args)
+    rates = learning_rates(args, n_stages)
+    total = total_steps(args, len(data), world, run.resumed)
+    batches = run.batches(data, sizes[0])  # one stream; its batch size follows the stage
+
+    # Channels-last helps convolutions on CUDA but slows the penalty's double backward on CPU.
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    G, D, ema = run.models(build_models, data.channels, 0, memory_format=fmt)
+    betas = (args.beta1, args.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, eps=1e-8, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, eps=1e-8, fused=True)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    # Real images shown to D (all processes), the phase, and the last step's (stage, alpha).
+    sched = {"images": 0, "phase": 0, "stage": 0, "alpha": 1.0}
+    grid = functools.partial(grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
+                             sched=sched, size=args.image_size)
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches, "schedule": sched}, grid,
+              info={"channels": data.channels, "num_classes": 0}, total=total,
+              note=f"grown from 4x4 in batches of {sizes}, {args.stable_kimg:g} kimg stable + "
+                   f"{args.fade_kimg:g} kimg fade each: {total} steps")
+    G_step = torch.compile(G) if args.compile else G
+    if args.compile and rank == 0:
+        print("note: --compile compiles G only: the critic's gradient penalty needs double "
+              "backward, which compiled graphs lack", file=sys.stderr)
+    one = torch.ones((), device=device)
+
+    stream = iter(batches)
+    while run.step < total:
+        stage, alpha, phase = schedule(sched["images"], fade_img, stable_img, n_stages)
+        res = 4 << stage
+        if phase != sched["phase"]:  # a fade or a stabilising phase starts: fresh Adam moments
+            opt_g.state.clear()      # (official reset_opt_for_new_lod)
+            opt_d.state.clear()
+            sched["phase"] = phase
+            run.write(f"step {run.step}, {sched['images'] / 1000:g} kimg: {res}x{res}, "
+                      f"{'fading in' if alpha < 1 else 'stabilising'}")
+        opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = rates[stage]
+        if sizes[stage] != batches.batch_size:  # from the next epoch on
+            batches.set_batch_size(sizes[stage])
+            stream = iter(batches)
+        real, _ = next(stream)
+        b = real.shape[0]
+        real = fade_reals(real, res, alpha).contiguous(memory_format=fmt)  # reals fade in too
+        z = torch.randn(b, args.z_dim, device=device)
+
+        # D step (n_critic = 1): WGAN-GP plus the drift term (Sec. A.1).
+        with autocast(device, args.amp):
+            fake = G_step(z, stage, alpha)
+        x_hat = interpolate(real, fake.detach())
+        with autocast(device, args.amp):
+            real_scores, fake_scores = D(real, stage, alpha), D(fake.detach(), stage, alpha)
+            hat_scores = D(x_hat, stage, alpha)
+        # scaler_d.scale(one) is fp16's loss scale as a tensor (no host sync), 1 otherwise.
+        penalty = gradient_penalty(hat_scores, x_hat, scaler_d.scale(one), args.gp_target)
+        loss_w = d_loss(real_scores, fake_scores, args.eps_drift)
+        optimizer_step(loss_w + args.lambda_gp * penalty, opt_d, scaler_d, D, world)
+
+        # G step on the same fake batch; D's weights need no grads here.
+        D.requires_grad_(False)
+        with autocast(device, args.amp):
+            loss_g = g_loss(D(fake, stage, alpha))
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+        D.requires_grad_(True)
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+        sched.update(images=sched["images"] + b * world, stage=stage, alpha=alpha)
+
+        # Under fp16 an overflowing loss scale makes gp inf in a step GradScaler skips: no NaN.
+        gp = penalty.detach().float()
+        gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
+        r, f = real_scores.detach().float(), fake_scores.detach().float()
+        run.end_step(images=b * world, d_loss=loss_w.detach() + args.lambda_gp * gp,
+                     g_loss=loss_g, wasserstein=r.mean() - f.mean(), d_real=r.mean(),
+                     d_fake=f.mean(), gp=gp, drift=r.square().mean(), resolution=res,
+                     alpha=alpha, kimg=sched["images"] / 1000)
+    return run.finish(f", {sched['images'] / 1000:g} kimg, at {4 << sched['stage']}x"
+                      f"{4 << sched['stage']} (alpha {sched['alpha']:.2f})")
+
+
+# ============================================================ sampling
+class Grown(nn.Module):
+    """G where its run had grown to: at the schedule's (stage, alpha), upscaled to ``size``."""
+
+    def __init__(self, G, sched, size):
+        super().__init__()
+        self.G, self.sched, self.size = G, sched, size
+
+    def forward(self, z):
+        return grid_images(self.G, z, self.sched, self.size)
+
+
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
+    EMA (or raw) G at the (stage, alpha) its run had reached, upscaled to its --image-size."""
+    from common.run import Generate, load_checkpoint
+
+    generate = Generate(SCRIPT, path, device, use_ema, build_models)
+    s = load_checkpoint(path, SCRIPT)["schedule"]
+    generate.model = Grown(generate.model, s, generate.run.image_size)
+    generate.resolution, generate.alpha = 4 << s["stage"], s["alpha"]
+    return generate
+
+
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
@@ -664,153 +812,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be grown: ProGAN doubles from "
-                        "4x4, so use a power of two >= 8 (32, 64, ..., 1024)")
-    if args.fade_kimg == 0 and args.stable_kimg == 0:
-        raise UserError("--fade-kimg and --stable-kimg are both 0: the schedule has no length")
-    learning_rates(args, growth(args)[0])
-
-
-def total_steps(args, n_images, world, resumed):
-    """The run's length (--steps 0: to the end of the growing schedule); a resumed run keeps
-    growing to its own size, never back to a lower resolution; the data must fill a batch."""
-    from common import UserError
-
-    n_stages, fade, stable, sizes = growth(args)
-    if resumed is not None:
-        size, was = resumed["args"]["image_size"], resumed["schedule"]
-        if args.image_size != size:
-            raise UserError(f"--image-size {args.image_size} differs from the resumed run's "
-                            f"{size}: a run grows to one size; resume without --image-size")
-        if schedule(was["images"], fade, stable, n_stages)[0] < was["stage"]:
-            r = 4 << was["stage"]
-            raise UserError(f"the --fade-kimg/--stable-kimg given now would take the run back "
-                            f"from {r}x{r} to a lower resolution; keep the run's schedule")
-    if max(sizes) > (n_images + world - 1) // world:
-        raise UserError(f"the dataset has {n_images} images, fewer than one batch of {max(sizes)}"
-                        " per process; lower --batch-size/--batch-sizes")
-    end = schedule_steps(fade, stable, n_stages, lambda s: sizes[s] * world)
-    return args.steps or end  # --steps 0: to the end of the schedule
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
-    for k in ("fade_kimg", "stable_kimg"):  # --config auto: phases in passes over the data
-        if getattr(args, k) is None:
-            setattr(args, k, min(800, PHASE_EPOCHS * len(data) / 1000))
-    n_stages, fade_img, stable_img, sizes = growth(args)
-    rates = learning_rates(args, n_stages)
-    total = total_steps(args, len(data), world, run.resumed)
-    batches = run.batches(data, sizes[0])  # one stream; its batch size follows the stage
-
-    # Channels-last helps convolutions on CUDA but slows the penalty's double backward on CPU.
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    G, D, ema = run.models(build_models, data.channels, 0, memory_format=fmt)
-    betas = (args.beta1, args.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, eps=1e-8, fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, eps=1e-8, fused=True)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    # Real images shown to D (all processes), the phase, and the last step's (stage, alpha).
-    sched = {"images": 0, "phase": 0, "stage": 0, "alpha": 1.0}
-    grid = functools.partial(grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
-                             sched=sched, size=args.image_size)
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches, "schedule": sched}, grid,
-              info={"channels": data.channels, "num_classes": 0}, total=total,
-              note=f"grown from 4x4 in batches of {sizes}, {args.stable_kimg:g} kimg stable + "
-                   f"{args.fade_kimg:g} kimg fade each: {total} steps")
-    G_step = torch.compile(G) if args.compile else G
-    if args.compile and rank == 0:
-        print("note: --compile compiles G only: the critic's gradient penalty needs double "
-              "backward, which compiled graphs lack", file=sys.stderr)
-    one = torch.ones((), device=device)
-
-    stream = iter(batches)
-    while run.step < total:
-        stage, alpha, phase = schedule(sched["images"], fade_img, stable_img, n_stages)
-        res = 4 << stage
-        if phase != sched["phase"]:  # a fade or a stabilising phase starts: fresh Adam moments
-            opt_g.state.clear()      # (official reset_opt_for_new_lod)
-            opt_d.state.clear()
-            sched["phase"] = phase
-            run.write(f"step {run.step}, {sched['images'] / 1000:g} kimg: {res}x{res}, "
-                      f"{'fading in' if alpha < 1 else 'stabilising'}")
-        opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = rates[stage]
-        if sizes[stage] != batches.batch_size:  # from the next epoch on
-            batches.set_batch_size(sizes[stage])
-            stream = iter(batches)
-        real, _ = next(stream)
-        b = real.shape[0]
-        real = fade_reals(real, res, alpha).contiguous(memory_format=fmt)  # reals fade in too
-        z = torch.randn(b, args.z_dim, device=device)
-
-        # D step (n_critic = 1): WGAN-GP plus the drift term (Sec. A.1).
-        with autocast(device, args.amp):
-            fake = G_step(z, stage, alpha)
-        x_hat = interpolate(real, fake.detach())
-        with autocast(device, args.amp):
-            real_scores, fake_scores = D(real, stage, alpha), D(fake.detach(), stage, alpha)
-            hat_scores = D(x_hat, stage, alpha)
-        # scaler_d.scale(one) is fp16's loss scale as a tensor (no host sync), 1 otherwise.
-        penalty = gradient_penalty(hat_scores, x_hat, scaler_d.scale(one), args.gp_target)
-        loss_w = d_loss(real_scores, fake_scores, args.eps_drift)
-        optimizer_step(loss_w + args.lambda_gp * penalty, opt_d, scaler_d, D, world)
-
-        # G step on the same fake batch; D's weights need no grads here.
-        D.requires_grad_(False)
-        with autocast(device, args.amp):
-            loss_g = g_loss(D(fake, stage, alpha))
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-        D.requires_grad_(True)
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-        sched.update(images=sched["images"] + b * world, stage=stage, alpha=alpha)
-
-        # Under fp16 an overflowing loss scale makes gp inf in a step GradScaler skips: no NaN.
-        gp = penalty.detach().float()
-        gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
-        r, f = real_scores.detach().float(), fake_scores.detach().float()
-        run.end_step(images=b * world, d_loss=loss_w.detach() + args.lambda_gp * gp,
-                     g_loss=loss_g, wasserstein=r.mean() - f.mean(), d_real=r.mean(),
-                     d_fake=f.mean(), gp=gp, drift=r.square().mean(), resolution=res,
-                     alpha=alpha, kimg=sched["images"] / 1000)
-    return run.finish(f", {sched['images'] / 1000:g} kimg, at {4 << sched['stage']}x"
-                      f"{4 << sched['stage']} (alpha {sched['alpha']:.2f})")
-
-
-# ============================================================ sampling
-class Grown(nn.Module):
-    """G where its run had grown to: at the schedule's (stage, alpha), upscaled to ``size``."""
-
-    def __init__(self, G, sched, size):
-        super().__init__()
-        self.G, self.sched, self.size = G, sched, size
-
-    def forward(self, z):
-        return grid_images(self.G, z, self.sched, self.size)
-
-
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
-    EMA (or raw) G at the (stage, alpha) its run had reached, upscaled to its --image-size."""
-    from common.run import Generate, load_checkpoint
-
-    generate = Generate(SCRIPT, path, device, use_ema, build_models)
-    s = load_checkpoint(path, SCRIPT)["schedule"]
-    generate.model = Grown(generate.model, s, generate.run.image_size)
-    generate.resolution, generate.alpha = 4 << s["stage"], s["alpha"]
-    return generate
 
 
 # ============================================================ shared: main

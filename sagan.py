@@ -56,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+# ============================================================ flags
 SCRIPT = "sagan"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "2", "--d-width", "2"]
@@ -353,6 +354,156 @@ def g_loss(fake_scores):
     return -fake_scores.float().mean()
 
 
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    s, a = args.image_size, args.attention_res
+    if s < 8 or s & (s - 1):
+        raise UserError(f"--image-size {s} cannot be built: SAGAN doubles from 4x4, "
+                        "so use a power of two >= 8 (32, 64, 128, ...)")
+    if a and (a < 4 or a > s // 2 or a & (a - 1)):
+        raise UserError(f"--attention-res {a} is not a feature map of a {s}x{s} model: "
+                        f"use a power of two from 4 to {s // 2}, or 0 for none")
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset()
+    if not args.unconditional and not data.num_classes:  # a folder without class sub-folders
+        if rank == 0:
+            print(f"warning: {args.dataset} at {args.data_path!r} has no labels; training "
+                  "unconditional (add --unconditional to silence this)", file=sys.stderr)
+        args.unconditional = True
+    nc = 0 if args.unconditional else data.num_classes
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, nc)
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    grid = fixed_inputs(8 * nc if nc else 64, args.z_dim, nc, 1234, device)  # a row per class
+    # Recalibrating the EMA generator's batch norm also runs its power iterations.
+    calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]
+    r = args.attention_res
+    note = (f"{nc} classes, " if nc else "") + (f"attention at {r}x{r}" if r else "no attention")
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
+              info={"channels": data.channels, "num_classes": nc}, note=note)
+    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
+
+    stream = iter(batches)
+    while run.step < args.steps:
+        real, y = next(stream)  # y is ignored by unconditional nets
+        real = real.contiguous(memory_format=torch.channels_last)
+        z = torch.randn(real.shape[0], args.z_dim, device=device)
+        y_fake = torch.randint(nc, (real.shape[0],), device=device) if nc else None
+
+        # D step (Eq. 4): hinge loss, lr 4e-4 (TTUR), one D step per G step. D's u takes one
+        # power-iteration step per training step, on the real batch: the authors' code runs
+        # D(x) with update_collection None and D(G(z)) with "NO_OPS" (model.py).
+        with autocast(device, args.amp):
+            fake = G_step(z, y_fake)
+            real_scores = D_step(real, y)
+            power_iteration(D, False)
+            fake_scores = D_step(fake.detach(), y_fake)
+            loss_d = d_loss(real_scores, fake_scores)
+        optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+        # G step (Eq. 4): minimise -D(G(z), y), lr 1e-4 (TTUR). D's weights need no grads.
+        D.requires_grad_(False)
+        with autocast(device, args.amp):
+            loss_g = g_loss(D_step(fake, y_fake))
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+        D.requires_grad_(True)
+        power_iteration(D, True)
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+
+        if (run.step + 1) % args.log_every == 0 or run.step + 1 == args.steps:
+            sync_spectral_norm(G, world)  # rank 0's u, v at every log: a safety net
+            sync_spectral_norm(D, world)
+        run.end_step(d_loss=loss_d, g_loss=loss_g, d_real=real_scores.detach().float().mean(),
+                     d_fake=fake_scores.detach().float().mean(),
+                     attn_gamma_g=G.attention.gamma if G.attention is not None else 0.0)
+    return run.finish()
+
+
+# ============================================================ sampling
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None, labels=None) -> images in [-1, 1] from a
+    checkpoint's EMA generator (or raw G), for --sample and the evaluation tools."""
+    from common.run import Generate
+
+    return Generate(SCRIPT, path, device, use_ema, build_models)
+
+
+def attention_figure(x, beta, query, alpha=0.6):
+    """For each image: the image with the query pixel marked (red), and the attention
+    beta_{j,i} of that query j over all key positions i as a heat map (yellow) over the
+    image. x: (N, C, S, S) in [-1, 1]; beta: (N, R*R) for the query; returns (2N, 3, S, S)."""
+    n, _, s, _ = x.shape
+    r = int(math.isqrt(beta.shape[1]))
+    gray = x.float().mean(1, keepdim=True).add(1).div(2).expand(-1, 3, -1, -1)  # in [0, 1]
+    marked = gray.clone()
+    qr, qc = query
+    marked[:, :, qr, qc] = torch.tensor([1.0, 0.0, 0.0])
+    heat = beta.float().view(n, 1, r, r)
+    heat = heat / heat.amax((2, 3), keepdim=True)
+    heat = F.interpolate(heat, size=(s, s), mode="nearest")  # a key covers (S/R)^2 pixels
+    overlay = (1 - alpha) * gray + alpha * heat * torch.tensor([1.0, 1.0, 0.0]).view(1, 3, 1, 1)
+    overlay[:, :, qr, qc] = torch.tensor([1.0, 0.0, 0.0])
+    return torch.stack([marked, overlay], 1).flatten(0, 1).mul(2).sub(1)
+
+
+def attention_map(generate, z, labels, query, image_size):
+    """Images and G's attention weights over the keys for one query (output pixels): the rows
+    of every chunk that ``generate`` runs, in order, so any number of images is covered."""
+    attn, r = generate.model.attention, generate.model.attention_res
+    attn.keep = (query[0] * r // image_size) * r + query[1] * r // image_size  # query's feature
+    attn.beta = []
+    try:
+        x = generate(z=z, labels=labels)
+        beta = torch.cat(attn.beta).float().cpu()
+    finally:
+        attn.keep, attn.beta = None, []
+    return x, beta
+
+
+def sample(script, args, load_generator):
+    """--sample N [--interpolate K], and --attention-map: each of the N images (the same as
+    the plain grid's) beside G's attention over all positions for one query pixel."""
+    from common import UserError
+    from common.images import save_grid
+    from common.run import Sampling
+
+    s = Sampling(script, args, load_generator)
+    if args.interpolate or not args.attention_map:
+        return s.interpolation() if args.interpolate else s.grid()
+    g, size, n = s.generate, s.generate.run.image_size, args.sample
+    if g.model.attention is None:
+        raise UserError("--attention-map: this model has no attention layer "
+                        "(it was trained with --attention-res 0)")
+    query = args.attention_query or [size // 2, size // 2]
+    if not all(0 <= q < size for q in query):
+        raise UserError(f"--attention-query {query[0]} {query[1]} lies outside the {size}x{size} "
+                        f"image; use ROW COL in 0..{size - 1}")
+    nc = g.num_classes
+    y = (torch.arange(n) % nc).sort().values if nc else None  # one row per class
+    z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(args.seed))
+    x, beta = attention_map(g, z * args.temperature, y, query, size)
+    nrow = int(math.ceil(n / nc)) if nc else int(math.ceil(math.sqrt(n)))
+    png = save_grid(attention_figure(x, beta, query), s.file("attention"), nrow=2 * nrow)
+    r = g.model.attention_res
+    print(f"wrote {png} ({n} images, each beside G's {r}x{r} attention for the query pixel "
+          f"({query[0]}, {query[1]}), {s.which} generator)")
+    return png
+
+
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
@@ -576,156 +727,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    s, a = args.image_size, args.attention_res
-    if s < 8 or s & (s - 1):
-        raise UserError(f"--image-size {s} cannot be built: SAGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
-    if a and (a < 4 or a > s // 2 or a & (a - 1)):
-        raise UserError(f"--attention-res {a} is not a feature map of a {s}x{s} model: "
-                        f"use a power of two from 4 to {s // 2}, or 0 for none")
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
-    if not args.unconditional and not data.num_classes:  # a folder without class sub-folders
-        if rank == 0:
-            print(f"warning: {args.dataset} at {args.data_path!r} has no labels; training "
-                  "unconditional (add --unconditional to silence this)", file=sys.stderr)
-        args.unconditional = True
-    nc = 0 if args.unconditional else data.num_classes
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, nc)
-    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    grid = fixed_inputs(8 * nc if nc else 64, args.z_dim, nc, 1234, device)  # a row per class
-    # Recalibrating the EMA generator's batch norm also runs its power iterations.
-    calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]
-    r = args.attention_res
-    note = (f"{nc} classes, " if nc else "") + (f"attention at {r}x{r}" if r else "no attention")
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": nc}, note=note)
-    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-
-    stream = iter(batches)
-    while run.step < args.steps:
-        real, y = next(stream)  # y is ignored by unconditional nets
-        real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.randn(real.shape[0], args.z_dim, device=device)
-        y_fake = torch.randint(nc, (real.shape[0],), device=device) if nc else None
-
-        # D step (Eq. 4): hinge loss, lr 4e-4 (TTUR), one D step per G step. D's u takes one
-        # power-iteration step per training step, on the real batch: the authors' code runs
-        # D(x) with update_collection None and D(G(z)) with "NO_OPS" (model.py).
-        with autocast(device, args.amp):
-            fake = G_step(z, y_fake)
-            real_scores = D_step(real, y)
-            power_iteration(D, False)
-            fake_scores = D_step(fake.detach(), y_fake)
-            loss_d = d_loss(real_scores, fake_scores)
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
-
-        # G step (Eq. 4): minimise -D(G(z), y), lr 1e-4 (TTUR). D's weights need no grads.
-        D.requires_grad_(False)
-        with autocast(device, args.amp):
-            loss_g = g_loss(D_step(fake, y_fake))
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-        D.requires_grad_(True)
-        power_iteration(D, True)
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-
-        if (run.step + 1) % args.log_every == 0 or run.step + 1 == args.steps:
-            sync_spectral_norm(G, world)  # rank 0's u, v at every log: a safety net
-            sync_spectral_norm(D, world)
-        run.end_step(d_loss=loss_d, g_loss=loss_g, d_real=real_scores.detach().float().mean(),
-                     d_fake=fake_scores.detach().float().mean(),
-                     attn_gamma_g=G.attention.gamma if G.attention is not None else 0.0)
-    return run.finish()
-
-
-# ============================================================ sampling
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None, labels=None) -> images in [-1, 1] from a
-    checkpoint's EMA generator (or raw G), for --sample and the evaluation tools."""
-    from common.run import Generate
-
-    return Generate(SCRIPT, path, device, use_ema, build_models)
-
-
-def attention_figure(x, beta, query, alpha=0.6):
-    """For each image: the image with the query pixel marked (red), and the attention
-    beta_{j,i} of that query j over all key positions i as a heat map (yellow) over the
-    image. x: (N, C, S, S) in [-1, 1]; beta: (N, R*R) for the query; returns (2N, 3, S, S)."""
-    n, _, s, _ = x.shape
-    r = int(math.isqrt(beta.shape[1]))
-    gray = x.float().mean(1, keepdim=True).add(1).div(2).expand(-1, 3, -1, -1)  # in [0, 1]
-    marked = gray.clone()
-    qr, qc = query
-    marked[:, :, qr, qc] = torch.tensor([1.0, 0.0, 0.0])
-    heat = beta.float().view(n, 1, r, r)
-    heat = heat / heat.amax((2, 3), keepdim=True)
-    heat = F.interpolate(heat, size=(s, s), mode="nearest")  # a key covers (S/R)^2 pixels
-    overlay = (1 - alpha) * gray + alpha * heat * torch.tensor([1.0, 1.0, 0.0]).view(1, 3, 1, 1)
-    overlay[:, :, qr, qc] = torch.tensor([1.0, 0.0, 0.0])
-    return torch.stack([marked, overlay], 1).flatten(0, 1).mul(2).sub(1)
-
-
-def attention_map(generate, z, labels, query, image_size):
-    """Images and G's attention weights over the keys for one query (output pixels): the rows
-    of every chunk that ``generate`` runs, in order, so any number of images is covered."""
-    attn, r = generate.model.attention, generate.model.attention_res
-    attn.keep = (query[0] * r // image_size) * r + query[1] * r // image_size  # query's feature
-    attn.beta = []
-    try:
-        x = generate(z=z, labels=labels)
-        beta = torch.cat(attn.beta).float().cpu()
-    finally:
-        attn.keep, attn.beta = None, []
-    return x, beta
-
-
-def sample(script, args, load_generator):
-    """--sample N [--interpolate K], and --attention-map: each of the N images (the same as
-    the plain grid's) beside G's attention over all positions for one query pixel."""
-    from common import UserError
-    from common.images import save_grid
-    from common.run import Sampling
-
-    s = Sampling(script, args, load_generator)
-    if args.interpolate or not args.attention_map:
-        return s.interpolation() if args.interpolate else s.grid()
-    g, size, n = s.generate, s.generate.run.image_size, args.sample
-    if g.model.attention is None:
-        raise UserError("--attention-map: this model has no attention layer "
-                        "(it was trained with --attention-res 0)")
-    query = args.attention_query or [size // 2, size // 2]
-    if not all(0 <= q < size for q in query):
-        raise UserError(f"--attention-query {query[0]} {query[1]} lies outside the {size}x{size} "
-                        f"image; use ROW COL in 0..{size - 1}")
-    nc = g.num_classes
-    y = (torch.arange(n) % nc).sort().values if nc else None  # one row per class
-    z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(args.seed))
-    x, beta = attention_map(g, z * args.temperature, y, query, size)
-    nrow = int(math.ceil(n / nc)) if nc else int(math.ceil(math.sqrt(n)))
-    png = save_grid(attention_figure(x, beta, query), s.file("attention"), nrow=2 * nrow)
-    r = g.model.attention_res
-    print(f"wrote {png} ({n} images, each beside G's {r}x{r} attention for the query pixel "
-          f"({query[0]}, {query[1]}), {s.which} generator)")
-    return png
 
 
 # ============================================================ shared: main

@@ -82,6 +82,7 @@ except ImportError:  # this file copied alone: plain-autograd versions of the sa
         return x.clamp(-clamp, clamp) if clamp is not None else x
 
 
+# ============================================================ flags
 SCRIPT = "stylegan2"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--channel-base", "64", "--channel-max", "8", "--z-dim", "8", "--w-dim", "8",
@@ -593,6 +594,157 @@ def lazy_adam(params, lr, betas, every):
                             fused=True), c
 
 
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    if args.image_size < 8 or args.image_size & (args.image_size - 1):
+        raise UserError(f"--image-size {args.image_size} cannot be built: StyleGAN2 doubles "
+                        "from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
+    if args.batch_size % min(args.mbstd_group, args.batch_size):
+        raise UserError(f"--batch-size {args.batch_size} is not a multiple of the minibatch-"
+                        f"stddev group (--mbstd-group {args.mbstd_group})")
+    if args.pl_weight > 0 and args.batch_size < args.pl_batch_shrink:
+        raise UserError(f"--batch-size must be at least --pl-batch-shrink {args.pl_batch_shrink}")
+
+
+def grid_images(z, G):
+    """The sample grids: fixed latents and the constant noise maps, so that grids compare."""
+    return G(z, noise_mode="const")
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset()
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, 0, memory_format=torch.contiguous_format)
+    pl_on, r1_on = args.pl_weight > 0, args.r1_gamma > 0
+    betas = (args.beta1, args.beta2)
+    opt_g, _ = lazy_adam(G.parameters(), args.lr_g, betas, args.pl_every if pl_on else 0)
+    opt_d, _ = lazy_adam(D.parameters(), args.lr_d, betas, args.r1_every if r1_on else 0)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    reg = {"pl_mean": torch.zeros((), device=device),  # Eq. 4's running mean a
+           "last": torch.zeros(2, device=device)}  # the last R1 and path-length penalties
+    grid = functools.partial(grid_images, fixed_inputs(64, args.z_dim, 0, 1234, device)[0])
+    if args.compile and rank == 0:
+        print("warning: --compile ignored: R1 and path length need double backward",
+              file=sys.stderr)
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches, "regularizers": reg}, grid,
+              info={"channels": data.channels, "num_classes": 0},
+              note=f"R1 gamma {args.r1_gamma} every {args.r1_every}, "
+                   f"path length {args.pl_weight} every {args.pl_every}")
+
+    stream, one = iter(batches), torch.ones((), device=device)
+    aug = diff_augment if args.augment else nn.Identity()
+    while run.step < args.steps:
+        real, _ = next(stream)
+        b = real.shape[0]
+
+        # G step: the non-saturating loss on style-mixed fakes. D's weights need no grads.
+        D.requires_grad_(False)
+        z = torch.randn(b, args.z_dim, device=device)
+        with autocast(device, args.amp):
+            loss_g = g_loss(D(aug(G(z, mixing=args.style_mixing))))
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+
+        # Lazy path length (Sec. 3.1-3.2): every pl_every steps, times the interval.
+        if pl_on and run.step % args.pl_every == 0:
+            z = torch.randn(b // args.pl_batch_shrink, args.z_dim, device=device)
+            with autocast(device, args.amp):
+                img, ws = G(z, mixing=args.style_mixing, return_ws=True)
+            lengths = path_lengths(img, ws, scaler_g.scale(one))
+            penalty, a = path_length_penalty(lengths, reg["pl_mean"], args.pl_decay, world)
+            reg["pl_mean"].copy_(a)
+            loss_pl = penalty.mean() * args.pl_weight * args.pl_every
+            optimizer_step(loss_pl, opt_g, scaler_g, G, world)
+            reg["last"][1] = logged(penalty.mean(), args.amp)
+        D.requires_grad_(True)
+
+        # D step: fakes from fresh latents (they also update w_avg), reals.
+        z = torch.randn(b, args.z_dim, device=device)
+        with torch.no_grad(), autocast(device, args.amp):
+            fake = G(z, mixing=args.style_mixing, update_w_avg=True)
+        with autocast(device, args.amp):
+            fake_logits, real_logits = D(aug(fake)), D(aug(real))
+            loss_d = d_loss(real_logits, fake_logits)
+        optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+        # Lazy R1 on reals only: every r1_every steps, gamma / 2 times the interval.
+        if r1_on and run.step % args.r1_every == 0:
+            real_ = real.detach().requires_grad_(True)
+            with autocast(device, args.amp):
+                logits = D(aug(real_))
+            r1 = r1_penalty(logits, real_, scaler_d.scale(one)).mean()
+            optimizer_step(r1 * (args.r1_gamma / 2) * args.r1_every, opt_d, scaler_d, D, world)
+            reg["last"][0] = logged(r1, args.amp)
+        if ema is not None:  # after the D step (official), so the copied w_avg is the latest
+            half_life = args.ema_decay is None  # App. B's, with its own ramp-up (--ema-rampup)
+            decay = ema_beta(run.step, args.batch_size * world, args.ema_kimg,
+                             args.ema_rampup) if half_life else args.ema_decay
+            ema_update(ema, G, decay, run.step, warmup=args.ema_warmup and not half_life)
+
+        run.end_step(d_loss=loss_d, g_loss=loss_g,
+                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
+                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
+                     r1=reg["last"][0], pl_penalty=reg["last"][1], pl_mean=reg["pl_mean"])
+    return run.finish()
+
+
+# ============================================================ sampling
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None, psi=1.0, noise_mode="random") -> images in
+    [-1, 1] from a checkpoint's EMA generator (or raw G), for --sample and the evaluation
+    tools. By default as the official metrics (noise_mode 'random': fresh noise inputs, drawn
+    reproducibly from ``seed``; psi 1, no truncation); --sample passes noise_mode='const'."""
+    from common.run import Generate
+
+    return Generate(SCRIPT, path, device, use_ema, build_models)
+
+
+@torch.no_grad()
+def style_mixing_grid(G, z_cols, z_rows, cutoff, psi=1.0):
+    """StyleGAN Fig. 3's layout: the top row and left column are plain images; cell (r, c)
+    takes its first `cutoff` (coarse) w's from column c and the rest from row r."""
+    wc, wr = (G.mapping(z, psi).unsqueeze(1).repeat(1, G.num_ws, 1) for z in (z_cols, z_rows))
+    cols, rows = G.synthesis(wc, "const"), G.synthesis(wr, "const")
+    cells = [torch.full_like(cols[:1], -1.0)] + list(cols.split(1))
+    for r in range(len(z_rows)):
+        ws = wr[r : r + 1].repeat(len(z_cols), 1, 1)
+        ws[:, :cutoff] = wc[:, :cutoff]
+        cells += [rows[r : r + 1]] + list(G.synthesis(ws, "const").split(1))
+    return torch.cat(cells).float().cpu()
+
+
+def sample(script, args, load_generator):
+    """--sample N [--interpolate K] with --truncation psi; first a --mixing-grid K if asked."""
+    from common import UserError
+    from common.images import save_grid
+    from common.run import Sampling
+
+    if args.mixing_grid < 0 or not 0 <= args.truncation <= 1:
+        raise UserError("--mixing-grid must be at least 0 and --truncation psi in [0, 1] (1: none)")
+    s = Sampling(script, args, load_generator)
+    psi, note = args.truncation, f", truncation psi {args.truncation}"
+    if args.mixing_grid:
+        G, k = s.generate.model, args.mixing_grid
+        cutoff = args.mixing_cutoff if args.mixing_cutoff is not None else G.num_ws // 2
+        if not 1 <= cutoff < G.num_ws:
+            raise UserError(f"--mixing-cutoff must be in [1, {G.num_ws - 1}] (of {G.num_ws} w's)")
+        z = torch.randn(2 * k, G.z_dim, generator=torch.Generator().manual_seed(args.seed))
+        z = (z * args.temperature).to(s.device)
+        x = style_mixing_grid(G, z[:k], z[k:], cutoff, psi)
+        png = save_grid(x, s.file("mixing"), nrow=k + 1)
+        print(f"wrote {png} (style mixing, {k}x{k}, first {cutoff} of {G.num_ws} w's from the "
+              f"top row, {s.which} generator{note})")
+    kw = {"psi": psi, "noise_mode": "const"}  # the constant noise maps, as the training grids
+    return s.interpolation(note, **kw) if args.interpolate else s.grid(note=note, **kw)
+
+
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
@@ -816,157 +968,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: StyleGAN2 doubles "
-                        "from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
-    if args.batch_size % min(args.mbstd_group, args.batch_size):
-        raise UserError(f"--batch-size {args.batch_size} is not a multiple of the minibatch-"
-                        f"stddev group (--mbstd-group {args.mbstd_group})")
-    if args.pl_weight > 0 and args.batch_size < args.pl_batch_shrink:
-        raise UserError(f"--batch-size must be at least --pl-batch-shrink {args.pl_batch_shrink}")
-
-
-def grid_images(z, G):
-    """The sample grids: fixed latents and the constant noise maps, so that grids compare."""
-    return G(z, noise_mode="const")
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, 0, memory_format=torch.contiguous_format)
-    pl_on, r1_on = args.pl_weight > 0, args.r1_gamma > 0
-    betas = (args.beta1, args.beta2)
-    opt_g, _ = lazy_adam(G.parameters(), args.lr_g, betas, args.pl_every if pl_on else 0)
-    opt_d, _ = lazy_adam(D.parameters(), args.lr_d, betas, args.r1_every if r1_on else 0)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    reg = {"pl_mean": torch.zeros((), device=device),  # Eq. 4's running mean a
-           "last": torch.zeros(2, device=device)}  # the last R1 and path-length penalties
-    grid = functools.partial(grid_images, fixed_inputs(64, args.z_dim, 0, 1234, device)[0])
-    if args.compile and rank == 0:
-        print("warning: --compile ignored: R1 and path length need double backward",
-              file=sys.stderr)
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches, "regularizers": reg}, grid,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"R1 gamma {args.r1_gamma} every {args.r1_every}, "
-                   f"path length {args.pl_weight} every {args.pl_every}")
-
-    stream, one = iter(batches), torch.ones((), device=device)
-    aug = diff_augment if args.augment else nn.Identity()
-    while run.step < args.steps:
-        real, _ = next(stream)
-        b = real.shape[0]
-
-        # G step: the non-saturating loss on style-mixed fakes. D's weights need no grads.
-        D.requires_grad_(False)
-        z = torch.randn(b, args.z_dim, device=device)
-        with autocast(device, args.amp):
-            loss_g = g_loss(D(aug(G(z, mixing=args.style_mixing))))
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-
-        # Lazy path length (Sec. 3.1-3.2): every pl_every steps, times the interval.
-        if pl_on and run.step % args.pl_every == 0:
-            z = torch.randn(b // args.pl_batch_shrink, args.z_dim, device=device)
-            with autocast(device, args.amp):
-                img, ws = G(z, mixing=args.style_mixing, return_ws=True)
-            lengths = path_lengths(img, ws, scaler_g.scale(one))
-            penalty, a = path_length_penalty(lengths, reg["pl_mean"], args.pl_decay, world)
-            reg["pl_mean"].copy_(a)
-            loss_pl = penalty.mean() * args.pl_weight * args.pl_every
-            optimizer_step(loss_pl, opt_g, scaler_g, G, world)
-            reg["last"][1] = logged(penalty.mean(), args.amp)
-        D.requires_grad_(True)
-
-        # D step: fakes from fresh latents (they also update w_avg), reals.
-        z = torch.randn(b, args.z_dim, device=device)
-        with torch.no_grad(), autocast(device, args.amp):
-            fake = G(z, mixing=args.style_mixing, update_w_avg=True)
-        with autocast(device, args.amp):
-            fake_logits, real_logits = D(aug(fake)), D(aug(real))
-            loss_d = d_loss(real_logits, fake_logits)
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
-
-        # Lazy R1 on reals only: every r1_every steps, gamma / 2 times the interval.
-        if r1_on and run.step % args.r1_every == 0:
-            real_ = real.detach().requires_grad_(True)
-            with autocast(device, args.amp):
-                logits = D(aug(real_))
-            r1 = r1_penalty(logits, real_, scaler_d.scale(one)).mean()
-            optimizer_step(r1 * (args.r1_gamma / 2) * args.r1_every, opt_d, scaler_d, D, world)
-            reg["last"][0] = logged(r1, args.amp)
-        if ema is not None:  # after the D step (official), so the copied w_avg is the latest
-            half_life = args.ema_decay is None  # App. B's, with its own ramp-up (--ema-rampup)
-            decay = ema_beta(run.step, args.batch_size * world, args.ema_kimg,
-                             args.ema_rampup) if half_life else args.ema_decay
-            ema_update(ema, G, decay, run.step, warmup=args.ema_warmup and not half_life)
-
-        run.end_step(d_loss=loss_d, g_loss=loss_g,
-                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
-                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
-                     r1=reg["last"][0], pl_penalty=reg["last"][1], pl_mean=reg["pl_mean"])
-    return run.finish()
-
-
-# ============================================================ sampling
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None, psi=1.0, noise_mode="random") -> images in
-    [-1, 1] from a checkpoint's EMA generator (or raw G), for --sample and the evaluation
-    tools. By default as the official metrics (noise_mode 'random': fresh noise inputs, drawn
-    reproducibly from ``seed``; psi 1, no truncation); --sample passes noise_mode='const'."""
-    from common.run import Generate
-
-    return Generate(SCRIPT, path, device, use_ema, build_models)
-
-
-@torch.no_grad()
-def style_mixing_grid(G, z_cols, z_rows, cutoff, psi=1.0):
-    """StyleGAN Fig. 3's layout: the top row and left column are plain images; cell (r, c)
-    takes its first `cutoff` (coarse) w's from column c and the rest from row r."""
-    wc, wr = (G.mapping(z, psi).unsqueeze(1).repeat(1, G.num_ws, 1) for z in (z_cols, z_rows))
-    cols, rows = G.synthesis(wc, "const"), G.synthesis(wr, "const")
-    cells = [torch.full_like(cols[:1], -1.0)] + list(cols.split(1))
-    for r in range(len(z_rows)):
-        ws = wr[r : r + 1].repeat(len(z_cols), 1, 1)
-        ws[:, :cutoff] = wc[:, :cutoff]
-        cells += [rows[r : r + 1]] + list(G.synthesis(ws, "const").split(1))
-    return torch.cat(cells).float().cpu()
-
-
-def sample(script, args, load_generator):
-    """--sample N [--interpolate K] with --truncation psi; first a --mixing-grid K if asked."""
-    from common import UserError
-    from common.images import save_grid
-    from common.run import Sampling
-
-    if args.mixing_grid < 0 or not 0 <= args.truncation <= 1:
-        raise UserError("--mixing-grid must be at least 0 and --truncation psi in [0, 1] (1: none)")
-    s = Sampling(script, args, load_generator)
-    psi, note = args.truncation, f", truncation psi {args.truncation}"
-    if args.mixing_grid:
-        G, k = s.generate.model, args.mixing_grid
-        cutoff = args.mixing_cutoff if args.mixing_cutoff is not None else G.num_ws // 2
-        if not 1 <= cutoff < G.num_ws:
-            raise UserError(f"--mixing-cutoff must be in [1, {G.num_ws - 1}] (of {G.num_ws} w's)")
-        z = torch.randn(2 * k, G.z_dim, generator=torch.Generator().manual_seed(args.seed))
-        z = (z * args.temperature).to(s.device)
-        x = style_mixing_grid(G, z[:k], z[k:], cutoff, psi)
-        png = save_grid(x, s.file("mixing"), nrow=k + 1)
-        print(f"wrote {png} (style mixing, {k}x{k}, first {cutoff} of {G.num_ws} w's from the "
-              f"top row, {s.which} generator{note})")
-    kw = {"psi": psi, "noise_mode": "const"}  # the constant noise maps, as the training grids
-    return s.interpolation(note, **kw) if args.interpolate else s.grid(note=note, **kw)
 
 
 # ============================================================ shared: main

@@ -47,6 +47,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+# ============================================================ flags
 SCRIPT = "wgan"
 # Flags that make a tiny model for the test harness; a short boost exercises the schedule.
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-critic-boost", "7"]
@@ -230,6 +231,79 @@ def critic_iters(step, n_critic, boost):
     and every 500th, else n_critic (the authors' main.py: ``Diters = 100``); from the step,
     so a resumed run keeps the schedule."""
     return boost if boost and (step < 25 or step % 500 == 0) else n_critic
+
+
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    if args.image_size < 8 or args.image_size & (args.image_size - 1):
+        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
+                        "so use a power of two >= 8 (32, 64, 128, ...)")
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    data = run.dataset()
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, 0)
+    opt_g = torch.optim.RMSprop(G.parameters(), lr=args.lr_g)  # Sec. 4: no momentum
+    opt_d = torch.optim.RMSprop(D.parameters(), lr=args.lr_d)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]
+    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
+              info={"channels": data.channels, "num_classes": 0},
+              note=f"n_critic {args.n_critic}, clip {args.clip}")
+    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
+
+    stream = iter(batches)
+    while run.step < args.steps:
+        # Critic: Alg. 1 lines 2-8, each step on a fresh real batch and fresh z, then clipped.
+        n_c = critic_iters(run.step, args.n_critic, args.n_critic_boost)
+        for _ in range(n_c):
+            real, _ = next(stream)
+            real = real.contiguous(memory_format=torch.channels_last)
+            z = torch.randn(real.shape[0], args.z_dim, device=device)
+            with torch.no_grad(), autocast(device, args.amp):
+                fake = G_step(z)
+            with autocast(device, args.amp):
+                real_scores, fake_scores = D_step(real), D_step(fake)
+                loss_d = d_loss(real_scores, fake_scores)
+            optimizer_step(loss_d, opt_d, scaler_d, D, world)
+            clip_weights(D, args.clip)
+
+        # Generator: Alg. 1 lines 9-10, a fresh z. The critic's weights need no grads here.
+        z = torch.randn(args.batch_size, args.z_dim, device=device)
+        D.requires_grad_(False)
+        with autocast(device, args.amp):
+            loss_g = g_loss(D_step(G_step(z)))
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+        D.requires_grad_(True)
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+
+        # The last critic step's values (the critic is then closest to optimal); the estimate
+        # of W, E f(x) - E f(G(z)) (Sec. 4.2), is up to K. Images: those the critic consumed.
+        d_real, d_fake = real_scores.detach().float().mean(), fake_scores.detach().float().mean()
+        run.end_step(images=n_c * args.batch_size * world, d_loss=loss_d, g_loss=loss_g,
+                     wasserstein=d_real - d_fake, n_critic=d_real.new_tensor(n_c),
+                     d_real=d_real, d_fake=d_fake)
+    return run.finish()
+
+
+# ============================================================ sampling
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
+    EMA generator (or raw G), for --sample and the evaluation tools."""
+    from common.run import Generate
+
+    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: command line
@@ -455,79 +529,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    data = run.dataset()
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, 0)
-    opt_g = torch.optim.RMSprop(G.parameters(), lr=args.lr_g)  # Sec. 4: no momentum
-    opt_d = torch.optim.RMSprop(D.parameters(), lr=args.lr_d)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]
-    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"n_critic {args.n_critic}, clip {args.clip}")
-    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-
-    stream = iter(batches)
-    while run.step < args.steps:
-        # Critic: Alg. 1 lines 2-8, each step on a fresh real batch and fresh z, then clipped.
-        n_c = critic_iters(run.step, args.n_critic, args.n_critic_boost)
-        for _ in range(n_c):
-            real, _ = next(stream)
-            real = real.contiguous(memory_format=torch.channels_last)
-            z = torch.randn(real.shape[0], args.z_dim, device=device)
-            with torch.no_grad(), autocast(device, args.amp):
-                fake = G_step(z)
-            with autocast(device, args.amp):
-                real_scores, fake_scores = D_step(real), D_step(fake)
-                loss_d = d_loss(real_scores, fake_scores)
-            optimizer_step(loss_d, opt_d, scaler_d, D, world)
-            clip_weights(D, args.clip)
-
-        # Generator: Alg. 1 lines 9-10, a fresh z. The critic's weights need no grads here.
-        z = torch.randn(args.batch_size, args.z_dim, device=device)
-        D.requires_grad_(False)
-        with autocast(device, args.amp):
-            loss_g = g_loss(D_step(G_step(z)))
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-        D.requires_grad_(True)
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-
-        # The last critic step's values (the critic is then closest to optimal); the estimate
-        # of W, E f(x) - E f(G(z)) (Sec. 4.2), is up to K. Images: those the critic consumed.
-        d_real, d_fake = real_scores.detach().float().mean(), fake_scores.detach().float().mean()
-        run.end_step(images=n_c * args.batch_size * world, d_loss=loss_d, g_loss=loss_g,
-                     wasserstein=d_real - d_fake, n_critic=d_real.new_tensor(n_c),
-                     d_real=d_real, d_fake=d_fake)
-    return run.finish()
-
-
-# ============================================================ sampling
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
-    EMA generator (or raw G), for --sample and the evaluation tools."""
-    from common.run import Generate
-
-    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: main

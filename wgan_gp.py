@@ -54,6 +54,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+# ============================================================ flags
 SCRIPT = "wgan_gp"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
@@ -400,6 +401,106 @@ def gradient_penalty(hat_scores, x_hat, scale=1.0):
     return ((norm - 1) ** 2).mean()
 
 
+# ============================================================ training
+def check_args(args):
+    from common import UserError
+
+    if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
+        raise UserError(f"--image-size {args.image_size} cannot be built: both architectures "
+                        "double from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
+    if args.dataset == "text" and args.dequantize:
+        raise UserError("--dequantize is for 8-bit images; leave it out with --dataset text")
+
+
+def dequantize(x):
+    """gan_cifar_resnet.py's real images: an 8-bit level k as 2 (k / 256 - 0.5) + U[0, 1/128),
+    spread uniformly over its bin, so that the critic cannot tell real images by their
+    lattice. Our batches hold x = 2k / 255 - 1, hence the rescaling."""
+    return x * (255 / 256) - 1 / 256 + torch.rand_like(x) / 128
+
+
+def train(args):
+    from common.run import Run, fixed_inputs
+    from common.text import one_hot
+
+    rank, world, device = setup_distributed(args.device)
+    run = Run(SCRIPT, args, rank, world, device, check_args)
+    text = args.dataset == "text"  # characters as one-hot planes (common.text.one_hot)
+    data = run.text(args.seq_len, args.vocab_size) if text else run.dataset()
+    batches = run.batches(data)
+
+    G, D, ema = run.models(build_models, data.channels, 0)
+    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
+    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
+    grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]
+    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
+    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
+               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
+              info={"channels": data.channels, "num_classes": 0},
+              note=f"n_critic {args.n_critic}, lambda {args.lambda_gp}")
+    G_step, D_step = (torch.compile(G), D) if args.compile else (G, D)
+    if args.compile and rank == 0:
+        print("note: --compile compiles G only: the critic's gradient penalty needs double "
+              "backward, which compiled graphs lack", file=sys.stderr)
+
+    one = torch.ones((), device=device)
+    stream = iter(batches)
+    while run.step < args.steps:
+        if args.lr_decay:  # App. C: linearly to 0, recomputed from the step (exact resume)
+            for opt, lr in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * max(0.0, 1 - run.step / args.lr_decay)
+
+        # Critic: Alg. 1 lines 2-9, each step on a fresh real batch, fresh z and fresh eps.
+        for _ in range(args.n_critic):
+            real, _ = next(stream)
+            if args.dequantize:
+                real = dequantize(real)
+            real = (one_hot(real, data.channels) if text else real).contiguous(
+                memory_format=torch.channels_last)
+            z = torch.randn(real.shape[0], args.z_dim, device=device)
+            with torch.no_grad(), autocast(device, args.amp):
+                fake = G_step(z)
+            x_hat = interpolate(real, fake)
+            with autocast(device, args.amp):
+                real_scores, fake_scores, hat_scores = D_step(real), D_step(fake), D_step(x_hat)
+            # scaler_d.scale(one) is fp16's loss scale as a tensor (no host sync), 1 otherwise.
+            penalty = gradient_penalty(hat_scores, x_hat, scaler_d.scale(one))
+            loss_w = d_loss(real_scores, fake_scores)
+            optimizer_step(loss_w + args.lambda_gp * penalty, opt_d, scaler_d, D, world)
+
+        # Generator: Alg. 1 lines 10-11, a fresh z; no penalty. D's weights need no grads.
+        z = torch.randn(args.batch_size, args.z_dim, device=device)
+        D.requires_grad_(False)
+        with autocast(device, args.amp):
+            loss_g = g_loss(D_step(G_step(z)))
+        optimizer_step(loss_g, opt_g, scaler_g, G, world)
+        D.requires_grad_(True)
+        if ema is not None:
+            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
+
+        # The last critic step's values. Under fp16 an overflowing loss scale makes the penalty
+        # inf in a step that GradScaler skips: logged as 0, not as a divergence.
+        gp = penalty.detach().float()
+        gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
+        d_real, d_fake = real_scores.detach().float().mean(), fake_scores.detach().float().mean()
+        run.end_step(images=args.n_critic * args.batch_size * world,
+                     d_loss=loss_w.detach().float() + args.lambda_gp * gp, g_loss=loss_g,
+                     wasserstein=d_real - d_fake, d_real=d_real, d_fake=d_fake, gp=gp)
+    return run.finish()
+
+
+# ============================================================ sampling
+def load_generator(path, device="cpu", use_ema=True):
+    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
+    EMA generator (or raw G), for --sample and the evaluation tools."""
+    from common.run import Generate
+
+    return Generate(SCRIPT, path, device, use_ema, build_models)
+
+
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
@@ -623,106 +724,6 @@ def ema_update(ema, model, decay, step, warmup=True):
             pe.lerp_(pm.detach(), 1 - d)
         for be, bm in zip(ema.buffers(), model.buffers()):
             be.copy_(bm)
-
-
-# ============================================================ training
-def check_args(args):
-    from common import UserError
-
-    if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
-        raise UserError(f"--image-size {args.image_size} cannot be built: both architectures "
-                        "double from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
-    if args.dataset == "text" and args.dequantize:
-        raise UserError("--dequantize is for 8-bit images; leave it out with --dataset text")
-
-
-def dequantize(x):
-    """gan_cifar_resnet.py's real images: an 8-bit level k as 2 (k / 256 - 0.5) + U[0, 1/128),
-    spread uniformly over its bin, so that the critic cannot tell real images by their
-    lattice. Our batches hold x = 2k / 255 - 1, hence the rescaling."""
-    return x * (255 / 256) - 1 / 256 + torch.rand_like(x) / 128
-
-
-def train(args):
-    from common.run import Run, fixed_inputs
-    from common.text import one_hot
-
-    rank, world, device = setup_distributed(args.device)
-    run = Run(SCRIPT, args, rank, world, device, check_args)
-    text = args.dataset == "text"  # characters as one-hot planes (common.text.one_hot)
-    data = run.text(args.seq_len, args.vocab_size) if text else run.dataset()
-    batches = run.batches(data)
-
-    G, D, ema = run.models(build_models, data.channels, 0)
-    betas = (args.beta1, args.beta2)  # fused: one kernel for all tensors (CPU, CUDA)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
-    scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]
-    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"n_critic {args.n_critic}, lambda {args.lambda_gp}")
-    G_step, D_step = (torch.compile(G), D) if args.compile else (G, D)
-    if args.compile and rank == 0:
-        print("note: --compile compiles G only: the critic's gradient penalty needs double "
-              "backward, which compiled graphs lack", file=sys.stderr)
-
-    one = torch.ones((), device=device)
-    stream = iter(batches)
-    while run.step < args.steps:
-        if args.lr_decay:  # App. C: linearly to 0, recomputed from the step (exact resume)
-            for opt, lr in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = lr * max(0.0, 1 - run.step / args.lr_decay)
-
-        # Critic: Alg. 1 lines 2-9, each step on a fresh real batch, fresh z and fresh eps.
-        for _ in range(args.n_critic):
-            real, _ = next(stream)
-            if args.dequantize:
-                real = dequantize(real)
-            real = (one_hot(real, data.channels) if text else real).contiguous(
-                memory_format=torch.channels_last)
-            z = torch.randn(real.shape[0], args.z_dim, device=device)
-            with torch.no_grad(), autocast(device, args.amp):
-                fake = G_step(z)
-            x_hat = interpolate(real, fake)
-            with autocast(device, args.amp):
-                real_scores, fake_scores, hat_scores = D_step(real), D_step(fake), D_step(x_hat)
-            # scaler_d.scale(one) is fp16's loss scale as a tensor (no host sync), 1 otherwise.
-            penalty = gradient_penalty(hat_scores, x_hat, scaler_d.scale(one))
-            loss_w = d_loss(real_scores, fake_scores)
-            optimizer_step(loss_w + args.lambda_gp * penalty, opt_d, scaler_d, D, world)
-
-        # Generator: Alg. 1 lines 10-11, a fresh z; no penalty. D's weights need no grads.
-        z = torch.randn(args.batch_size, args.z_dim, device=device)
-        D.requires_grad_(False)
-        with autocast(device, args.amp):
-            loss_g = g_loss(D_step(G_step(z)))
-        optimizer_step(loss_g, opt_g, scaler_g, G, world)
-        D.requires_grad_(True)
-        if ema is not None:
-            ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-
-        # The last critic step's values. Under fp16 an overflowing loss scale makes the penalty
-        # inf in a step that GradScaler skips: logged as 0, not as a divergence.
-        gp = penalty.detach().float()
-        gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
-        d_real, d_fake = real_scores.detach().float().mean(), fake_scores.detach().float().mean()
-        run.end_step(images=args.n_critic * args.batch_size * world,
-                     d_loss=loss_w.detach().float() + args.lambda_gp * gp, g_loss=loss_g,
-                     wasserstein=d_real - d_fake, d_real=d_real, d_fake=d_fake, gp=gp)
-    return run.finish()
-
-
-# ============================================================ sampling
-def load_generator(path, device="cpu", use_ema=True):
-    """generate(n, seed=0, temperature=1.0, z=None) -> images in [-1, 1] from a checkpoint's
-    EMA generator (or raw G), for --sample and the evaluation tools."""
-    from common.run import Generate
-
-    return Generate(SCRIPT, path, device, use_ema, build_models)
 
 
 # ============================================================ shared: main

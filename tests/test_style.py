@@ -9,9 +9,10 @@ import pytest
 from conftest import ROOT, SCRIPTS
 
 MAX_LINE = 100
-# The paper first (flags, model, loss), then the shared primitives the training step uses.
-ORDER = ["parse_args", "build_models", "add_common_args", "setup_distributed", "autocast",
-         "ema_update", "train", "load_generator", "main"]
+# The paper first (flags, model, loss, train, sampling), then the shared sections the
+# training step calls (command line, distributed, mixed precision, EMA) and main.
+ORDER = ["parse_args", "build_models", "train", "load_generator", "add_common_args",
+         "setup_distributed", "autocast", "ema_update", "main"]
 
 
 def python_files():
