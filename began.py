@@ -41,6 +41,7 @@ Departures from the paper, and choices where it is silent:
 * Not implemented: Sec. 3.5.1's vanishing residuals (--skip gives its skip connections).
 * Batch norm (--bn) and the EMA generator are not in the paper.
 """
+
 import argparse
 import math
 import os
@@ -58,8 +59,19 @@ SMOKE_ARGS = ["--n-filters", "4", "--nh", "8"]
 
 # --config paper: CelebA at 64x64 (Sec. 4.1; batch and beta1 from the reference code), no EMA;
 # the defaults (auto) are the digits recipe (docs/began.md says why).
-PAPER = {"image_size": 64, "gamma": 0.5, "lambda_k": 0.001, "nh": 64, "n_filters": 64,
-         "bn": False, "batch_size": 16, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.9, "ema_decay": 0.0}
+PAPER = {
+    "image_size": 64,
+    "gamma": 0.5,
+    "lambda_k": 0.001,
+    "nh": 64,
+    "n_filters": 64,
+    "bn": False,
+    "batch_size": 16,
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,
+    "beta1": 0.9,
+    "ema_decay": 0.0,
+}
 # --config auto on a CPU above 16x16 (MNIST, CIFAR-10, ... at 32x32): the digits recipe for the
 # steps of about 5 CPU-minutes. On MNIST-format files 3200 steps collapsed G to one digit (with
 # k_t from two Ds); 1300 steps with k_t from one D gave varied, blurry digits, better at the
@@ -82,12 +94,15 @@ def auto_config(args):
     if "batch_size" in args.explicit:
         batch = args.batch_size
     return {
-        "gamma": 0.5, "lambda_k": 0.001,  # gamma, lambda_k (Sec. 3.4: lambda_k 0.001)
+        "gamma": 0.5,
+        "lambda_k": 0.001,  # gamma, lambda_k (Sec. 3.4: lambda_k 0.001)
         "n_filters": 128,  # conv_hidden_num (Sec. 4.1: n 128 for its largest model)
-        "nh": 64, "z_dim": 64,  # z_num, both N_h and N_z; Sec. 4.1: N_h = N_z = 64
+        "nh": 64,
+        "z_dim": 64,  # z_num, both N_h and N_z; Sec. 4.1: N_h = N_z = 64
         "bn": False,  # Sec. 3.5's nets, no batch norm
         "batch_size": batch,
-        "lr_g": 8e-5, "lr_d": 8e-5,  # g_lr, d_lr; inside Sec. 4.1's [5e-5, 1e-4]
+        "lr_g": 8e-5,
+        "lr_d": 8e-5,  # g_lr, d_lr; inside Sec. 4.1's [5e-5, 1e-4]
         "beta1": 0.9,  # trainer.py passes no beta1 to AdamOptimizer: TensorFlow's 0.9
         "steps": steps_for(8000, batch, seen["processes"]),  # max_step 500,000 at batch 16
         # lr_update_step 100,000 at batch 16; trainer.py's (commented-out) stall test over that
@@ -98,37 +113,85 @@ def auto_config(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="BEGAN (Berthelot et al. 2017)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="BEGAN (Berthelot et al. 2017)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # Sec. 4.1: Adam with lr in [5e-5, 1e-4]; N_z = N_h = 64; batch 16 as in the reference
     # code (all in PAPER). The defaults are the digits recipe.
-    add_common_args(p, batch_size=32, steps=3200, lr_g=4e-4, lr_d=4e-4, z_dim=64,
-                    sources={"batch_size": "16, reference code", "lr_g": "1e-4, Sec. 4.1",
-                             "lr_d": "1e-4, Sec. 4.1", "z_dim": "Sec. 4.1, N_z"},
-                    configs={"auto": auto_config, "paper": PAPER})
+    add_common_args(
+        p,
+        batch_size=32,
+        steps=3200,
+        lr_g=4e-4,
+        lr_d=4e-4,
+        z_dim=64,
+        sources={
+            "batch_size": "16, reference code",
+            "lr_g": "1e-4, Sec. 4.1",
+            "lr_d": "1e-4, Sec. 4.1",
+            "z_dim": "Sec. 4.1, N_z",
+        },
+        configs={"auto": auto_config, "paper": PAPER},
+    )
     m = p.add_argument_group("BEGAN")
-    m.add_argument("--gamma", type=float, default=1.0, help="diversity ratio E[L(G(z))] / "
-                   "E[L(x)] that k_t maintains (Sec. 3.3), in (0, 1]; paper 0.5")
-    m.add_argument("--lambda-k", type=float, default=0.05,
-                   help="proportional gain of k_t (Sec. 3.4); paper 0.001")
+    m.add_argument(
+        "--gamma",
+        type=float,
+        default=1.0,
+        help="diversity ratio E[L(G(z))] / "
+        "E[L(x)] that k_t maintains (Sec. 3.3), in (0, 1]; paper 0.5",
+    )
+    m.add_argument(
+        "--lambda-k",
+        type=float,
+        default=0.05,
+        help="proportional gain of k_t (Sec. 3.4); paper 0.001",
+    )
     # n is spelled --n-filters: torchrun (torch 2.14) rejects a "--n" even after the script, as
     # an ambiguous prefix of its own --nnodes, --nproc-per-node, ...; N_h is --nh to match.
-    m.add_argument("--nh", type=int, default=32,
-                   help="embedding size N_h of D's auto-encoder (Sec. 4.1: 64)")
-    m.add_argument("--n-filters", type=int, default=16, help="filters per conv, Fig. 1's n "
-                   "(the paper: 64 or 128); the encoder grows by n per scale")
-    m.add_argument("--skip", action="store_true",
-                   help="skip connections from h0 after each upsampling (Sec. 3.5.1)")
-    m.add_argument("--bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="batch norm before each hidden ELU (not in the paper; without it G "
-                   "collapses on the digits); --no-bn: the paper's nets")
-    m.add_argument("--lr-decay-patience", type=int, default=1000, help="halve both lrs when M, "
-                   "averaged over windows of this many steps, is not 1%% below the best earlier "
-                   "window (Sec. 4.1 gives no rule); 0: off")
-    m.add_argument("--beta1", type=float, default=0.5,
-                   help="Adam beta1 (not in the paper; the reference code runs 0.9)")
-    m.add_argument("--beta2", type=float, default=0.999,
-                   help="Adam beta2 (not in the paper; TensorFlow's default)")
+    m.add_argument(
+        "--nh", type=int, default=32, help="embedding size N_h of D's auto-encoder (Sec. 4.1: 64)"
+    )
+    m.add_argument(
+        "--n-filters",
+        type=int,
+        default=16,
+        help="filters per conv, Fig. 1's n "
+        "(the paper: 64 or 128); the encoder grows by n per scale",
+    )
+    m.add_argument(
+        "--skip",
+        action="store_true",
+        help="skip connections from h0 after each upsampling (Sec. 3.5.1)",
+    )
+    m.add_argument(
+        "--bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch norm before each hidden ELU (not in the paper; without it G "
+        "collapses on the digits); --no-bn: the paper's nets",
+    )
+    m.add_argument(
+        "--lr-decay-patience",
+        type=int,
+        default=1000,
+        help="halve both lrs when M, "
+        "averaged over windows of this many steps, is not 1%% below the best earlier "
+        "window (Sec. 4.1 gives no rule); 0: off",
+    )
+    m.add_argument(
+        "--beta1",
+        type=float,
+        default=0.5,
+        help="Adam beta1 (not in the paper; the reference code runs 0.9)",
+    )
+    m.add_argument(
+        "--beta2",
+        type=float,
+        default=0.999,
+        help="Adam beta2 (not in the paper; TensorFlow's default)",
+    )
     return parse_with_resume(p, argv)
 
 
@@ -155,8 +218,11 @@ def init_weights(m):
 
 def conv_elu(cin, cout, bn, stride=1):
     """A 3x3 conv with an ELU at its output (Sec. 3.5); --bn puts batch norm before the ELU."""
-    return ([nn.Conv2d(cin, cout, 3, stride, 1)] + ([nn.BatchNorm2d(cout)] if bn else [])
-            + [nn.ELU(inplace=True)])
+    return (
+        [nn.Conv2d(cin, cout, 3, stride, 1)]
+        + ([nn.BatchNorm2d(cout)] if bn else [])
+        + [nn.ELU(inplace=True)]
+    )
 
 
 class Decoder(nn.Module):
@@ -172,7 +238,8 @@ class Decoder(nn.Module):
         self.fc = nn.Linear(h, 8 * 8 * n)
         self.blocks = nn.ModuleList(
             nn.Sequential(*conv_elu(2 * n if skip and i else n, n, bn), *conv_elu(n, n, bn))
-            for i in range(n_scales(image_size)))
+            for i in range(n_scales(image_size))
+        )
         self.out = nn.Conv2d(n, channels, 3, 1, 1)
 
     def forward(self, h):
@@ -281,13 +348,17 @@ def check_args(args):
     from common import UserError
 
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: the nets double from "
-                        "8x8, so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be built: the nets double from "
+            "8x8, so use a power of two >= 8 (32, 64, 128, ...)"
+        )
     for name in ("lr_g", "lr_d"):  # Adam's first step, lr / (1 - beta1), must be a float32
         if not 0 < getattr(args, name) / (1 - args.beta1) < torch.finfo(torch.float32).max:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name):g} must be positive "
-                            "and small enough that Adam's step lr / (1 - beta1) is finite in "
-                            "float32 (else inf/NaN weights)")
+            raise UserError(
+                f"--{name.replace('_', '-')} {getattr(args, name):g} must be positive "
+                "and small enough that Adam's step lr / (1 - beta1) is finite in "
+                "float32 (else inf/NaN weights)"
+            )
 
 
 def train(args):
@@ -305,16 +376,33 @@ def train(args):
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     # The paper's state: k_t (k_0 = 0, Sec. 3.4), M summed over the current lr-decay window,
     # the lowest window mean so far and the product of the halvings (Sec. 4.1).
-    eq = {"k": torch.zeros((), device=device), "m_sum": torch.zeros((), device=device),
-          "m_best": torch.tensor(math.inf, dtype=torch.float64),
-          "lr_scale": torch.tensor(1.0, dtype=torch.float64)}
+    eq = {
+        "k": torch.zeros((), device=device),
+        "m_sum": torch.zeros((), device=device),
+        "m_best": torch.tensor(math.inf, dtype=torch.float64),
+        "lr_scale": torch.tensor(1.0, dtype=torch.float64),
+    }
     grid = fixed_inputs(64, args.z_dim, 0, 1234, device, latent=latents)[:1]
-    calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device, latent=latents)[:1]
-                 for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches, "equilibrium": eq}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"gamma {args.gamma:g}, lambda_k {args.lambda_k:g}")
+    calibrate = [
+        fixed_inputs(256, args.z_dim, 0, 4321 + i, device, latent=latents)[:1] for i in range(4)
+    ]
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+            "equilibrium": eq,
+        },
+        grid,
+        calibrate,
+        info={"channels": data.channels, "num_classes": 0},
+        note=f"gamma {args.gamma:g}, lambda_k {args.lambda_k:g}",
+    )
     set_lr(args, opt_g, opt_d, eq["lr_scale"].item())  # a rate given on resume is the new base
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
@@ -344,7 +432,8 @@ def train(args):
         # D's step, as in carpedm20's trainer.py), as fp32 constants, averaged over ranks so that
         # every rank keeps the same k_t.
         l_real, l_fake = all_ranks_mean(
-            torch.stack([real_l.detach().float().mean(), fake_l.detach().float().mean()]), world)
+            torch.stack([real_l.detach().float().mean(), fake_l.detach().float().mean()]), world
+        )
         eq["k"].copy_(update_k(eq["k"], l_real, l_fake, args.gamma, args.lambda_k))
         m = convergence_measure(l_real, l_fake, args.gamma)
         eq["m_sum"] += m
@@ -357,8 +446,15 @@ def train(args):
             eq["m_best"].fill_(min(eq["m_best"].item(), window))
             eq["m_sum"].zero_()
 
-        run.end_step(d_loss=loss_d, g_loss=loss_g, l_real=l_real, l_fake=l_fake, M=m,
-                     k=eq["k"], lr_g=args.lr_g * eq["lr_scale"])
+        run.end_step(
+            d_loss=loss_d,
+            g_loss=loss_g,
+            l_real=l_real,
+            l_fake=l_fake,
+            M=m,
+            k=eq["k"],
+            lr_g=args.lr_g * eq["lr_scale"],
+        )
     if rank == 0:
         draw_convergence(run.out, args.gamma)
     return run.finish(note=f", M curve {os.path.join(run.out, 'convergence.png')}")
@@ -370,8 +466,12 @@ def draw_convergence(out, gamma):
     from common.run import read_metrics
 
     logged = [r for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "M" in r]
-    save_curve(os.path.join(out, "convergence.png"), [r["step"] for r in logged],
-               [r["M"] for r in logged], f"BEGAN convergence measure M_global (gamma {gamma:g})")
+    save_curve(
+        os.path.join(out, "convergence.png"),
+        [r["step"] for r in logged],
+        [r["M"] for r in logged],
+        f"BEGAN convergence measure M_global (gamma {gamma:g})",
+    )
 
 
 # ============================================================ sampling
@@ -387,31 +487,71 @@ def load_generator(path, device="cpu", use_ema=True):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -423,11 +563,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -436,8 +585,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -490,17 +644,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -551,8 +716,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

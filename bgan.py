@@ -45,6 +45,7 @@ Departures from the paper, and choices where it is silent (measurements: docs/bg
   a 1 x 32 palette image); on a CPU (TEXT) widths 64, 5 blocks, 96 characters, batch 32, M 10,
   lr 2e-4, no D noise (the authors': 256, 3, 192, 64, 20, 1e-3). Samples: likeliest characters.
 """
+
 import argparse
 import functools
 import math
@@ -62,30 +63,59 @@ SCRIPT = "bgan"
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-mc-samples", "4"]
 # --config paper on images: the authors' published discrete MNIST, rdevon/BGAN main_discrete.py
 # (_default_args; its optimizer in lib/train.py, its loss in lib/loss.py binary_bgan).
-PAPER = {"batch_size": 64,  # data_args batch_size
-         "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5,  # one Adam learning rate, beta1 0.5
-         "z_dim": 64, "z_prior": "uniform",  # dim_z 64; lib/train.py draws np.random.rand
-         "n_mc_samples": 20,  # loss_args n_samples
-         "g_width": 64, "d_width": 64,  # dim_h 64 (models/dcgan_28_pub.py: 64 and 2 x 64)
-         # D without batch norm (model_args use_batch_norm=False; G keeps it): --d-batch-norm's
-         # default in every discrete mode, under every config
-         "d_noise": 0.0, "baseline": False, "log_lik": "sum",  # lib/loss.py: none, sum
-         "steps": 93700,  # train_args epochs 100 x 937 full batches of MNIST's 60,000
-         "ema_decay": 0.0}  # no EMA
+PAPER = {
+    "batch_size": 64,  # data_args batch_size
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,
+    "beta1": 0.5,  # one Adam learning rate, beta1 0.5
+    "z_dim": 64,
+    "z_prior": "uniform",  # dim_z 64; lib/train.py draws np.random.rand
+    "n_mc_samples": 20,  # loss_args n_samples
+    "g_width": 64,
+    "d_width": 64,  # dim_h 64 (models/dcgan_28_pub.py: 64 and 2 x 64)
+    # D without batch norm (model_args use_batch_norm=False; G keeps it): --d-batch-norm's
+    # default in every discrete mode, under every config
+    "d_noise": 0.0,
+    "baseline": False,
+    "log_lik": "sum",  # lib/loss.py: none, sum
+    "steps": 93700,  # train_args epochs 100 x 937 full batches of MNIST's 60,000
+    "ema_decay": 0.0,
+}  # no EMA
 # --config paper on text: rdevon/BGAN old/BILLION-WORD/main.py (_defaults, build_generator,
 # build_discriminator, N_WORDS, L_GEN); its 100 epochs of its corpus have no step count here.
-PAPER_TEXT = {"batch_size": 64, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.5,  # _defaults
-              "z_dim": 100, "z_prior": "uniform",  # dim_noise 100, np.random.rand
-              "n_mc_samples": 20,  # _defaults n_samples
-              "g_width": 256, "d_width": 256, "text_blocks": 3,  # dim_h 256, n_steps 3
-              "vocab_size": 192, "seq_len": 32,  # N_WORDS, L_GEN
-              # D without batch norm (build_discriminator; G has it): --d-batch-norm's default
-              "d_noise": 0.0, "baseline": False, "log_lik": "sum", "ema_decay": 0.0}
+PAPER_TEXT = {
+    "batch_size": 64,
+    "lr_g": 1e-3,
+    "lr_d": 1e-3,
+    "beta1": 0.5,  # _defaults
+    "z_dim": 100,
+    "z_prior": "uniform",  # dim_noise 100, np.random.rand
+    "n_mc_samples": 20,  # _defaults n_samples
+    "g_width": 256,
+    "d_width": 256,
+    "text_blocks": 3,  # dim_h 256, n_steps 3
+    "vocab_size": 192,
+    "seq_len": 32,  # N_WORDS, L_GEN
+    # D without batch norm (build_discriminator; G has it): --d-batch-norm's default
+    "d_noise": 0.0,
+    "baseline": False,
+    "log_lik": "sum",
+    "ema_decay": 0.0,
+}
 # --config auto on --dataset text on a CPU, for about 5 CPU-minutes (docs/bgan_experiments.md):
 # no D noise (1.5 stalls it), equal learning rates (G's 10x collapses it), batch 32 and M 10;
 # five residual blocks as before issue 26 (text is re-tuned there).
-TEXT = {"d_noise": 0.0, "lr_g": 2e-4, "lr_d": 2e-4, "batch_size": 32, "n_mc_samples": 10,
-        "g_width": 64, "d_width": 64, "text_blocks": 5, "steps": 1500}
+TEXT = {
+    "d_noise": 0.0,
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,
+    "batch_size": 32,
+    "n_mc_samples": 10,
+    "g_width": 64,
+    "d_width": 64,
+    "text_blocks": 5,
+    "steps": 1500,
+}
 # --config auto on a CPU above 16x16 (MNIST-format files: 32x32): about 5 CPU-minutes. With
 # batch norm in D the old default collapsed at step ~3300; without it 3000 steps held, and beat
 # 1500 (docs/results.md, off the bench; docs/bgan_experiments.md#mnist-format-files-on-a-cpu).
@@ -125,51 +155,130 @@ def paper_config(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="BGAN (Hjelm et al. 2018)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="BGAN (Hjelm et al. 2018)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # The authors' code has batch 64 (main_discrete.py); 32 and the steps suit the digits on a
     # CPU. The authors' z: 64-d (main_discrete.py), 100-d (BILLION-WORD main.py).
-    add_common_args(p, batch_size=32, steps=7000, lr_g=1e-3, lr_d=1e-4, z_dim=100,
-                    sources={"lr_g": "the authors' 1e-4 x 10, see docstring",
-                             "lr_d": "the authors' main_discrete.py", "batch_size": "64"},
-                    configs={"auto": auto_config, "paper": paper_config})
+    add_common_args(
+        p,
+        batch_size=32,
+        steps=7000,
+        lr_g=1e-3,
+        lr_d=1e-4,
+        z_dim=100,
+        sources={
+            "lr_g": "the authors' 1e-4 x 10, see docstring",
+            "lr_d": "the authors' main_discrete.py",
+            "batch_size": "64",
+        },
+        configs={"auto": auto_config, "paper": paper_config},
+    )
     a = p.add_argument_group("BGAN").add_argument
-    a("--mode", default="discrete", choices=["discrete", "continuous"], help="discrete: "
-      "Algorithm 1; continuous: G's loss 1/2 (log D - log(1 - D))^2 (Sec. 2)")
-    a("--data-mode", default="auto", choices=["auto", "binary", "quantized"], help="binarized "
-      "images or a quantized folder; auto: quantized when --data-path holds palette.json")
+    a(
+        "--mode",
+        default="discrete",
+        choices=["discrete", "continuous"],
+        help="discrete: Algorithm 1; continuous: G's loss 1/2 (log D - log(1 - D))^2 (Sec. 2)",
+    )
+    a(
+        "--data-mode",
+        default="auto",
+        choices=["auto", "binary", "quantized"],
+        help="binarized "
+        "images or a quantized folder; auto: quantized when --data-path holds palette.json",
+    )
     a("--n-mc-samples", type=int, default=20, help="M, samples per latent (the authors': 20)")
-    a("--log-lik", default="sum", choices=["sum", "mean"], help="log g(x|z) summed over pixels "
-      "(the paper's) or averaged (the PyTorch reimplementation's)")
-    a("--baseline", action=argparse.BooleanOptionalAction, default=True, help="subtract 1/M "
-      "from the weights (not in the paper); --no-baseline: the paper's estimator")
-    a("--binarize-threshold", type=float, default=0.5,
-      help="binary data: a pixel is 1 where its intensity in [0, 1] is >= this")
-    a("--g-width", type=int, default=32, help="channels of G's last hidden layer, doubled per "
-      "resolution step (as dcgan.py; 64 for CelebA)")
-    a("--d-width", type=int, default=16, help="channels of D's first layer (D reads M times the "
-      "batch; 64 for CelebA)")
-    a("--activation", default="dcgan", choices=["dcgan", "relu", "lrelu", "elu"], help="dcgan: "
-      "ReLU in G, LeakyReLU(0.2) in D (the authors'); else this one in both")
-    a("--bn-after-act", action="store_true",
-      help="conv -> activation -> BN, not conv -> BN -> activation (the PyTorch reimpl.'s)")
+    a(
+        "--log-lik",
+        default="sum",
+        choices=["sum", "mean"],
+        help="log g(x|z) summed over pixels "
+        "(the paper's) or averaged (the PyTorch reimplementation's)",
+    )
+    a(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subtract 1/M "
+        "from the weights (not in the paper); --no-baseline: the paper's estimator",
+    )
+    a(
+        "--binarize-threshold",
+        type=float,
+        default=0.5,
+        help="binary data: a pixel is 1 where its intensity in [0, 1] is >= this",
+    )
+    a(
+        "--g-width",
+        type=int,
+        default=32,
+        help="channels of G's last hidden layer, doubled per "
+        "resolution step (as dcgan.py; 64 for CelebA)",
+    )
+    a(
+        "--d-width",
+        type=int,
+        default=16,
+        help="channels of D's first layer (D reads M times the batch; 64 for CelebA)",
+    )
+    a(
+        "--activation",
+        default="dcgan",
+        choices=["dcgan", "relu", "lrelu", "elu"],
+        help="dcgan: ReLU in G, LeakyReLU(0.2) in D (the authors'); else this one in both",
+    )
+    a(
+        "--bn-after-act",
+        action="store_true",
+        help="conv -> activation -> BN, not conv -> BN -> activation (the PyTorch reimpl.'s)",
+    )
     a("--spectral-norm", action="store_true", help="spectral norm on D (Miyato et al. 2018)")
-    a("--d-batch-norm", action=argparse.BooleanOptionalAction, default=None, help="batch norm "
-      "in D's hidden layers; it couples the importance weights across the batch (each sample's "
-      "logit then depends on the other N x M samples); None: off in the discrete modes (the "
-      "authors'), on with --mode continuous (dcgan.py's D)")
-    a("--z-prior", default="normal", choices=["normal", "uniform"], help="z ~ N(0, I), or "
-      "U[0, 1) as the authors' code draws it (G maps N(0, I) through the normal CDF)")
-    a("--d-noise", type=float, default=None, help="std of Gaussian noise on D's inputs (not in "
-      "the paper, docs/bgan.md); None: 1.5, or 0 with --mode continuous or text; 0: off")
+    a(
+        "--d-batch-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="batch norm "
+        "in D's hidden layers; it couples the importance weights across the batch (each sample's "
+        "logit then depends on the other N x M samples); None: off in the discrete modes (the "
+        "authors'), on with --mode continuous (dcgan.py's D)",
+    )
+    a(
+        "--z-prior",
+        default="normal",
+        choices=["normal", "uniform"],
+        help="z ~ N(0, I), or "
+        "U[0, 1) as the authors' code draws it (G maps N(0, I) through the normal CDF)",
+    )
+    a(
+        "--d-noise",
+        type=float,
+        default=None,
+        help="std of Gaussian noise on D's inputs (not in "
+        "the paper, docs/bgan.md); None: 1.5, or 0 with --mode continuous or text; 0: off",
+    )
     a("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN's)")
     a("--beta2", type=float, default=0.999, help="Adam beta2 (Adam's default)")
-    a("--seq-len", type=int, default=32, help="--dataset text: characters per sequence (the "
-      "authors' BILLION-WORD code's)")
-    a("--vocab-size", type=int, default=96, help="--dataset text: the most frequent characters "
-      "kept, the rest one unknown symbol (the authors' BILLION-WORD code: 192)")
-    a("--text-blocks", type=int, default=3, help="--dataset text: residual blocks in G and D "
-      "(the authors' BILLION-WORD code)")
+    a(
+        "--seq-len",
+        type=int,
+        default=32,
+        help="--dataset text: characters per sequence (the authors' BILLION-WORD code's)",
+    )
+    a(
+        "--vocab-size",
+        type=int,
+        default=96,
+        help="--dataset text: the most frequent characters "
+        "kept, the rest one unknown symbol (the authors' BILLION-WORD code: 192)",
+    )
+    a(
+        "--text-blocks",
+        type=int,
+        default=3,
+        help="--dataset text: residual blocks in G and D (the authors' BILLION-WORD code)",
+    )
     args = parse_with_resume(p, argv)
     if args.d_batch_norm is None:  # Algorithm 1 needs per-sample weights (docs/bgan.md)
         args.d_batch_norm = args.mode == "continuous"
@@ -195,7 +304,8 @@ def init_weights(m):
 
 def activation(kind, net):
     """--activation: dcgan is ReLU in G and LeakyReLU(0.2) in D (the authors')."""
-    kind = ("relu" if net == "G" else "lrelu") if kind == "dcgan" else kind
+    if kind == "dcgan":
+        kind = "relu" if net == "G" else "lrelu"
     make = {"relu": nn.ReLU, "lrelu": functools.partial(nn.LeakyReLU, 0.2), "elu": nn.ELU}[kind]
     return make(inplace=True)
 
@@ -221,16 +331,27 @@ class Generator(nn.Module):
     the pre-tanh image (continuous). ``forward(z)``: the mean in D's input space: tanh(l / 2)
     = E[2x - 1] (binary), softmax over K (quantized), tanh(l) (continuous)."""
 
-    def __init__(self, z_dim=100, image_size=32, out_channels=1, width=64, kind="binary",
-                 act="dcgan", bn_after_act=False, prior="normal"):
+    def __init__(
+        self,
+        z_dim=100,
+        image_size=32,
+        out_channels=1,
+        width=64,
+        kind="binary",
+        act="dcgan",
+        bn_after_act=False,
+        prior="normal",
+    ):
         super().__init__()
         w = widths(image_size, width)
         self.kind, self.w0, self.prior = kind, w[0], prior
         self.project = nn.Linear(z_dim, w[0] * 4 * 4, bias=False)
         layers = norm_act(w[0], activation(act, "G"), bn_after_act)
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
-                       *norm_act(cout, activation(act, "G"), bn_after_act)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                *norm_act(cout, activation(act, "G"), bn_after_act),
+            ]
         layers += [nn.ConvTranspose2d(w[-1], out_channels, 4, 2, 1)]  # no BN on G's output
         self.net = nn.Sequential(*layers)
 
@@ -250,8 +371,15 @@ class Discriminator(nn.Module):
     discrete modes' default): convs with biases and no BN, so that each sample's logit, its log
     importance weight, depends on that sample alone (the authors' use_batch_norm=False)."""
 
-    def __init__(self, image_size=32, in_channels=1, width=64, act="dcgan", bn_after_act=False,
-                 batch_norm=True):
+    def __init__(
+        self,
+        image_size=32,
+        in_channels=1,
+        width=64,
+        act="dcgan",
+        bn_after_act=False,
+        batch_norm=True,
+    ):
         super().__init__()
         w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
         layers = [nn.Conv2d(in_channels, w[0], 4, 2, 1), activation(act, "D")]
@@ -289,11 +417,18 @@ class TextBlock(nn.Module):
     def __init__(self, width, act, batch_norm=True):
         super().__init__()
         if batch_norm:
-            self.f = nn.Sequential(act, conv5(width, width), nn.BatchNorm2d(width), nn.ReLU(),
-                                   conv5(width, width), nn.BatchNorm2d(width))
+            self.f = nn.Sequential(
+                act,
+                conv5(width, width),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                conv5(width, width),
+                nn.BatchNorm2d(width),
+            )
         else:
-            self.f = nn.Sequential(act, conv5(width, width, True), nn.ReLU(),
-                                   conv5(width, width, True))
+            self.f = nn.Sequential(
+                act, conv5(width, width, True), nn.ReLU(), conv5(width, width, True)
+            )
 
     def forward(self, x):
         return x + self.f(x)
@@ -307,10 +442,15 @@ class TextGenerator(nn.Module):
     def __init__(self, z_dim, seq_len, vocab, width, blocks=3, prior="normal"):
         super().__init__()
         self.shape, self.prior = (width, 1, seq_len), prior
-        self.project = nn.Sequential(nn.Linear(z_dim, width * seq_len, bias=False),
-                                     nn.BatchNorm1d(width * seq_len))
-        self.net = nn.Sequential(*(TextBlock(width, nn.ReLU()) for _ in range(blocks)),
-                                 nn.ReLU(), conv5(width, vocab), nn.BatchNorm2d(vocab))
+        self.project = nn.Sequential(
+            nn.Linear(z_dim, width * seq_len, bias=False), nn.BatchNorm1d(width * seq_len)
+        )
+        self.net = nn.Sequential(
+            *(TextBlock(width, nn.ReLU()) for _ in range(blocks)),
+            nn.ReLU(),
+            conv5(width, vocab),
+            nn.BatchNorm2d(vocab),
+        )
 
     def logits(self, z):
         return self.net(self.project(latent(z, self.prior)).view(-1, *self.shape))
@@ -330,7 +470,8 @@ class TextDiscriminator(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(vocab, width, (1, 5), padding=(0, 2)),
             *(TextBlock(width, nn.LeakyReLU(0.2), batch_norm) for _ in range(blocks)),
-            nn.LeakyReLU(0.2))
+            nn.LeakyReLU(0.2),
+        )
         self.out = nn.Linear(width * seq_len, 1)
 
     def forward(self, x, y=None):
@@ -353,10 +494,19 @@ def build_models(args, channels, num_classes=0, num_colors=0):
         g.apply(glorot)
         d.apply(glorot)
     else:
-        g = Generator(args.z_dim, args.image_size, planes, args.g_width, kind, args.activation,
-                      args.bn_after_act, prior)
-        d = Discriminator(args.image_size, planes, args.d_width, args.activation, args.bn_after_act,
-                          d_bn)
+        g = Generator(
+            args.z_dim,
+            args.image_size,
+            planes,
+            args.g_width,
+            kind,
+            args.activation,
+            args.bn_after_act,
+            prior,
+        )
+        d = Discriminator(
+            args.image_size, planes, args.d_width, args.activation, args.bn_after_act, d_bn
+        )
         g.apply(init_weights)
         d.apply(init_weights)
     if args.spectral_norm:  # after the init: the parametrization keeps it as the "original"
@@ -379,8 +529,11 @@ def draw(logits, m, kind, generator=None):
         a = logits.detach().float()
         n, c, h, w = a.shape
         shape = (n, m, c, h, w) if kind == "binary" else (n, h, w, m)
-        u = (torch.rand(shape, generator=generator).to(a.device) if generator is not None
-             else torch.rand(shape, device=a.device))
+        u = (
+            torch.rand(shape, generator=generator).to(a.device)
+            if generator is not None
+            else torch.rand(shape, device=a.device)
+        )
         if kind == "binary":
             return (u < torch.sigmoid(a)[:, None]).float()
         cdf = torch.softmax(a, 1).cumsum(1).permute(0, 2, 3, 1).contiguous()  # (N, S, S, K)
@@ -395,8 +548,9 @@ def log_likelihood(logits, samples, kind, reduce="sum"):
     reduce="mean" divides it by the number of discrete variables."""
     a = logits.float()
     if kind == "binary":
-        ll = -F.binary_cross_entropy_with_logits(a[:, None].expand_as(samples), samples,
-                                                 reduction="none")
+        ll = -F.binary_cross_entropy_with_logits(
+            a[:, None].expand_as(samples), samples, reduction="none"
+        )
     else:
         ll = torch.log_softmax(a, 1).gather(1, samples)  # (N, K, S, S) gathered at (N, M, S, S)
     ll = ll.flatten(2)
@@ -501,8 +655,10 @@ def check_args(args):
     if args.dataset == "text" and args.mode == "continuous":
         raise UserError("--dataset text is discrete (Algorithm 1): drop --mode continuous")
     if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
-        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
+            "so use a power of two >= 8 (32, 64, 128, ...)"
+        )
 
 
 def load_data(args, run):
@@ -516,8 +672,10 @@ def load_data(args, run):
     if kind != "quantized":
         return run.dataset(), kind, None
     if args.dataset != "folder" or not args.data_path:
-        raise UserError("--data-mode quantized reads a folder written by "
-                        "tools/quantize_celeba.py: use --dataset folder --data-path DIR")
+        raise UserError(
+            "--data-mode quantized reads a folder written by "
+            "tools/quantize_celeba.py: use --dataset folder --data-path DIR"
+        )
     if args.download:
         raise UserError("--download does not apply to --dataset folder")
     if args.color_jitter:
@@ -550,17 +708,37 @@ def train(args):
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     colours = palette.float().div(127.5).sub(1).to(device) if palette is not None else None
-    grid = functools.partial(grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
-                             kind=kind, palette=colours)
+    grid = functools.partial(
+        grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0], kind=kind, palette=colours
+    )
     calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device) for i in range(4)]
-    what = {"binary": f"binarized at {args.binarize_threshold:g}; {M} samples per latent",
-            "quantized": f"{K} colours; {M} samples per latent", "continuous": "continuous",
-            "text": f"{K} characters; {M} samples per latent"}[kind]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate, note=what,
-              info={"channels": data.channels, "num_classes": 0, "kind": kind, "palette": palette})
-    G_logits, G_step, D_step = ((torch.compile(G.logits), torch.compile(G), torch.compile(D))
-                                if args.compile else (G.logits, G, D))
+    what = {
+        "binary": f"binarized at {args.binarize_threshold:g}; {M} samples per latent",
+        "quantized": f"{K} colours; {M} samples per latent",
+        "continuous": "continuous",
+        "text": f"{K} characters; {M} samples per latent",
+    }[kind]
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+        },
+        grid,
+        calibrate,
+        note=what,
+        info={"channels": data.channels, "num_classes": 0, "kind": kind, "palette": palette},
+    )
+    G_logits, G_step, D_step = (
+        (torch.compile(G.logits), torch.compile(G), torch.compile(D))
+        if args.compile
+        else (G.logits, G, D)
+    )
 
     stream = iter(batches)
     while run.step < args.steps:
@@ -598,9 +776,13 @@ def train(args):
             extra = {"ess": effective_sample_size(fake_logits, M)}
         if ema is not None:
             ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-        run.end_step(d_loss=loss_d, g_loss=loss_g,
-                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
-                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(), **extra)
+        run.end_step(
+            d_loss=loss_d,
+            g_loss=loss_g,
+            d_real=torch.sigmoid(real_logits.detach().float()).mean(),
+            d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
+            **extra,
+        )
     return run.finish()
 
 
@@ -635,8 +817,12 @@ class Generated:
                 out.append((a.argmax(1).flatten(1) if self.vocab else torch.tanh(a)).cpu())
                 continue
             if shared_noise:  # a fresh pixel generator per image: the same uniforms for each
-                s = torch.cat([draw(r, 1, self.kind, torch.Generator().manual_seed(seed + 1))
-                               for r in a.split(1)])
+                s = torch.cat(
+                    [
+                        draw(r, 1, self.kind, torch.Generator().manual_seed(seed + 1))
+                        for r in a.split(1)
+                    ]
+                )
             else:
                 s = draw(a, 1, self.kind, generator=pixels)
             out.append(decode(s[:, 0], self.kind, self.colours).float().cpu())
@@ -658,31 +844,71 @@ def sample(script, args, load_generator):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -694,11 +920,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -707,8 +942,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -761,17 +1001,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -822,8 +1073,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

@@ -44,6 +44,7 @@ Departures from the paper, and choices where it is silent:
   double backward in compiled graphs); under torchrun gradients are all-reduced explicitly.
 * ``--conditional`` (dcgan.py's cGAN) and the EMA generator are not in the paper.
 """
+
 import argparse
 import math
 import os
@@ -60,8 +61,17 @@ SCRIPT = "dragan"
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
 # --config paper: the authors' code (DRAGAN.ipynb): batch 128, z 100, Adam 1e-4 with betas
 # (0.5, 0.9), lambda 10, and a perturbation of its RMS (0.29, see --perturb-std); no EMA.
-PAPER = {"batch_size": 128, "z_dim": 100, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5,
-         "beta2": 0.9, "lambda_gp": 10.0, "perturb_std": 0.29, "ema_decay": 0.0}
+PAPER = {
+    "batch_size": 128,
+    "z_dim": 100,
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,
+    "beta1": 0.5,
+    "beta2": 0.9,
+    "lambda_gp": 10.0,
+    "perturb_std": 0.29,
+    "ema_decay": 0.0,
+}
 
 
 def auto_config(args):
@@ -75,31 +85,60 @@ def auto_config(args):
     # Its networks are MLPs: the widths are dcgan.py's 64 (soumith/dcgan.torch ngf, ndf).
     batch = max(1, 128 // seen["processes"])
     given = args.batch_size if "batch_size" in args.explicit else batch  # the batch that runs
-    return {"g_width": 64, "d_width": 64, "batch_size": batch,
-            "steps": steps_for(200_000 * 128 / 1000, given, seen["processes"])}
+    return {
+        "g_width": 64,
+        "d_width": 64,
+        "batch_size": batch,
+        "steps": steps_for(200_000 * 128 / 1000, given, seen["processes"]),
+    }
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="DRAGAN (Kodali et al. 2017)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="DRAGAN (Kodali et al. 2017)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # The authors' code (DRAGAN.ipynb): minibatch 128, z of size 100, Adam lr 1e-4 for both
     # nets. The steps are a digits default; --config auto on CUDA trains the authors' 200k.
-    add_common_args(p, batch_size=128, steps=2000, lr_g=1e-4, lr_d=1e-4, z_dim=100,
-                    sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")},
-                    configs={"auto": auto_config, "paper": PAPER})
+    add_common_args(
+        p,
+        batch_size=128,
+        steps=2000,
+        lr_g=1e-4,
+        lr_d=1e-4,
+        z_dim=100,
+        sources={k: "authors' code" for k in ("batch_size", "lr_g", "lr_d", "z_dim")},
+        configs={"auto": auto_config, "paper": PAPER},
+    )
     m = p.add_argument_group("DRAGAN")
-    m.add_argument("--lambda-gp", type=float, default=10.0,
-                   help="weight lambda of the gradient penalty (paper and authors' code)")
-    m.add_argument("--perturb-std", type=float, default=0.5, help="std (= RMS) of the Gaussian "
-                   "perturbation delta, in units of the real batch's std; the authors' code "
-                   "draws 0.5 * X.std() * U[0, 1), of RMS 0.29 = 0.5 / sqrt(3) (0.5: ~1.73x)")
-    m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "
-                   "doubled per resolution step (dcgan.py's)")
+    m.add_argument(
+        "--lambda-gp",
+        type=float,
+        default=10.0,
+        help="weight lambda of the gradient penalty (paper and authors' code)",
+    )
+    m.add_argument(
+        "--perturb-std",
+        type=float,
+        default=0.5,
+        help="std (= RMS) of the Gaussian "
+        "perturbation delta, in units of the real batch's std; the authors' code "
+        "draws 0.5 * X.std() * U[0, 1), of RMS 0.29 = 0.5 / sqrt(3) (0.5: ~1.73x)",
+    )
+    m.add_argument(
+        "--g-width",
+        type=int,
+        default=64,
+        help="channels of G's last hidden layer, doubled per resolution step (dcgan.py's)",
+    )
     m.add_argument("--d-width", type=int, default=64, help="channels of D's first layer")
     m.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (authors' code)")
     m.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (authors' code)")
-    m.add_argument("--conditional", action="store_true",
-                   help="class-conditional G and D (dcgan.py's cGAN); needs labels")
+    m.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional G and D (dcgan.py's cGAN); needs labels",
+    )
     return parse_with_resume(p, argv)
 
 
@@ -138,8 +177,11 @@ class Generator(nn.Module):
         self.project = nn.Linear(z_dim + num_classes, w[0] * 4 * 4, bias=False)
         layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # no BN on the output
         self.net = nn.Sequential(*layers)
 
@@ -160,8 +202,11 @@ class Discriminator(nn.Module):
         self.num_classes = num_classes
         layers = [nn.Conv2d(channels + num_classes, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.GroupNorm(1, cout),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
+                nn.GroupNorm(1, cout),
+                nn.LeakyReLU(0.2, True),
+            ]
         self.net = nn.Sequential(*layers)
         self.out = nn.Linear(w[-1] * 4 * 4, 1)  # a logit; the sigmoid lives in the loss
 
@@ -217,8 +262,10 @@ def check_args(args):
     from common import UserError
 
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
+            "so use a power of two >= 8 (32, 64, 128, ...)"
+        )
 
 
 def train(args):
@@ -237,10 +284,22 @@ def train(args):
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     grid = fixed_inputs(8 * nc if nc else 64, args.z_dim, nc, 1234, device)  # a row per class
     calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": nc},
-              note=f"lambda {args.lambda_gp:g}, perturbation std {args.perturb_std:g} x std(x)")
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+        },
+        grid,
+        calibrate,
+        info={"channels": data.channels, "num_classes": nc},
+        note=f"lambda {args.lambda_gp:g}, perturbation std {args.perturb_std:g} x std(x)",
+    )
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
     one = torch.ones((), device=device)
@@ -276,9 +335,13 @@ def train(args):
         # skips: logged as 0, not as a divergence (as wgan_gp.py).
         gp = gp.detach().float()
         gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
-        run.end_step(d_loss=loss_gan.detach() + args.lambda_gp * gp, g_loss=loss_g,
-                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
-                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(), gp=gp)
+        run.end_step(
+            d_loss=loss_gan.detach() + args.lambda_gp * gp,
+            g_loss=loss_g,
+            d_real=torch.sigmoid(real_logits.detach().float()).mean(),
+            d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
+            gp=gp,
+        )
     return run.finish()
 
 
@@ -294,31 +357,71 @@ def load_generator(path, device="cpu", use_ema=True):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -330,11 +433,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -343,8 +455,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -397,17 +514,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -458,8 +586,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

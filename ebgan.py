@@ -45,6 +45,7 @@ Departures from the paper, and choices where it is silent:
   D(G(z)) in G's loss come from one forward pass through D.
 * EMA generator with recalibrated batch-norm statistics, as in dcgan.py (not in the paper).
 """
+
 import argparse
 import math
 import os
@@ -61,8 +62,15 @@ SCRIPT = "ebgan"
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
 # --config paper: the MNIST experiments (Sec. 4.1: Adam 1e-3, margin 10; Sec. 4: the pulling-away
 # term at 0.1; DCGAN's z of 100 and beta1 0.5, Sec. 4.3), no EMA. The batch is not given there.
-PAPER = {"lr_g": 1e-3, "lr_d": 1e-3, "margin": 10.0, "pt_weight": 0.1, "z_dim": 100,
-         "beta1": 0.5, "ema_decay": 0.0}
+PAPER = {
+    "lr_g": 1e-3,
+    "lr_d": 1e-3,
+    "margin": 10.0,
+    "pt_weight": 0.1,
+    "z_dim": 100,
+    "beta1": 0.5,
+    "ema_decay": 0.0,
+}
 
 
 def auto_config(args):
@@ -79,8 +87,12 @@ def auto_config(args):
     # stays the global batch (each process takes its share), and as Sec. 4.3 follows DCGAN,
     # DCGAN's codes' 25 epochs (dcgan.py).
     batch = max(1, 64 // seen["processes"])
-    chosen = {"margin": 20 * args.image_size / 64, "g_width": 64, "d_width": 64,
-              "batch_size": batch}
+    chosen = {
+        "margin": 20 * args.image_size / 64,
+        "g_width": 64,
+        "d_width": 64,
+        "batch_size": batch,
+    }
     if seen["images"]:
         batch = args.batch_size if "batch_size" in args.explicit else batch  # the batch that runs
         chosen["steps"] = steps_for(25 * seen["images"] / 1000, batch, seen["processes"])
@@ -88,25 +100,52 @@ def auto_config(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="EBGAN (Zhao et al. 2017)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="EBGAN (Zhao et al. 2017)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # Adam lr 1e-3 as in the paper's MNIST grid search (Sec. 4.1); z of size 100 as in DCGAN,
     # whose guidance the conv models follow (Sec. 4.3). Batch 64 is this script's choice. The
     # steps are a digits default; --config auto on CUDA trains 25 epochs.
-    add_common_args(p, batch_size=64, steps=3200, lr_g=1e-3, lr_d=1e-3, z_dim=100,
-                    sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"},
-                    configs={"auto": auto_config, "paper": PAPER})
+    add_common_args(
+        p,
+        batch_size=64,
+        steps=3200,
+        lr_g=1e-3,
+        lr_d=1e-3,
+        z_dim=100,
+        sources={"lr_g": "Sec. 4.1", "lr_d": "Sec. 4.1", "z_dim": "DCGAN, Sec. 4.3"},
+        configs={"auto": auto_config, "paper": PAPER},
+    )
     m = p.add_argument_group("EBGAN")
-    m.add_argument("--margin", type=float, default=10.0, help="m of Eq. 1, in units of the "
-                   "energy ||Dec(Enc(x)) - x||; paper: 10 for MNIST; its appendix: 20 at 64x64 "
-                   "(LSUN, CelebA), 40 and 80 at 128x128 and 256x256 (ImageNet); --config "
-                   "auto: 10 x the image size / 28, on CUDA 20 x size / 64")
-    m.add_argument("--pt-weight", type=float, default=0.1, help="weight of the pulling-away "
-                   "term in G's loss (EBGAN-PT, Sec. 2.4; 0.1: Sec. 4); 0 is plain EBGAN")
-    m.add_argument("--g-width", type=int, default=64, help="channels of G's last hidden layer, "
-                   "doubled per resolution step (as dcgan.py)")
-    m.add_argument("--d-width", type=int, default=64, help="channels of the encoder's first "
-                   "layer, doubled per resolution step (as dcgan.py's D)")
+    m.add_argument(
+        "--margin",
+        type=float,
+        default=10.0,
+        help="m of Eq. 1, in units of the "
+        "energy ||Dec(Enc(x)) - x||; paper: 10 for MNIST; its appendix: 20 at 64x64 "
+        "(LSUN, CelebA), 40 and 80 at 128x128 and 256x256 (ImageNet); --config "
+        "auto: 10 x the image size / 28, on CUDA 20 x size / 64",
+    )
+    m.add_argument(
+        "--pt-weight",
+        type=float,
+        default=0.1,
+        help="weight of the pulling-away "
+        "term in G's loss (EBGAN-PT, Sec. 2.4; 0.1: Sec. 4); 0 is plain EBGAN",
+    )
+    m.add_argument(
+        "--g-width",
+        type=int,
+        default=64,
+        help="channels of G's last hidden layer, doubled per resolution step (as dcgan.py)",
+    )
+    m.add_argument(
+        "--d-width",
+        type=int,
+        default=64,
+        help="channels of the encoder's first layer, doubled per resolution step (as dcgan.py's D)",
+    )
     m.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN's; Sec. 4.3)")
     m.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (Adam's default)")
     return parse_with_resume(p, argv)
@@ -139,8 +178,11 @@ class Generator(nn.Module):
         self.project = nn.Linear(z_dim, w[0] * 4 * 4, bias=False)
         layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
@@ -159,12 +201,18 @@ class Discriminator(nn.Module):
         w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
         enc = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            enc += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                    nn.LeakyReLU(0.2, True)]
+            enc += [
+                nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.2, True),
+            ]
         dec = []
         for cin, cout in zip(w[:0:-1], w[-2::-1]):
-            dec += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                    nn.ReLU(True)]
+            dec += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         dec += [nn.ConvTranspose2d(w[0], channels, 4, 2, 1)]
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
 
@@ -219,17 +267,23 @@ def check_args(args):
     from common import UserError
 
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: the nets double from "
-                        "4x4, so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be built: the nets double from "
+            "4x4, so use a power of two >= 8 (32, 64, 128, ...)"
+        )
     for name in ("lr_g", "lr_d"):  # Adam's first step, lr / (1 - beta1), must fit in float32
         lr = getattr(args, name)
         if not 0 < lr / (1 - args.beta1) < torch.finfo(torch.float32).max:
-            raise UserError(f"--{name.replace('_', '-')} {lr:g} must be positive and small enough "
-                            "that Adam's step lr / (1 - beta1) is finite in float32 (else inf/NaN "
-                            "weights)")
+            raise UserError(
+                f"--{name.replace('_', '-')} {lr:g} must be positive and small enough "
+                "that Adam's step lr / (1 - beta1) is finite in float32 (else inf/NaN "
+                "weights)"
+            )
     if args.pt_weight > 0 and args.batch_size < 2:
-        raise UserError("--batch-size 1 leaves the pulling-away term undefined (it averages over "
-                        "pairs of samples); use --batch-size 2 or more, or --pt-weight 0")
+        raise UserError(
+            "--batch-size 1 leaves the pulling-away term undefined (it averages over "
+            "pairs of samples); use --batch-size 2 or more, or --pt-weight 0"
+        )
 
 
 def train(args):
@@ -247,10 +301,22 @@ def train(args):
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]  # G takes z alone
     calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"margin {args.margin:g}, PT weight {args.pt_weight:g}")
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+        },
+        grid,
+        calibrate,
+        info={"channels": data.channels, "num_classes": 0},
+        note=f"margin {args.margin:g}, PT weight {args.pt_weight:g}",
+    )
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
     stream = iter(batches)
@@ -277,10 +343,18 @@ def train(args):
             ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
 
         # f_PT is logged even at --pt-weight 0; a batch of one has no pairs.
-        pt = (pulling_away(fake_out_g[1].detach()) if real.shape[0] > 1
-              else torch.zeros((), device=device))
-        run.end_step(d_loss=loss_d, g_loss=loss_g, energy_real=real_out[0].detach().mean(),
-                     energy_fake=fake_out[0].detach().mean(), pt=pt)
+        pt = (
+            pulling_away(fake_out_g[1].detach())
+            if real.shape[0] > 1
+            else torch.zeros((), device=device)
+        )
+        run.end_step(
+            d_loss=loss_d,
+            g_loss=loss_g,
+            energy_real=real_out[0].detach().mean(),
+            energy_fake=fake_out[0].detach().mean(),
+            pt=pt,
+        )
     return run.finish()
 
 
@@ -296,31 +370,71 @@ def load_generator(path, device="cpu", use_ema=True):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -332,11 +446,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -345,8 +468,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -399,17 +527,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -460,8 +599,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

@@ -30,6 +30,7 @@ Based on dcgan.py, with wgan_gp.py's penalty. Departures (docs/progan.md has the
 * Adam's moments are reset at every phase (official code); G's step reuses D's fake batch.
 * ``--compile`` compiles G only; PixelNorm and minibatch stddev run in fp32 under --amp.
 """
+
 import argparse
 import functools
 import math
@@ -44,13 +45,36 @@ import torch.nn.functional as F
 # ============================================================ flags
 SCRIPT = "progan"
 # A tiny model for the test harness (tests/test_scripts.py): 4 steps of 16 reach a stable 8x8.
-SMOKE_ARGS = ["--fmap-base", "16", "--fmap-max", "4", "--z-dim", "8", "--stable-kimg", "0.016",
-              "--fade-kimg", "0.024"]
+SMOKE_ARGS = [
+    "--fmap-base",
+    "16",
+    "--fmap-max",
+    "4",
+    "--z-dim",
+    "8",
+    "--stable-kimg",
+    "0.016",
+    "--fade-kimg",
+    "0.024",
+]
 # --config paper: Sec. A.1 and Table 2 (800k images per phase, 512 maps at most, EMA 0.999).
-PAPER = {"fade_kimg": 800, "stable_kimg": 800, "fmap_base": 8192, "fmap_max": 512, "z_dim": 512,
-         "batch_size": 16, "lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.0, "beta2": 0.99,
-         "lambda_gp": 10.0, "eps_drift": 0.001, "mbstd_group": 4, "ema_decay": 0.999,
-         "ema_warmup": False}  # the official code's G_smoothing has no ramp-up
+PAPER = {
+    "fade_kimg": 800,
+    "stable_kimg": 800,
+    "fmap_base": 8192,
+    "fmap_max": 512,
+    "z_dim": 512,
+    "batch_size": 16,
+    "lr_g": 1e-3,
+    "lr_d": 1e-3,
+    "beta1": 0.0,
+    "beta2": 0.99,
+    "lambda_gp": 10.0,
+    "eps_drift": 0.001,
+    "mbstd_group": 4,
+    "ema_decay": 0.999,
+    "ema_warmup": False,
+}  # the official code's G_smoothing has no ramp-up
 PHASE_EPOCHS = 16  # --config auto on a CPU: passes over the data per phase ...
 CPU_KIMG = 480  # ... and at most CPU_KIMG / image_size kimg: 30 at 16x16, 15 at 32x32
 
@@ -75,12 +99,17 @@ def auto_config(args):
 # D_lrate_dict; 0.001 elsewhere, train.py TrainingSchedule's G_lrate_base).
 PRESETS = {
     1: ({4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4}, 4, {1024: 0.0015}),
-    2: ({4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}, 8,
-        {512: 0.0015, 1024: 0.002}),
-    4: ({4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16}, 16,
-        {256: 0.0015, 512: 0.002, 1024: 0.003}),
-    8: ({4: 512, 8: 256, 16: 128, 32: 64, 64: 32}, 32,
-        {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003}),
+    2: ({4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8}, 8, {512: 0.0015, 1024: 0.002}),
+    4: (
+        {4: 512, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16},
+        16,
+        {256: 0.0015, 512: 0.002, 1024: 0.003},
+    ),
+    8: (
+        {4: 512, 8: 256, 16: 128, 32: 64, 64: 32},
+        32,
+        {128: 0.0015, 256: 0.002, 512: 0.003, 1024: 0.003},
+    ),
 }
 # config.py '-fp32': max_minibatch_per_gpu, for the 16 GB GPUs of the code's README.
 MAX_PER_GPU = {256: 16, 512: 8, 1024: 4}
@@ -100,18 +129,34 @@ def per_process_batch(batch, res, processes, gpu_gib):
 def cuda_config(args, seen):
     """--config auto on CUDA: the paper's CIFAR-10 run at 32x32, else the official presets."""
     n = seen["processes"]
-    common = {"fmap_base": 8192, "fmap_max": 512, "lr_g": 1e-3, "lr_d": 1e-3,
-              "ema_decay": 0.999, "ema_warmup": False}  # Table 2; Sec. A.1; G_smoothing, no ramp
+    common = {
+        "fmap_base": 8192,
+        "fmap_max": 512,
+        "lr_g": 1e-3,
+        "lr_d": 1e-3,
+        "ema_decay": 0.999,
+        "ema_warmup": False,
+    }  # Table 2; Sec. A.1; G_smoothing, no ramp
     if seen["dataset"] == "cifar10" and args.image_size == 32:
         # Sec. 6.5's CIFAR-10 run: the authors' Theano code (original-theano-version branch,
         # config.py 'cifar-10-32x32'): 400k-image phases, minibatch 16, 20M images, narrower nets
         # (fmap_base 4096, fmap_max 128, latent 128), the stddev over the whole minibatch
         # (mbstat_avg 'all'), WGAN-GP's target 750 (iwass_target), no lr ramp-up, no mirroring.
         batch = max(1, 16 // n)
-        return {**common, "fade_kimg": 400, "stable_kimg": 400, "batch_size": batch,
-                "batch_sizes": "", "lr_sizes": "", "fmap_base": 4096, "fmap_max": 128,
-                "z_dim": 128, "mbstd_group": 0, "gp_target": 750.0,
-                "steps": steps_for(20000, batch, n)}
+        return {
+            **common,
+            "fade_kimg": 400,
+            "stable_kimg": 400,
+            "batch_size": batch,
+            "batch_sizes": "",
+            "lr_sizes": "",
+            "fmap_base": 4096,
+            "fmap_max": 128,
+            "z_dim": 128,
+            "mbstd_group": 0,
+            "gp_target": 750.0,
+            "steps": steps_for(20000, batch, n),
+        }
     # train.py TrainingSchedule: 600k images a phase; config.py: 12M images in all (total_kimg);
     # networks.py: latent nf(0) = 512, minibatch stddev in groups of 4.
     batches, base, lrates = PRESETS[max(k for k in PRESETS if k <= n)]
@@ -121,10 +166,18 @@ def cuda_config(args, seen):
     growing = stable + (len(sides) - 1) * (fade + stable)  # kimg to the end of the growing
     steps = schedule_steps(fade * 1000, stable * 1000, len(sides), lambda s: per[s] * n)
     steps += steps_for(12000 - growing, per[-1], n) if growing < 12000 else 0
-    config = {**common, "fade_kimg": fade, "stable_kimg": stable, "batch_size": per[-1],
-              "batch_sizes": ",".join(f"{r}:{b}" for r, b in zip(sides, per)),
-              "lr_sizes": ",".join(f"{r}:{lr:g}" for r, lr in lrates.items() if r in sides),
-              "z_dim": 512, "mbstd_group": 4, "gp_target": 1.0, "steps": steps}
+    config = {
+        **common,
+        "fade_kimg": fade,
+        "stable_kimg": stable,
+        "batch_size": per[-1],
+        "batch_sizes": ",".join(f"{r}:{b}" for r, b in zip(sides, per)),
+        "lr_sizes": ",".join(f"{r}:{lr:g}" for r, lr in lrates.items() if r in sides),
+        "z_dim": 512,
+        "mbstd_group": 4,
+        "gp_target": 1.0,
+        "steps": steps,
+    }
     if seen["dataset"] == "celeba":
         config["flip"] = True  # config.py's celeba line: mirror_augment = True
     return config
@@ -139,33 +192,82 @@ def positive_float(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="ProGAN (Karras et al. 2018)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="ProGAN (Karras et al. 2018)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # Sec. A.1 and Table 2; --steps 0: to the end of the growing schedule.
-    add_common_args(p, batch_size=16, steps=0, lr_g=1e-3, lr_d=1e-3, z_dim=512, ema_decay=0.99,
-                    sources={"batch_size": "Sec. A.1, up to 128x128", "lr_g": "Sec. A.1",
-                             "lr_d": "Sec. A.1", "z_dim": "Table 2", "ema_decay": "0.999"},
-                    configs={"auto": auto_config, "paper": PAPER})
-    m = p.add_argument_group("ProGAN", "--steps 0 (the default) trains to the end of the growing "
-                             "schedule; a positive --steps stops after that many G updates")
-    m.add_argument("--fade-kimg", type=float, default=None, help="kimg per fade-in (Sec. A.1: "
-                   "800); None: PHASE_EPOCHS passes over the data, at most 800")
-    m.add_argument("--stable-kimg", type=float, default=None, help="kimg to stabilise (Sec. A.1: "
-                   "800); None: PHASE_EPOCHS passes over the data, at most 800")
-    m.add_argument("--batch-sizes", default="256:12,512:4,1024:4",
-                   help="RES:BATCH,... per process, else --batch-size (Sec. A.1's 14, 6, 3, "
-                   "rounded to multiples of 4)")
-    m.add_argument("--lr-sizes", default="", help="RES:LR,... G's and D's learning rate at these "
-                   "resolutions, else --lr-g/--lr-d (official code's G_lrate_dict, D_lrate_dict)")
-    m.add_argument("--mbstd-group", type=int, default=4, help="minibatch stddev group (official "
-                   "code); 0: the whole minibatch (Sec. 3)")
-    m.add_argument("--fmap-base", type=int, default=128, help="feature maps at 2^r: "
-                   "min(fmap_base / 2^(r-1), fmap_max) (Table 2, official code: 8192)")
+    add_common_args(
+        p,
+        batch_size=16,
+        steps=0,
+        lr_g=1e-3,
+        lr_d=1e-3,
+        z_dim=512,
+        ema_decay=0.99,
+        sources={
+            "batch_size": "Sec. A.1, up to 128x128",
+            "lr_g": "Sec. A.1",
+            "lr_d": "Sec. A.1",
+            "z_dim": "Table 2",
+            "ema_decay": "0.999",
+        },
+        configs={"auto": auto_config, "paper": PAPER},
+    )
+    m = p.add_argument_group(
+        "ProGAN",
+        "--steps 0 (the default) trains to the end of the growing "
+        "schedule; a positive --steps stops after that many G updates",
+    )
+    m.add_argument(
+        "--fade-kimg",
+        type=float,
+        default=None,
+        help="kimg per fade-in (Sec. A.1: "
+        "800); None: PHASE_EPOCHS passes over the data, at most 800",
+    )
+    m.add_argument(
+        "--stable-kimg",
+        type=float,
+        default=None,
+        help="kimg to stabilise (Sec. A.1: "
+        "800); None: PHASE_EPOCHS passes over the data, at most 800",
+    )
+    m.add_argument(
+        "--batch-sizes",
+        default="256:12,512:4,1024:4",
+        help="RES:BATCH,... per process, else --batch-size (Sec. A.1's 14, 6, 3, "
+        "rounded to multiples of 4)",
+    )
+    m.add_argument(
+        "--lr-sizes",
+        default="",
+        help="RES:LR,... G's and D's learning rate at these "
+        "resolutions, else --lr-g/--lr-d (official code's G_lrate_dict, D_lrate_dict)",
+    )
+    m.add_argument(
+        "--mbstd-group",
+        type=int,
+        default=4,
+        help="minibatch stddev group (official code); 0: the whole minibatch (Sec. 3)",
+    )
+    m.add_argument(
+        "--fmap-base",
+        type=int,
+        default=128,
+        help="feature maps at 2^r: "
+        "min(fmap_base / 2^(r-1), fmap_max) (Table 2, official code: 8192)",
+    )
     m.add_argument("--fmap-max", type=int, default=64, help="most feature maps (Table 2: 512)")
     m.add_argument("--lambda-gp", type=float, default=10.0, help="WGAN-GP weight (Sec. A.1)")
-    m.add_argument("--gp-target", type=positive_float, default=1.0, help="the penalty's gradient "
-                   "norm target gamma, lambda (||g|| - gamma)^2 / gamma^2 (WGAN-GP, Sec. A.1: 1; "
-                   "the authors' CIFAR-10 run: 750)")
+    m.add_argument(
+        "--gp-target",
+        type=positive_float,
+        default=1.0,
+        help="the penalty's gradient "
+        "norm target gamma, lambda (||g|| - gamma)^2 / gamma^2 (WGAN-GP, Sec. A.1: 1; "
+        "the authors' CIFAR-10 run: 750)",
+    )
     m.add_argument("--eps-drift", type=float, default=0.001, help="drift term weight (Sec. A.1)")
     m.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (Sec. A.1)")
     m.add_argument("--beta2", type=float, default=0.99, help="Adam beta2 (Sec. A.1)")
@@ -382,8 +484,10 @@ def growth(args):
     sizes = [given.get(4 << s, args.batch_size) for s in range(n_stages)]
     for r, bs in ((4 << s, bs) for s, bs in enumerate(sizes)):
         if bs % (min(args.mbstd_group, bs) or bs):  # a group of 0: the whole batch
-            raise UserError(f"{'--batch-sizes' if r in given else '--batch-size'}: {bs} images "
-                            f"at {r}x{r} is not a multiple of --mbstd-group {args.mbstd_group}")
+            raise UserError(
+                f"{'--batch-sizes' if r in given else '--batch-size'}: {bs} images "
+                f"at {r}x{r} is not a multiple of --mbstd-group {args.mbstd_group}"
+            )
     fade, stable = (round((k or 0) * 1000) for k in (args.fade_kimg, args.stable_kimg))
     return n_stages, fade, stable, sizes
 
@@ -400,8 +504,10 @@ def by_resolution(text, flag, name, kind, example):
         except ValueError:
             res = value = 0
         if res < 4 or res & (res - 1) or not value > 0:
-            raise UserError(f"{flag} {text!r}: {item!r} is not RES:{name} with a power-of-two "
-                            f"RES >= 4 and {name} > 0 (e.g. {example})")
+            raise UserError(
+                f"{flag} {text!r}: {item!r} is not RES:{name} with a power-of-two "
+                f"RES >= 4 and {name} > 0 (e.g. {example})"
+            )
         given[res] = value
     return given
 
@@ -447,8 +553,10 @@ def check_args(args):
     from common import UserError
 
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be grown: ProGAN doubles from "
-                        "4x4, so use a power of two >= 8 (32, 64, ..., 1024)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be grown: ProGAN doubles from "
+            "4x4, so use a power of two >= 8 (32, 64, ..., 1024)"
+        )
     if args.fade_kimg == 0 and args.stable_kimg == 0:
         raise UserError("--fade-kimg and --stable-kimg are both 0: the schedule has no length")
     learning_rates(args, growth(args)[0])
@@ -463,15 +571,21 @@ def total_steps(args, n_images, world, resumed):
     if resumed is not None:
         size, was = resumed["args"]["image_size"], resumed["schedule"]
         if args.image_size != size:
-            raise UserError(f"--image-size {args.image_size} differs from the resumed run's "
-                            f"{size}: a run grows to one size; resume without --image-size")
+            raise UserError(
+                f"--image-size {args.image_size} differs from the resumed run's "
+                f"{size}: a run grows to one size; resume without --image-size"
+            )
         if schedule(was["images"], fade, stable, n_stages)[0] < was["stage"]:
             r = 4 << was["stage"]
-            raise UserError(f"the --fade-kimg/--stable-kimg given now would take the run back "
-                            f"from {r}x{r} to a lower resolution; keep the run's schedule")
+            raise UserError(
+                f"the --fade-kimg/--stable-kimg given now would take the run back "
+                f"from {r}x{r} to a lower resolution; keep the run's schedule"
+            )
     if max(sizes) > (n_images + world - 1) // world:
-        raise UserError(f"the dataset has {n_images} images, fewer than one batch of {max(sizes)}"
-                        " per process; lower --batch-size/--batch-sizes")
+        raise UserError(
+            f"the dataset has {n_images} images, fewer than one batch of {max(sizes)}"
+            " per process; lower --batch-size/--batch-sizes"
+        )
     end = schedule_steps(fade, stable, n_stages, lambda s: sizes[s] * world)
     return args.steps or end  # --steps 0: to the end of the schedule
 
@@ -499,17 +613,37 @@ def train(args):
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     # Real images shown to D (all processes), the phase, and the last step's (stage, alpha).
     sched = {"images": 0, "phase": 0, "stage": 0, "alpha": 1.0}
-    grid = functools.partial(grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
-                             sched=sched, size=args.image_size)
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches, "schedule": sched}, grid,
-              info={"channels": data.channels, "num_classes": 0}, total=total,
-              note=f"grown from 4x4 in batches of {sizes}, {args.stable_kimg:g} kimg stable + "
-                   f"{args.fade_kimg:g} kimg fade each: {total} steps")
+    grid = functools.partial(
+        grid_images,
+        z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
+        sched=sched,
+        size=args.image_size,
+    )
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+            "schedule": sched,
+        },
+        grid,
+        info={"channels": data.channels, "num_classes": 0},
+        total=total,
+        note=f"grown from 4x4 in batches of {sizes}, {args.stable_kimg:g} kimg stable + "
+        f"{args.fade_kimg:g} kimg fade each: {total} steps",
+    )
     G_step = torch.compile(G) if args.compile else G
     if args.compile and rank == 0:
-        print("note: --compile compiles G only: the critic's gradient penalty needs double "
-              "backward, which compiled graphs lack", file=sys.stderr)
+        print(
+            "note: --compile compiles G only: the critic's gradient penalty needs double "
+            "backward, which compiled graphs lack",
+            file=sys.stderr,
+        )
     one = torch.ones((), device=device)
 
     stream = iter(batches)
@@ -517,11 +651,13 @@ def train(args):
         stage, alpha, phase = schedule(sched["images"], fade_img, stable_img, n_stages)
         res = 4 << stage
         if phase != sched["phase"]:  # a fade or a stabilising phase starts: fresh Adam moments
-            opt_g.state.clear()      # (official reset_opt_for_new_lod)
+            opt_g.state.clear()  # (official reset_opt_for_new_lod)
             opt_d.state.clear()
             sched["phase"] = phase
-            run.write(f"step {run.step}, {sched['images'] / 1000:g} kimg: {res}x{res}, "
-                      f"{'fading in' if alpha < 1 else 'stabilising'}")
+            run.write(
+                f"step {run.step}, {sched['images'] / 1000:g} kimg: {res}x{res}, "
+                f"{'fading in' if alpha < 1 else 'stabilising'}"
+            )
         opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = rates[stage]
         if sizes[stage] != batches.batch_size:  # from the next epoch on
             batches.set_batch_size(sizes[stage])
@@ -557,12 +693,23 @@ def train(args):
         gp = penalty.detach().float()
         gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
         r, f = real_scores.detach().float(), fake_scores.detach().float()
-        run.end_step(images=b * world, d_loss=loss_w.detach() + args.lambda_gp * gp,
-                     g_loss=loss_g, wasserstein=r.mean() - f.mean(), d_real=r.mean(),
-                     d_fake=f.mean(), gp=gp, drift=r.square().mean(), resolution=res,
-                     alpha=alpha, kimg=sched["images"] / 1000)
-    return run.finish(f", {sched['images'] / 1000:g} kimg, at {4 << sched['stage']}x"
-                      f"{4 << sched['stage']} (alpha {sched['alpha']:.2f})")
+        run.end_step(
+            images=b * world,
+            d_loss=loss_w.detach() + args.lambda_gp * gp,
+            g_loss=loss_g,
+            wasserstein=r.mean() - f.mean(),
+            d_real=r.mean(),
+            d_fake=f.mean(),
+            gp=gp,
+            drift=r.square().mean(),
+            resolution=res,
+            alpha=alpha,
+            kimg=sched["images"] / 1000,
+        )
+    return run.finish(
+        f", {sched['images'] / 1000:g} kimg, at {4 << sched['stage']}x"
+        f"{4 << sched['stage']} (alpha {sched['alpha']:.2f})"
+    )
 
 
 # ============================================================ sampling
@@ -592,31 +739,71 @@ def load_generator(path, device="cpu", use_ema=True):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -628,11 +815,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -641,8 +837,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -695,17 +896,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -756,8 +968,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

@@ -45,6 +45,7 @@ Departures from the paper, and choices where it is silent (docs/sagan.md has the
   the paper names none, and the authors' code (ops.py) uses Xavier (Glorot) in every layer.
 * EMA generator (not in the paper): its batch-norm statistics are recomputed before use.
 """
+
 import argparse
 import math
 import os
@@ -62,9 +63,20 @@ SCRIPT = "sagan"
 SMOKE_ARGS = ["--g-width", "2", "--d-width", "2"]
 # --config paper: ImageNet at 128x128 (Sec. 5: batch 256, TTUR lrs 1e-4 and 4e-4, betas (0, 0.9),
 # 1M steps; the authors' code: z 128, widths 64, per-class gains), no EMA.
-PAPER = {"image_size": 128, "batch_size": 256, "steps": 1000000, "lr_g": 1e-4, "lr_d": 4e-4,
-         "beta1": 0.0, "beta2": 0.9, "z_dim": 128, "g_width": 64, "d_width": 64,
-         "shared_dim": 0, "ema_decay": 0.0}
+PAPER = {
+    "image_size": 128,
+    "batch_size": 256,
+    "steps": 1000000,
+    "lr_g": 1e-4,
+    "lr_d": 4e-4,
+    "beta1": 0.0,
+    "beta2": 0.9,
+    "z_dim": 128,
+    "g_width": 64,
+    "d_width": 64,
+    "shared_dim": 0,
+    "ema_decay": 0.0,
+}
 # --config auto on a CPU above 16x16 (MNIST, CIFAR-10, folders at 32x32): wider nets for fewer
 # steps, about the CPU time of the defaults at 32x32 (docs/sagan.md, "--config auto").
 CPU_32 = {"g_width": 16, "d_width": 32, "steps": 1300}
@@ -84,7 +96,8 @@ def auto_config(args):
     if gib:  # 64 images of 128x128 per tower, taken to fit 16 GiB (the README names no GPU)
         batch = max(1, min(batch, int(64 * gib / 16 * (128 / size) ** 2)))
     return {
-        "g_width": 64, "d_width": 64,  # model.py: gf_dim 64, df_dim 64
+        "g_width": 64,
+        "d_width": 64,  # model.py: gf_dim 64, df_dim 64
         "shared_dim": 0,  # per-class CBN gains and biases (generator.py, ops.py)
         "batch_size": batch,
         # 1M steps at batch 256 (README; the paper, Sec. 5): 256,000 kimg at any batch
@@ -95,34 +108,77 @@ def auto_config(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="SAGAN (Zhang et al. 2019)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="SAGAN (Zhang et al. 2019)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # Sec. 5: lr 1e-4 for G and 4e-4 for D (TTUR); z of size 128 (the authors' code). Batch 16
     # and the steps are a digits default (the paper: batch 256, 1M steps; --config auto on CUDA).
-    add_common_args(p, batch_size=16, steps=3100, lr_g=1e-4, lr_d=4e-4, z_dim=128,
-                    sources={"lr_g": "Sec. 5, TTUR", "lr_d": "Sec. 5, TTUR",
-                             "z_dim": "authors' code"},
-                    configs={"auto": auto_config, "paper": PAPER})
+    add_common_args(
+        p,
+        batch_size=16,
+        steps=3100,
+        lr_g=1e-4,
+        lr_d=4e-4,
+        z_dim=128,
+        sources={"lr_g": "Sec. 5, TTUR", "lr_d": "Sec. 5, TTUR", "z_dim": "authors' code"},
+        configs={"auto": auto_config, "paper": PAPER},
+    )
     m = p.add_argument_group("SAGAN")
-    m.add_argument("--g-width", type=int, default=8, help="G's channels at the image resolution "
-                   "(the authors' gf_dim), x16 at 4x4 for 128x128 (the paper's model: 64)")
-    m.add_argument("--d-width", type=int, default=16, help="D's channels after its first block "
-                   "(the authors' df_dim), doubling per halving (the paper's model: 64)")
-    m.add_argument("--attention-res", type=int, default=None,
-                   help="side of the feature maps that get self-attention in G and D; default "
-                   "image_size/4 (32x32 maps at 128x128, Table 1's feat32); 0: none")
-    m.add_argument("--shared-dim", type=int, default=128,
-                   help="conditional G: CBN gains and biases as linear maps of one shared class "
-                   "embedding of this size (BigGAN's); 0: per-class gains (the authors' code)")
-    m.add_argument("--unconditional", action="store_true",
-                   help="ignore labels: plain batch norm in G, no projection in D")
+    m.add_argument(
+        "--g-width",
+        type=int,
+        default=8,
+        help="G's channels at the image resolution "
+        "(the authors' gf_dim), x16 at 4x4 for 128x128 (the paper's model: 64)",
+    )
+    m.add_argument(
+        "--d-width",
+        type=int,
+        default=16,
+        help="D's channels after its first block "
+        "(the authors' df_dim), doubling per halving (the paper's model: 64)",
+    )
+    m.add_argument(
+        "--attention-res",
+        type=int,
+        default=None,
+        help="side of the feature maps that get self-attention in G and D; default "
+        "image_size/4 (32x32 maps at 128x128, Table 1's feat32); 0: none",
+    )
+    m.add_argument(
+        "--shared-dim",
+        type=int,
+        default=128,
+        help="conditional G: CBN gains and biases as linear maps of one shared class "
+        "embedding of this size (BigGAN's); 0: per-class gains (the authors' code)",
+    )
+    m.add_argument(
+        "--unconditional",
+        action="store_true",
+        help="ignore labels: plain batch norm in G, no projection in D",
+    )
     m.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (Sec. 5)")
-    m.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (Sec. 5; the authors' "
-                   "code: TF's default 0.999)")
-    m.add_argument("--attention-map", action="store_true", help="--sample: save G's attention "
-                   "over key positions for one query position, beside each image")
-    m.add_argument("--attention-query", type=int, nargs=2, default=None, metavar=("ROW", "COL"),
-                   help="--attention-map: the query position in output pixels (None: the centre)")
+    m.add_argument(
+        "--beta2",
+        type=float,
+        default=0.9,
+        help="Adam beta2 (Sec. 5; the authors' code: TF's default 0.999)",
+    )
+    m.add_argument(
+        "--attention-map",
+        action="store_true",
+        help="--sample: save G's attention "
+        "over key positions for one query position, beside each image",
+    )
+    m.add_argument(
+        "--attention-query",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("ROW", "COL"),
+        help="--attention-map: the query position in output pixels (None: the centre)",
+    )
     args = parse_with_resume(p, argv)
     if args.attention_res is None:
         args.attention_res = max(4, args.image_size // 4)
@@ -170,8 +226,10 @@ class ConditionalBatchNorm(nn.Module):
         self.num_classes = num_classes
         self.bn = nn.BatchNorm2d(c, affine=not num_classes)
         if num_classes:
-            self.gain, self.bias = (nn.Linear(shared_dim, c, bias=False) if shared_dim
-                                    else nn.Embedding(num_classes, c) for _ in range(2))
+            self.gain, self.bias = (
+                nn.Linear(shared_dim, c, bias=False) if shared_dim else nn.Embedding(num_classes, c)
+                for _ in range(2)
+            )
             nn.init.zeros_(self.gain.weight)
             nn.init.zeros_(self.bias.weight)
 
@@ -251,20 +309,33 @@ class Generator(nn.Module):
     makes ``attention_res``), BN, ReLU, 3x3 conv, tanh. Labels enter through CBN only
     (with ``shared_dim``, through one class embedding shared by every CBN)."""
 
-    def __init__(self, z_dim=128, image_size=32, channels=1, width=16, num_classes=0,
-                 attention_res=8, shared_dim=0):
+    def __init__(
+        self,
+        z_dim=128,
+        image_size=32,
+        channels=1,
+        width=16,
+        num_classes=0,
+        attention_res=8,
+        shared_dim=0,
+    ):
         super().__init__()
         w = g_widths(image_size, width)
         self.num_classes, self.w0, self.attention_res = num_classes, w[0], attention_res
-        self.shared = (nn.Embedding(num_classes, shared_dim)  # N(0, 1) init, as BigGAN
-                       if num_classes and shared_dim else None)
+        self.shared = (
+            nn.Embedding(num_classes, shared_dim)  # N(0, 1) init, as BigGAN
+            if num_classes and shared_dim
+            else None
+        )
         self.project = sn(nn.Linear(z_dim, w[0] * 4 * 4))
-        self.blocks = nn.ModuleList(GBlock(cin, cout, num_classes, shared_dim)
-                                    for cin, cout in zip(w[:-1], w[1:]))
+        self.blocks = nn.ModuleList(
+            GBlock(cin, cout, num_classes, shared_dim) for cin, cout in zip(w[:-1], w[1:])
+        )
         res = [4 * 2**i for i in range(len(w))]  # resolution after the projection and each block
         self.attention = SelfAttention(w[res.index(attention_res)]) if attention_res else None
-        self.out = nn.Sequential(nn.BatchNorm2d(w[-1]), nn.ReLU(),
-                                 sn(nn.Conv2d(w[-1], channels, 3, 1, 1)), nn.Tanh())
+        self.out = nn.Sequential(
+            nn.BatchNorm2d(w[-1]), nn.ReLU(), sn(nn.Conv2d(w[-1], channels, 3, 1, 1)), nn.Tanh()
+        )
 
     def forward(self, z, y=None):
         if self.shared is not None:
@@ -290,8 +361,11 @@ class Discriminator(nn.Module):
         blocks = [DBlock(channels, w[0], first=True)]
         blocks += [DBlock(cin, cout) for cin, cout in zip(w[:-1], w[1:])]
         self.blocks = nn.ModuleList([*blocks, DBlock(w[-1], w[-1], down=False)])
-        self.attention = (SelfAttention(w[int(math.log2(image_size // attention_res)) - 1])
-                          if attention_res else None)
+        self.attention = (
+            SelfAttention(w[int(math.log2(image_size // attention_res)) - 1])
+            if attention_res
+            else None
+        )
         self.out = sn(nn.Linear(w[-1], 1))
         # Spectrally normalised, as the authors' sn_embedding.
         self.embed = sn(nn.Embedding(num_classes, w[-1])) if num_classes else None
@@ -310,8 +384,15 @@ class Discriminator(nn.Module):
 
 
 def build_models(args, channels, num_classes):
-    g = Generator(args.z_dim, args.image_size, channels, args.g_width, num_classes,
-                  args.attention_res, args.shared_dim)
+    g = Generator(
+        args.z_dim,
+        args.image_size,
+        channels,
+        args.g_width,
+        num_classes,
+        args.attention_res,
+        args.shared_dim,
+    )
     d = Discriminator(args.image_size, channels, args.d_width, num_classes, args.attention_res)
     return g, d  # initialised in their layers (``sn``): orthogonal, then spectral norm
 
@@ -360,11 +441,15 @@ def check_args(args):
 
     s, a = args.image_size, args.attention_res
     if s < 8 or s & (s - 1):
-        raise UserError(f"--image-size {s} cannot be built: SAGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {s} cannot be built: SAGAN doubles from 4x4, "
+            "so use a power of two >= 8 (32, 64, 128, ...)"
+        )
     if a and (a < 4 or a > s // 2 or a & (a - 1)):
-        raise UserError(f"--attention-res {a} is not a feature map of a {s}x{s} model: "
-                        f"use a power of two from 4 to {s // 2}, or 0 for none")
+        raise UserError(
+            f"--attention-res {a} is not a feature map of a {s}x{s} model: "
+            f"use a power of two from 4 to {s // 2}, or 0 for none"
+        )
 
 
 def train(args):
@@ -375,8 +460,11 @@ def train(args):
     data = run.dataset()
     if not args.unconditional and not data.num_classes:  # a folder without class sub-folders
         if rank == 0:
-            print(f"warning: {args.dataset} at {args.data_path!r} has no labels; training "
-                  "unconditional (add --unconditional to silence this)", file=sys.stderr)
+            print(
+                f"warning: {args.dataset} at {args.data_path!r} has no labels; training "
+                "unconditional (add --unconditional to silence this)",
+                file=sys.stderr,
+            )
         args.unconditional = True
     nc = 0 if args.unconditional else data.num_classes
     batches = run.batches(data)
@@ -391,9 +479,22 @@ def train(args):
     calibrate = [fixed_inputs(256, args.z_dim, nc, 4321 + i, device) for i in range(4)]
     r = args.attention_res
     note = (f"{nc} classes, " if nc else "") + (f"attention at {r}x{r}" if r else "no attention")
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": nc}, note=note)
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+        },
+        grid,
+        calibrate,
+        info={"channels": data.channels, "num_classes": nc},
+        note=note,
+    )
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
     stream = iter(batches)
@@ -427,9 +528,13 @@ def train(args):
         if (run.step + 1) % args.log_every == 0 or run.step + 1 == args.steps:
             sync_spectral_norm(G, world)  # rank 0's u, v at every log: a safety net
             sync_spectral_norm(D, world)
-        run.end_step(d_loss=loss_d, g_loss=loss_g, d_real=real_scores.detach().float().mean(),
-                     d_fake=fake_scores.detach().float().mean(),
-                     attn_gamma_g=G.attention.gamma if G.attention is not None else 0.0)
+        run.end_step(
+            d_loss=loss_d,
+            g_loss=loss_g,
+            d_real=real_scores.detach().float().mean(),
+            d_fake=fake_scores.detach().float().mean(),
+            attn_gamma_g=G.attention.gamma if G.attention is not None else 0.0,
+        )
     return run.finish()
 
 
@@ -486,12 +591,16 @@ def sample(script, args, load_generator):
         return s.interpolation() if args.interpolate else s.grid()
     g, size, n = s.generate, s.generate.run.image_size, args.sample
     if g.model.attention is None:
-        raise UserError("--attention-map: this model has no attention layer "
-                        "(it was trained with --attention-res 0)")
+        raise UserError(
+            "--attention-map: this model has no attention layer "
+            "(it was trained with --attention-res 0)"
+        )
     query = args.attention_query or [size // 2, size // 2]
     if not all(0 <= q < size for q in query):
-        raise UserError(f"--attention-query {query[0]} {query[1]} lies outside the {size}x{size} "
-                        f"image; use ROW COL in 0..{size - 1}")
+        raise UserError(
+            f"--attention-query {query[0]} {query[1]} lies outside the {size}x{size} "
+            f"image; use ROW COL in 0..{size - 1}"
+        )
     nc = g.num_classes
     y = (torch.arange(n) % nc).sort().values if nc else None  # one row per class
     z = torch.randn(n, g.z_dim, generator=torch.Generator().manual_seed(args.seed))
@@ -499,39 +608,81 @@ def sample(script, args, load_generator):
     nrow = int(math.ceil(n / nc)) if nc else int(math.ceil(math.sqrt(n)))
     png = save_grid(attention_figure(x, beta, query), s.file("attention"), nrow=2 * nrow)
     r = g.model.attention_res
-    print(f"wrote {png} ({n} images, each beside G's {r}x{r} attention for the query pixel "
-          f"({query[0]}, {query[1]}), {s.which} generator)")
+    print(
+        f"wrote {png} ({n} images, each beside G's {r}x{r} attention for the query pixel "
+        f"({query[0]}, {query[1]}), {s.which} generator)"
+    )
     return png
 
 
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -543,11 +694,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -556,8 +716,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -610,17 +775,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -671,8 +847,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

@@ -41,6 +41,7 @@ Departures from the paper, and choices where it is silent (more in docs/stylegan
 * Mixed precision as StyleGAN2-ADA: only the top --fp16-res resolutions under autocast, conv
   outputs clamped to +-256. --augment: DiffAugment (Zhao et al. 2020), not in the paper.
 """
+
 import argparse
 import contextlib
 import functools
@@ -85,20 +86,57 @@ except ImportError:  # this file copied alone: plain-autograd versions of the sa
 # ============================================================ flags
 SCRIPT = "stylegan2"
 # Flags that make a tiny model, used by the test harness (tests/test_scripts.py).
-SMOKE_ARGS = ["--channel-base", "64", "--channel-max", "8", "--z-dim", "8", "--w-dim", "8",
-              "--mapping-layers", "2"]
+SMOKE_ARGS = [
+    "--channel-base",
+    "64",
+    "--channel-max",
+    "8",
+    "--z-dim",
+    "8",
+    "--w-dim",
+    "8",
+    "--mapping-layers",
+    "2",
+]
 # --config paper: config F on FFHQ at 1024x1024 (App. B: batch 32, Adam 0.002 with betas (0, 0.99),
 # R1 gamma 10 every 16 D steps, path length 2 every 4 G steps, EMA half-life 10 kimg without a
 # ramp-up; channels min(32768 / res, 512); StyleGAN: z, w of 512, 8 mapping layers, mixing 0.9).
-PAPER = {"image_size": 1024, "batch_size": 32, "lr_g": 0.002, "lr_d": 0.002, "z_dim": 512,
-         "w_dim": 512, "mapping_layers": 8, "channel_base": 32768, "channel_max": 512,
-         "r1_gamma": 10.0, "r1_every": 16, "pl_weight": 2.0, "pl_every": 4, "style_mixing": 0.9,
-         "beta1": 0.0, "beta2": 0.99, "mbstd_group": 4, "ema_kimg": 10.0, "ema_rampup": 0.0,
-         "ema_warmup": False}
+PAPER = {
+    "image_size": 1024,
+    "batch_size": 32,
+    "lr_g": 0.002,
+    "lr_d": 0.002,
+    "z_dim": 512,
+    "w_dim": 512,
+    "mapping_layers": 8,
+    "channel_base": 32768,
+    "channel_max": 512,
+    "r1_gamma": 10.0,
+    "r1_every": 16,
+    "pl_weight": 2.0,
+    "pl_every": 4,
+    "style_mixing": 0.9,
+    "beta1": 0.0,
+    "beta2": 0.99,
+    "mbstd_group": 4,
+    "ema_kimg": 10.0,
+    "ema_rampup": 0.0,
+    "ema_warmup": False,
+}
 # --config auto on a CPU: the defaults below, sized for the digits at 16x16 (docs/stylegan2.md).
-CPU = {"channel_base": 1024, "channel_max": 64, "batch_size": 16, "steps": 2250, "lr_g": 0.002,
-       "lr_d": 0.002, "r1_gamma": 10.0, "mbstd_group": 4, "ema_kimg": 10.0, "ema_rampup": 0.05,
-       "mapping_layers": 8}
+CPU = {
+    "channel_base": 1024,
+    "channel_max": 64,
+    "batch_size": 16,
+    "steps": 2250,
+    "lr_g": 0.002,
+    "lr_d": 0.002,
+    "r1_gamma": 10.0,
+    "mbstd_group": 4,
+    "ema_kimg": 10.0,
+    "ema_rampup": 0.05,
+    "mapping_layers": 8,
+}
 # On a CPU above 16x16: the 16x16 run's cost, 2250 x 68 / 127 (G + D's MFLOP per image).
 STEPS_32 = 1200
 # Memory of a training step (G, path length, D, R1) per image and per activation (r^2 x
@@ -140,12 +178,19 @@ def ada_auto(res, gpus, gib):
     batch = batch // mbstd * mbstd  # whole groups (ADA's GPU counts are powers of two)
     mb = batch * gpus
     lr = 0.002 if res >= 1024 else 0.0025  # lrate
-    return {"channel_base": base, "channel_max": 512, "batch_size": batch, "mbstd_group": mbstd,
-            "lr_g": lr, "lr_d": lr,
-            "r1_gamma": 0.0002 * res**2 / mb,  # gamma: "heuristic formula"
-            "ema_kimg": mb * 10 / 32, "ema_rampup": 0.05,  # ema, ramp
-            "mapping_layers": 2,  # map
-            "steps": steps_for(25000, batch, gpus)}  # kimg 25000
+    return {
+        "channel_base": base,
+        "channel_max": 512,
+        "batch_size": batch,
+        "mbstd_group": mbstd,
+        "lr_g": lr,
+        "lr_d": lr,
+        "r1_gamma": 0.0002 * res**2 / mb,  # gamma: "heuristic formula"
+        "ema_kimg": mb * 10 / 32,
+        "ema_rampup": 0.05,  # ema, ramp
+        "mapping_layers": 2,  # map
+        "steps": steps_for(25000, batch, gpus),
+    }  # kimg 25000
 
 
 def ada_cifar(gpus, gib):
@@ -154,31 +199,59 @@ def ada_cifar(gpus, gib):
     batch = min(max(64 // gpus, 1), max_batch(32, 32768, gib))  # mb 64
     mbstd = min(32, batch)  # mbstd 32
     batch = batch // mbstd * mbstd
-    return {"channel_base": 32768, "channel_max": 512,  # fmaps 1
-            "batch_size": batch, "mbstd_group": mbstd, "lr_g": 0.0025, "lr_d": 0.0025,  # lrate
-            "r1_gamma": 0.01, "ema_kimg": 500.0, "ema_rampup": 0.05,  # gamma, ema, ramp
-            "mapping_layers": 2,  # map
-            "pl_weight": 0.0, "style_mixing": 0.0,  # train.py: if cfg == 'cifar'
-            "steps": steps_for(100000, batch, gpus)}  # kimg 100000
+    return {
+        "channel_base": 32768,
+        "channel_max": 512,  # fmaps 1
+        "batch_size": batch,
+        "mbstd_group": mbstd,
+        "lr_g": 0.0025,
+        "lr_d": 0.0025,  # lrate
+        "r1_gamma": 0.01,
+        "ema_kimg": 500.0,
+        "ema_rampup": 0.05,  # gamma, ema, ramp
+        "mapping_layers": 2,  # map
+        "pl_weight": 0.0,
+        "style_mixing": 0.0,  # train.py: if cfg == 'cifar'
+        "steps": steps_for(100000, batch, gpus),
+    }  # kimg 100000
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="StyleGAN2 (Karras et al. 2020)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="StyleGAN2 (Karras et al. 2020)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # App. B / config F: Adam lr 0.002, 512-d z and w (its batch 32 is in PAPER). Batch 16 and the
     # steps are a digits default (docs/stylegan2.md). --ema-decay None: the half-life.
-    add_common_args(p, batch_size=16, steps=2250, lr_g=0.002, lr_d=0.002, z_dim=512,
-                    ema_decay=None, sources={"batch_size": "32, App. B, config F", "lr_g": "App. B",
-                                             "lr_d": "App. B", "z_dim": "StyleGAN Sec. 2"},
-                    configs={"auto": auto_config, "paper": PAPER})
+    add_common_args(
+        p,
+        batch_size=16,
+        steps=2250,
+        lr_g=0.002,
+        lr_d=0.002,
+        z_dim=512,
+        ema_decay=None,
+        sources={
+            "batch_size": "32, App. B, config F",
+            "lr_g": "App. B",
+            "lr_d": "App. B",
+            "z_dim": "StyleGAN Sec. 2",
+        },
+        configs={"auto": auto_config, "paper": PAPER},
+    )
     # TF32 off, as the official training_loop.py sets it ("improves numerical accuracy").
     p.set_defaults(tf32=False)
     a = p.add_argument_group("StyleGAN2").add_argument
     a("--w-dim", type=int, default=512, help="dimension of w (StyleGAN Sec. 2)")
     a("--mapping-layers", type=int, default=8, help="layers of z -> w (StyleGAN Sec. 2)")
     a("--mapping-lr-mul", type=float, default=0.01, help="its lr multiplier (StyleGAN App. C)")
-    a("--channel-base", type=int, default=1024, help="width at r: min(base / r, --channel-max); "
-      "config F: 32768 (the default is a CPU-sized model)")
+    a(
+        "--channel-base",
+        type=int,
+        default=1024,
+        help="width at r: min(base / r, --channel-max); "
+        "config F: 32768 (the default is a CPU-sized model)",
+    )
     a("--channel-max", type=int, default=64, help="channels per layer at most; config F: 512")
     a("--style-mixing", type=float, default=0.9, help="mixing probability (StyleGAN Sec. 3.1)")
     a("--r1-gamma", type=float, default=10.0, help="R1 weight gamma (App. B, FFHQ); 0: off")
@@ -191,9 +264,14 @@ def parse_args(argv=None):
     a("--beta1", type=float, default=0.0, help="Adam beta1 (App. B)")
     a("--beta2", type=float, default=0.99, help="Adam beta2 (App. B)")
     a("--ema-kimg", type=float, default=10.0, help="EMA half-life in kimg (App. B); or --ema-decay")
-    a("--ema-rampup", type=float, default=0.05, help="half-life <= this x images seen "
-      "(StyleGAN2-ADA's cfg auto/cifar; config F has no ramp-up: 0); the half-life's ramp-up, "
-      "--ema-warmup is a constant --ema-decay's")
+    a(
+        "--ema-rampup",
+        type=float,
+        default=0.05,
+        help="half-life <= this x images seen "
+        "(StyleGAN2-ADA's cfg auto/cifar; config F has no ramp-up: 0); the half-life's ramp-up, "
+        "--ema-warmup is a constant --ema-decay's",
+    )
     a("--augment", action="store_true", help="DiffAugment (Zhao et al. 2020) on D's inputs")
     a("--fp16-res", type=int, default=4, help="--amp in the k top resolutions (StyleGAN2-ADA)")
     a("--conv-clamp", type=float, default=256.0, help="with --amp: clamp to +-this (StyleGAN2-ADA)")
@@ -249,8 +327,9 @@ class MappingNetwork(nn.Module):
     def __init__(self, z_dim, w_dim, num_layers=8, lr_mul=0.01, w_avg_beta=0.995):
         super().__init__()
         dims = [z_dim] + [w_dim] * num_layers
-        self.fcs = nn.ModuleList(FullyConnected(a, b, act="lrelu", lr_mul=lr_mul)
-                                 for a, b in zip(dims[:-1], dims[1:]))
+        self.fcs = nn.ModuleList(
+            FullyConnected(a, b, act="lrelu", lr_mul=lr_mul) for a, b in zip(dims[:-1], dims[1:])
+        )
         self.w_avg_beta = w_avg_beta
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
@@ -365,18 +444,36 @@ class Generator(nn.Module):
     """Mapping network and skip synthesis network (config E/F). G(z) -> images [B, C, S, S]
     (linear output, about [-1, 1]); one w per layer input (num_ws)."""
 
-    def __init__(self, z_dim=512, w_dim=512, image_size=32, channels=1, channel_base=1024,
-                 channel_max=64, mapping_layers=8, mapping_lr_mul=0.01, fp16_res=0,
-                 conv_clamp=None):
+    def __init__(
+        self,
+        z_dim=512,
+        w_dim=512,
+        image_size=32,
+        channels=1,
+        channel_base=1024,
+        channel_max=64,
+        mapping_layers=8,
+        mapping_lr_mul=0.01,
+        fp16_res=0,
+        conv_clamp=None,
+    ):
         super().__init__()
         self.z_dim, self.w_dim = z_dim, w_dim
         self.mapping = MappingNetwork(z_dim, w_dim, mapping_layers, mapping_lr_mul)
         lowest = fp16_resolution(image_size, fp16_res)
         width = functools.partial(channels_at, base=channel_base, cmax=channel_max)
         self.blocks = nn.ModuleList(
-            SynthesisBlock(0 if r == 4 else width(r // 2), width(r), r, channels, w_dim,
-                           reduced=fp16_res > 0 and r >= lowest, clamp=conv_clamp)
-            for r in (2**i for i in range(2, int(math.log2(image_size)) + 1)))
+            SynthesisBlock(
+                0 if r == 4 else width(r // 2),
+                width(r),
+                r,
+                channels,
+                w_dim,
+                reduced=fp16_res > 0 and r >= lowest,
+                clamp=conv_clamp,
+            )
+            for r in (2**i for i in range(2, int(math.log2(image_size)) + 1))
+        )
         self.num_ws = sum(b.num_conv for b in self.blocks) + 1  # the last tRGB takes one more
 
     def synthesis(self, ws, noise_mode="random"):
@@ -398,8 +495,9 @@ class Generator(nn.Module):
         layer = torch.arange(self.num_ws, device=ws.device)[None, :, None]
         return torch.where(layer < cutoff, ws, w2)
 
-    def forward(self, z, psi=1.0, noise_mode="random", mixing=0.0, update_w_avg=False,
-                return_ws=False):
+    def forward(
+        self, z, psi=1.0, noise_mode="random", mixing=0.0, update_w_avg=False, return_ws=False
+    ):
         w = self.mapping(z, psi, update_w_avg)
         ws = self.mix(z, w.unsqueeze(1).repeat(1, self.num_ws, 1), mixing, psi)
         img = self.synthesis(ws, noise_mode)
@@ -467,15 +565,32 @@ class Discriminator(nn.Module):
     """Residual discriminator (config E/F): blocks from the image size down to 4x4, then
     minibatch stddev, a 3x3 conv, a dense layer and a linear output (the logit)."""
 
-    def __init__(self, image_size=32, channels=1, channel_base=1024, channel_max=64,
-                 mbstd_group=4, fp16_res=0, conv_clamp=None):
+    def __init__(
+        self,
+        image_size=32,
+        channels=1,
+        channel_base=1024,
+        channel_max=64,
+        mbstd_group=4,
+        fp16_res=0,
+        conv_clamp=None,
+    ):
         super().__init__()
         lowest = fp16_resolution(image_size, fp16_res)
         width = functools.partial(channels_at, base=channel_base, cmax=channel_max)
-        self.blocks = nn.Sequential(*(
-            DiscriminatorBlock(width(r), width(r // 2), channels, first=r == image_size,
-                               reduced=fp16_res > 0 and r >= lowest, clamp=conv_clamp)
-            for r in (2**i for i in range(int(math.log2(image_size)), 2, -1))))
+        self.blocks = nn.Sequential(
+            *(
+                DiscriminatorBlock(
+                    width(r),
+                    width(r // 2),
+                    channels,
+                    first=r == image_size,
+                    reduced=fp16_res > 0 and r >= lowest,
+                    clamp=conv_clamp,
+                )
+                for r in (2**i for i in range(int(math.log2(image_size)), 2, -1))
+            )
+        )
         c4 = width(4)
         self.mbstd_group = mbstd_group
         self.conv = Conv(c4 + 1, c4, 3, clamp=conv_clamp)
@@ -493,10 +608,27 @@ def build_models(args, channels, num_classes):
     amp = getattr(args, "amp", "off") != "off"
     fp16_res = args.fp16_res if amp else 0
     clamp = args.conv_clamp if amp and args.conv_clamp > 0 else None
-    g = Generator(args.z_dim, args.w_dim, args.image_size, channels, args.channel_base,
-                  args.channel_max, args.mapping_layers, args.mapping_lr_mul, fp16_res, clamp)
-    d = Discriminator(args.image_size, channels, args.channel_base, args.channel_max,
-                      args.mbstd_group, fp16_res, clamp)
+    g = Generator(
+        args.z_dim,
+        args.w_dim,
+        args.image_size,
+        channels,
+        args.channel_base,
+        args.channel_max,
+        args.mapping_layers,
+        args.mapping_lr_mul,
+        fp16_res,
+        clamp,
+    )
+    d = Discriminator(
+        args.image_size,
+        channels,
+        args.channel_base,
+        args.channel_max,
+        args.mbstd_group,
+        fp16_res,
+        clamp,
+    )
     return g, d
 
 
@@ -590,8 +722,9 @@ def lazy_adam(params, lr, betas, every):
     """Sec. 3.1 (official): with a regulariser every k steps, Adam's lr and betas are corrected
     by c = k / (k + 1), as the regularisation steps count as extra minibatches."""
     c = every / (every + 1) if every else 1.0
-    return torch.optim.Adam(params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8,
-                            fused=True), c
+    return torch.optim.Adam(
+        params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8, fused=True
+    ), c
 
 
 # ============================================================ training
@@ -599,11 +732,15 @@ def check_args(args):
     from common import UserError
 
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: StyleGAN2 doubles "
-                        "from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be built: StyleGAN2 doubles "
+            "from 4x4, so use a power of two >= 8 (32, 64, 128, ...)"
+        )
     if args.batch_size % min(args.mbstd_group, args.batch_size):
-        raise UserError(f"--batch-size {args.batch_size} is not a multiple of the minibatch-"
-                        f"stddev group (--mbstd-group {args.mbstd_group})")
+        raise UserError(
+            f"--batch-size {args.batch_size} is not a multiple of the minibatch-"
+            f"stddev group (--mbstd-group {args.mbstd_group})"
+        )
     if args.pl_weight > 0 and args.batch_size < args.pl_batch_shrink:
         raise UserError(f"--batch-size must be at least --pl-batch-shrink {args.pl_batch_shrink}")
 
@@ -627,17 +764,32 @@ def train(args):
     opt_g, _ = lazy_adam(G.parameters(), args.lr_g, betas, args.pl_every if pl_on else 0)
     opt_d, _ = lazy_adam(D.parameters(), args.lr_d, betas, args.r1_every if r1_on else 0)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    reg = {"pl_mean": torch.zeros((), device=device),  # Eq. 4's running mean a
-           "last": torch.zeros(2, device=device)}  # the last R1 and path-length penalties
+    reg = {
+        "pl_mean": torch.zeros((), device=device),  # Eq. 4's running mean a
+        "last": torch.zeros(2, device=device),
+    }  # the last R1 and path-length penalties
     grid = functools.partial(grid_images, fixed_inputs(64, args.z_dim, 0, 1234, device)[0])
     if args.compile and rank == 0:
-        print("warning: --compile ignored: R1 and path length need double backward",
-              file=sys.stderr)
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches, "regularizers": reg}, grid,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"R1 gamma {args.r1_gamma} every {args.r1_every}, "
-                   f"path length {args.pl_weight} every {args.pl_every}")
+        print(
+            "warning: --compile ignored: R1 and path length need double backward", file=sys.stderr
+        )
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+            "regularizers": reg,
+        },
+        grid,
+        info={"channels": data.channels, "num_classes": 0},
+        note=f"R1 gamma {args.r1_gamma} every {args.r1_every}, "
+        f"path length {args.pl_weight} every {args.pl_every}",
+    )
 
     stream, one = iter(batches), torch.ones((), device=device)
     aug = diff_augment if args.augment else nn.Identity()
@@ -684,14 +836,22 @@ def train(args):
             reg["last"][0] = logged(r1, args.amp)
         if ema is not None:  # after the D step (official), so the copied w_avg is the latest
             half_life = args.ema_decay is None  # App. B's, with its own ramp-up (--ema-rampup)
-            decay = ema_beta(run.step, args.batch_size * world, args.ema_kimg,
-                             args.ema_rampup) if half_life else args.ema_decay
+            decay = (
+                ema_beta(run.step, args.batch_size * world, args.ema_kimg, args.ema_rampup)
+                if half_life
+                else args.ema_decay
+            )
             ema_update(ema, G, decay, run.step, warmup=args.ema_warmup and not half_life)
 
-        run.end_step(d_loss=loss_d, g_loss=loss_g,
-                     d_real=torch.sigmoid(real_logits.detach().float()).mean(),
-                     d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
-                     r1=reg["last"][0], pl_penalty=reg["last"][1], pl_mean=reg["pl_mean"])
+        run.end_step(
+            d_loss=loss_d,
+            g_loss=loss_g,
+            d_real=torch.sigmoid(real_logits.detach().float()).mean(),
+            d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
+            r1=reg["last"][0],
+            pl_penalty=reg["last"][1],
+            pl_mean=reg["pl_mean"],
+        )
     return run.finish()
 
 
@@ -739,8 +899,10 @@ def sample(script, args, load_generator):
         z = (z * args.temperature).to(s.device)
         x = style_mixing_grid(G, z[:k], z[k:], cutoff, psi)
         png = save_grid(x, s.file("mixing"), nrow=k + 1)
-        print(f"wrote {png} (style mixing, {k}x{k}, first {cutoff} of {G.num_ws} w's from the "
-              f"top row, {s.which} generator{note})")
+        print(
+            f"wrote {png} (style mixing, {k}x{k}, first {cutoff} of {G.num_ws} w's from the "
+            f"top row, {s.which} generator{note})"
+        )
     kw = {"psi": psi, "noise_mode": "const"}  # the constant noise maps, as the training grids
     return s.interpolation(note, **kw) if args.interpolate else s.grid(note=note, **kw)
 
@@ -748,31 +910,71 @@ def sample(script, args, load_generator):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -784,11 +986,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -797,8 +1008,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -851,17 +1067,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -912,8 +1139,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

@@ -37,6 +37,7 @@ Departures from the paper, and choices where it is silent (more in docs/wgan.md)
   pixel noise in grids, recalibration and ``--sample`` comes from a seeded private RNG
   (common.run.private_rng), so it never moves the training RNG.
 """
+
 import argparse
 import math
 import os
@@ -53,8 +54,17 @@ SCRIPT = "wgan"
 SMOKE_ARGS = ["--g-width", "4", "--d-width", "4", "--n-critic-boost", "7"]
 # --config paper: the LSUN bedrooms run at 64x64 (Alg. 1: RMSProp 5e-5, m = 64, c = 0.01,
 # n_critic 5; the authors' main.py: nz 100 and 100 critic steps early and every 500th), no EMA.
-PAPER = {"image_size": 64, "batch_size": 64, "lr_g": 5e-5, "lr_d": 5e-5, "z_dim": 100,
-         "n_critic": 5, "clip": 0.01, "n_critic_boost": 100, "ema_decay": 0.0}
+PAPER = {
+    "image_size": 64,
+    "batch_size": 64,
+    "lr_g": 5e-5,
+    "lr_d": 5e-5,
+    "z_dim": 100,
+    "n_critic": 5,
+    "clip": 0.01,
+    "n_critic_boost": 100,
+    "ema_decay": 0.0,
+}
 
 
 def auto_config(args):
@@ -78,24 +88,47 @@ def auto_config(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="WGAN (Arjovsky et al. 2017)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="WGAN (Arjovsky et al. 2017)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # Alg. 1: alpha = 5e-5 (RMSProp, both nets), m = 64. The paper does not give z's size; the
     # authors' code uses nz = 100. The steps are a digits default; --config auto on CUDA trains
     # the authors' 25 epochs.
-    add_common_args(p, batch_size=64, steps=1550, lr_g=5e-5, lr_d=5e-5, z_dim=100,
-                    sources={"batch_size": "Alg. 1, m", "lr_g": "Alg. 1, alpha (RMSProp)",
-                             "lr_d": "Alg. 1", "z_dim": "authors' code, nz; dmol reference 512"},
-                    configs={"auto": auto_config, "paper": PAPER})
+    add_common_args(
+        p,
+        batch_size=64,
+        steps=1550,
+        lr_g=5e-5,
+        lr_d=5e-5,
+        z_dim=100,
+        sources={
+            "batch_size": "Alg. 1, m",
+            "lr_g": "Alg. 1, alpha (RMSProp)",
+            "lr_d": "Alg. 1",
+            "z_dim": "authors' code, nz; dmol reference 512",
+        },
+        configs={"auto": auto_config, "paper": PAPER},
+    )
     m = p.add_argument_group("WGAN").add_argument
     m("--g-width", type=int, default=64, help="channels of G's last hidden layer (authors' ngf)")
     m("--d-width", type=int, default=64, help="channels of the critic's first layer (authors' ndf)")
     m("--n-critic", type=int, default=5, help="critic steps per G step (Alg. 1)")
     m("--clip", type=float, default=0.01, help="critic weights clipped to [-c, c] (Alg. 1, c)")
-    m("--n-critic-boost", type=int, default=0, help="critic steps for the first 25 G steps and "
-      "every 500th (authors' main.py: 100; not in Alg. 1); 0: off")
-    m("--output", default="tanh", choices=["tanh", "dmol"], help="G's output: tanh (DCGAN) or a "
-      "sampled discretized mixture of logistics (the cat-faces reference)")
+    m(
+        "--n-critic-boost",
+        type=int,
+        default=0,
+        help="critic steps for the first 25 G steps and "
+        "every 500th (authors' main.py: 100; not in Alg. 1); 0: off",
+    )
+    m(
+        "--output",
+        default="tanh",
+        choices=["tanh", "dmol"],
+        help="G's output: tanh (DCGAN) or a "
+        "sampled discretized mixture of logistics (the cat-faces reference)",
+    )
     m("--mixtures", type=int, default=10, help="dmol: components per pixel (cat-faces reference)")
     return parse_with_resume(p, argv)
 
@@ -168,8 +201,11 @@ class Generator(nn.Module):
         self.project = nn.Linear(z_dim, w[0] * 4 * 4, bias=False)
         layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         if output == "dmol":
             head = LogisticMixture(channels, mixtures)
             layers += [nn.ConvTranspose2d(w[-1], head.params, 4, 2, 1), head]
@@ -190,8 +226,11 @@ class Critic(nn.Module):
         w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
         layers = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.LeakyReLU(0.2, True),
+            ]
         self.net = nn.Sequential(*layers)
         self.out = nn.Linear(w[-1] * 4 * 4, 1)
 
@@ -238,8 +277,10 @@ def check_args(args):
     from common import UserError
 
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
-        raise UserError(f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
-                        "so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be built: DCGAN doubles from 4x4, "
+            "so use a power of two >= 8 (32, 64, 128, ...)"
+        )
 
 
 def train(args):
@@ -256,10 +297,22 @@ def train(args):
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]
     calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"n_critic {args.n_critic}, clip {args.clip}")
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+        },
+        grid,
+        calibrate,
+        info={"channels": data.channels, "num_classes": 0},
+        note=f"n_critic {args.n_critic}, clip {args.clip}",
+    )
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
     stream = iter(batches)
@@ -291,9 +344,15 @@ def train(args):
         # The last critic step's values (the critic is then closest to optimal); the estimate
         # of W, E f(x) - E f(G(z)) (Sec. 4.2), is up to K. Images: those the critic consumed.
         d_real, d_fake = real_scores.detach().float().mean(), fake_scores.detach().float().mean()
-        run.end_step(images=n_c * args.batch_size * world, d_loss=loss_d, g_loss=loss_g,
-                     wasserstein=d_real - d_fake, n_critic=d_real.new_tensor(n_c),
-                     d_real=d_real, d_fake=d_fake)
+        run.end_step(
+            images=n_c * args.batch_size * world,
+            d_loss=loss_d,
+            g_loss=loss_g,
+            wasserstein=d_real - d_fake,
+            n_critic=d_real.new_tensor(n_c),
+            d_real=d_real,
+            d_fake=d_fake,
+        )
     return run.finish()
 
 
@@ -309,31 +368,71 @@ def load_generator(path, device="cpu", use_ema=True):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -345,11 +444,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -358,8 +466,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -412,17 +525,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -473,8 +597,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

@@ -44,6 +44,7 @@ Departures from the paper, and choices where it is silent (more in docs/wgan_gp.
   lr 1e-3, n_critic 5, widths 64, 96 characters (theirs, on CUDA and in paper: 64, 1e-4, 10,
   512, up to 2048). Samples show each position's likeliest character (their argmax).
 """
+
 import argparse
 import math
 import os
@@ -62,16 +63,49 @@ SMOKE_ARGS = ["--g-width", "4", "--d-width", "4"]
 # 2e-4 decayed linearly to 0 over 100k steps, betas (0, 0.9), widths 128, n_critic 5, real images
 # dequantized), no EMA; with --dataset text, the language model (gan_language.py: batch 64, lr
 # 1e-4, beta1 0.5, widths 512, n_critic 10, 200k steps; language_helpers.py's vocabulary cap).
-PAPER = {"arch": "resnet", "g_width": 128, "d_width": 128, "batch_size": 64, "lr_g": 2e-4,
-         "lr_d": 2e-4, "lr_decay": 100000, "steps": 100000, "z_dim": 128, "n_critic": 5,
-         "beta1": 0.0, "beta2": 0.9, "lambda_gp": 10.0, "dequantize": True, "ema_decay": 0.0}
-PAPER_TEXT = {"batch_size": 64, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5, "beta2": 0.9,
-              "g_width": 512, "d_width": 512, "n_critic": 10, "steps": 200000, "seq_len": 32,
-              "lambda_gp": 10.0, "vocab_size": 2048, "ema_decay": 0.0}
+PAPER = {
+    "arch": "resnet",
+    "g_width": 128,
+    "d_width": 128,
+    "batch_size": 64,
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,
+    "lr_decay": 100000,
+    "steps": 100000,
+    "z_dim": 128,
+    "n_critic": 5,
+    "beta1": 0.0,
+    "beta2": 0.9,
+    "lambda_gp": 10.0,
+    "dequantize": True,
+    "ema_decay": 0.0,
+}
+PAPER_TEXT = {
+    "batch_size": 64,
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,
+    "beta1": 0.5,
+    "beta2": 0.9,
+    "g_width": 512,
+    "d_width": 512,
+    "n_critic": 10,
+    "steps": 200000,
+    "seq_len": 32,
+    "lambda_gp": 10.0,
+    "vocab_size": 2048,
+    "ema_decay": 0.0,
+}
 # --config auto on --dataset text on a CPU: the language model's beta1 0.5, and a batch,
 # learning rate, width and length for about 5 CPU-minutes (docs/wgan_gp.md#text).
-TEXT = {"beta1": 0.5, "batch_size": 32, "lr_g": 1e-3, "lr_d": 1e-3, "g_width": 64, "d_width": 64,
-        "steps": 500}
+TEXT = {
+    "beta1": 0.5,
+    "batch_size": 32,
+    "lr_g": 1e-3,
+    "lr_d": 1e-3,
+    "g_width": 64,
+    "d_width": 64,
+    "steps": 500,
+}
 # --config auto on CUDA: the authors' code (github.com/igul222/improved_wgan_training) for the
 # data at hand, variable by variable. Not flags: "kimg", its ITERS x BATCH_SIZE / 1000, so that
 # --steps is ITERS at the code's global batch on any number of GPUs; "decay", its linear decay
@@ -80,12 +114,15 @@ CIFAR_RESNET = {  # gan_cifar_resnet.py (App. C, Table 4) with CONDITIONAL = Fal
     # it trains Table 3's supervised AC-GAN; this script, the unsupervised model): 3-channel
     # images up to 32x32
     "arch": "resnet",  # Generator / Discriminator: ResidualBlock and OptimizedResBlockDisc1
-    "g_width": 128, "d_width": 128,  # DIM_G, DIM_D
+    "g_width": 128,
+    "d_width": 128,  # DIM_G, DIM_D
     "batch_size": 64,  # BATCH_SIZE (the critic's; G's is GEN_BS_MULTIPLE 2 x it: a departure)
     "kimg": 6400,  # ITERS 100000 x BATCH_SIZE 64
-    "lr_g": 2e-4, "lr_d": 2e-4,  # LR
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,  # LR
     "decay": True,  # DECAY: LR x max(0, 1 - iteration / ITERS)
-    "beta1": 0.0, "beta2": 0.9,  # tf.train.AdamOptimizer(beta1=0., beta2=0.9)
+    "beta1": 0.0,
+    "beta2": 0.9,  # tf.train.AdamOptimizer(beta1=0., beta2=0.9)
     "n_critic": 5,  # N_CRITIC
     "lambda_gp": 10.0,  # gradient_penalty = 10 * ...
     "dequantize": True,  # all_real_data += tf.random_uniform(..., maxval=1./128)
@@ -93,22 +130,28 @@ CIFAR_RESNET = {  # gan_cifar_resnet.py (App. C, Table 4) with CONDITIONAL = Fal
 MNIST = {  # gan_mnist.py (MODE "wgan-gp"): 1-channel images up to 32x32
     "arch": "dcgan",  # its DCGAN-shaped nets (5x5 kernels, no normalization at all; ours have
     #                   4x4 kernels, batch norm in G and layer norm in the critic)
-    "g_width": 64, "d_width": 64,  # DIM
+    "g_width": 64,
+    "d_width": 64,  # DIM
     "batch_size": 50,  # BATCH_SIZE
     "kimg": 10000,  # ITERS 200000 x BATCH_SIZE 50
-    "lr_g": 1e-4, "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...), constant
-    "beta1": 0.5, "beta2": 0.9,  # AdamOptimizer(..., beta1=0.5, beta2=0.9)
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...), constant
+    "beta1": 0.5,
+    "beta2": 0.9,  # AdamOptimizer(..., beta1=0.5, beta2=0.9)
     "n_critic": 5,  # CRITIC_ITERS
     "lambda_gp": 10.0,  # LAMBDA
 }
 IMAGES_64 = {  # gan_64x64.py (MODE "wgan-gp"): 64x64 and larger
     "arch": "dcgan",  # its DCGANGenerator / DCGANDiscriminator with layer norm (its default,
     #                   GoodGenerator, is a ResNet of 8*DIM..DIM channels not built here)
-    "g_width": 64, "d_width": 64,  # DIM
+    "g_width": 64,
+    "d_width": 64,  # DIM
     "batch_size": 64,  # BATCH_SIZE
     "kimg": 12800,  # ITERS 200000 x BATCH_SIZE 64
-    "lr_g": 1e-4, "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...), constant
-    "beta1": 0.0, "beta2": 0.9,  # AdamOptimizer(..., beta1=0., beta2=0.9)
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...), constant
+    "beta1": 0.0,
+    "beta2": 0.9,  # AdamOptimizer(..., beta1=0., beta2=0.9)
     "n_critic": 5,  # CRITIC_ITERS
     "lambda_gp": 10.0,  # LAMBDA
 }
@@ -116,9 +159,12 @@ LANGUAGE = {  # gan_language.py: --dataset text
     "batch_size": 64,  # BATCH_SIZE
     "kimg": 12800,  # ITERS 200000 x BATCH_SIZE 64
     "seq_len": 32,  # SEQ_LEN
-    "g_width": 512, "d_width": 512,  # DIM
-    "lr_g": 1e-4, "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...)
-    "beta1": 0.5, "beta2": 0.9,  # AdamOptimizer(..., beta1=0.5, beta2=0.9)
+    "g_width": 512,
+    "d_width": 512,  # DIM
+    "lr_g": 1e-4,
+    "lr_d": 1e-4,  # AdamOptimizer(learning_rate=1e-4, ...)
+    "beta1": 0.5,
+    "beta2": 0.9,  # AdamOptimizer(..., beta1=0.5, beta2=0.9)
     "n_critic": 10,  # CRITIC_ITERS
     "lambda_gp": 10.0,  # LAMBDA
     "vocab_size": 2048,  # language_helpers.load_dataset(max_vocab_size=2048)
@@ -167,30 +213,64 @@ def paper_config(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="WGAN-GP (Gulrajani et al. 2017)",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="WGAN-GP (Gulrajani et al. 2017)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     # Steps: a digits default; the paper trains for 100k-200k steps.
-    add_common_args(p, batch_size=64, steps=930, lr_g=1e-4, lr_d=1e-4, z_dim=128,
-                    sources={"batch_size": "App. C", "lr_g": "Alg. 1, alpha", "lr_d": "Alg. 1",
-                             "z_dim": "Table 4"},
-                    configs={"auto": auto_config, "paper": paper_config})
+    add_common_args(
+        p,
+        batch_size=64,
+        steps=930,
+        lr_g=1e-4,
+        lr_d=1e-4,
+        z_dim=128,
+        sources={
+            "batch_size": "App. C",
+            "lr_g": "Alg. 1, alpha",
+            "lr_d": "Alg. 1",
+            "z_dim": "Table 4",
+        },
+        configs={"auto": auto_config, "paper": paper_config},
+    )
     m = p.add_argument_group("WGAN-GP").add_argument
     m("--arch", default="dcgan", choices=["dcgan", "resnet"], help="dcgan.py's or App. C's nets")
-    m("--g-width", type=int, default=None, help="G's channels: dcgan, of the last hidden layer "
-      "(default 64, the authors' gan_64x64.py); resnet, of every block (default 128, Table 4)")
+    m(
+        "--g-width",
+        type=int,
+        default=None,
+        help="G's channels: dcgan, of the last hidden layer "
+        "(default 64, the authors' gan_64x64.py); resnet, of every block (default 128, Table 4)",
+    )
     m("--d-width", type=int, default=None, help="the critic's (dcgan: first layer), as --g-width")
     m("--n-critic", type=int, default=5, help="critic steps per G step (Alg. 1)")
     m("--lambda-gp", type=float, default=10.0, help="penalty weight lambda (Alg. 1, Eq. 3)")
     m("--beta1", type=float, default=0.0, help="Adam beta1 (Alg. 1; text: 0.5)")
     m("--beta2", type=float, default=0.9, help="Adam beta2 (Alg. 1)")
-    m("--lr-decay", type=int, default=0, metavar="N", help="decay both learning rates linearly "
-      "to 0 over N G steps (App. C's ResNet run: 100000); 0: constant")
-    m("--dequantize", action=argparse.BooleanOptionalAction, default=None, help="add U[0, "
-      "1/128) to real images, spreading each 8-bit level over its bin (the authors' "
-      "gan_cifar_resnet.py); default: on with --arch resnet")
+    m(
+        "--lr-decay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="decay both learning rates linearly "
+        "to 0 over N G steps (App. C's ResNet run: 100000); 0: constant",
+    )
+    m(
+        "--dequantize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add U[0, "
+        "1/128) to real images, spreading each 8-bit level over its bin (the authors' "
+        "gan_cifar_resnet.py); default: on with --arch resnet",
+    )
     m("--seq-len", type=int, default=32, help="--dataset text: characters per sequence (paper)")
-    m("--vocab-size", type=int, default=96, help="--dataset text: the most frequent characters "
-      "kept, the rest one unknown symbol (language_helpers.py: 2048)")
+    m(
+        "--vocab-size",
+        type=int,
+        default=96,
+        help="--dataset text: the most frequent characters "
+        "kept, the rest one unknown symbol (language_helpers.py: 2048)",
+    )
     args = parse_with_resume(p, argv)
     for k in ("g_width", "d_width"):  # the paper's width for the chosen architecture
         if getattr(args, k) is None:
@@ -226,8 +306,11 @@ class Generator(nn.Module):
         self.project = nn.Linear(z_dim, w[0] * 4 * 4, bias=False)
         layers = [nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+            ]
         layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # no BN (Sec. 3)
         self.net = nn.Sequential(*layers)
 
@@ -244,8 +327,11 @@ class Critic(nn.Module):
         w = widths(image_size, width)[::-1]  # [image_size/2, ..., 4x4]
         layers = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
         for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.GroupNorm(1, cout),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(cin, cout, 4, 2, 1, bias=False),
+                nn.GroupNorm(1, cout),
+                nn.LeakyReLU(0.2, True),
+            ]
         self.net = nn.Sequential(*layers)
         self.out = nn.Linear(w[-1] * 4 * 4, 1)
 
@@ -294,8 +380,13 @@ class ResNetGenerator(nn.Module):
         self.width = width
         self.project = glorot(nn.Linear(z_dim, width * 4 * 4))
         up = [ResBlock(width, width, "up", bn=True) for _ in range(int(math.log2(image_size)) - 2)]
-        self.net = nn.Sequential(*up, nn.BatchNorm2d(width), nn.ReLU(),
-                                 glorot(nn.Conv2d(width, channels, 3, 1, 1)), nn.Tanh())
+        self.net = nn.Sequential(
+            *up,
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            glorot(nn.Conv2d(width, channels, 3, 1, 1)),
+            nn.Tanh(),
+        )
 
     def forward(self, z):
         return self.net(self.project(z).view(-1, self.width, 4, 4))
@@ -308,8 +399,12 @@ class ResNetCritic(nn.Module):
     def __init__(self, image_size=32, channels=3, width=128):
         super().__init__()
         downs = [ResBlock(width, width, "down") for _ in range(int(math.log2(image_size)) - 4)]
-        self.net = nn.Sequential(ResBlock(channels, width, "down", first=True), *downs,
-                                 ResBlock(width, width), ResBlock(width, width))
+        self.net = nn.Sequential(
+            ResBlock(channels, width, "down", first=True),
+            *downs,
+            ResBlock(width, width),
+            ResBlock(width, width),
+        )
         self.out = glorot(nn.Linear(width, 1))
 
     def forward(self, x):
@@ -322,8 +417,9 @@ class TextBlock(nn.Module):
 
     def __init__(self, width):
         super().__init__()
-        self.c1, self.c2 = (glorot(nn.Conv2d(width, width, (1, 5), padding=(0, 2)), math.sqrt(2))
-                            for _ in range(2))
+        self.c1, self.c2 = (
+            glorot(nn.Conv2d(width, width, (1, 5), padding=(0, 2)), math.sqrt(2)) for _ in range(2)
+        )
 
     def forward(self, x):
         return x + 0.3 * self.c2(F.relu(self.c1(F.relu(x))))
@@ -338,8 +434,9 @@ class TextGenerator(nn.Module):
         super().__init__()
         self.shape = (width, 1, seq_len)
         self.project = glorot(nn.Linear(z_dim, width * seq_len))
-        self.net = nn.Sequential(*(TextBlock(width) for _ in range(5)),
-                                 glorot(nn.Conv2d(width, vocab, 1), math.sqrt(2)))
+        self.net = nn.Sequential(
+            *(TextBlock(width) for _ in range(5)), glorot(nn.Conv2d(width, vocab, 1), math.sqrt(2))
+        )
 
     def forward(self, z):
         return torch.softmax(self.net(self.project(z).view(-1, *self.shape)).float(), 1)
@@ -351,8 +448,9 @@ class TextCritic(nn.Module):
 
     def __init__(self, seq_len, vocab, width):
         super().__init__()
-        self.net = nn.Sequential(glorot(nn.Conv2d(vocab, width, 1), math.sqrt(2)),
-                                 *(TextBlock(width) for _ in range(5)))
+        self.net = nn.Sequential(
+            glorot(nn.Conv2d(vocab, width, 1), math.sqrt(2)), *(TextBlock(width) for _ in range(5))
+        )
         self.out = glorot(nn.Linear(width * seq_len, 1))
 
     def forward(self, x):
@@ -361,11 +459,15 @@ class TextCritic(nn.Module):
 
 def build_models(args, channels, num_classes):
     if args.dataset == "text":  # channels: the vocabulary
-        return (TextGenerator(args.z_dim, args.seq_len, channels, args.g_width),
-                TextCritic(args.seq_len, channels, args.d_width))
+        return (
+            TextGenerator(args.z_dim, args.seq_len, channels, args.g_width),
+            TextCritic(args.seq_len, channels, args.d_width),
+        )
     if args.arch == "resnet":  # initialised in their constructors, as the authors' code
-        return (ResNetGenerator(args.z_dim, args.image_size, channels, args.g_width),
-                ResNetCritic(args.image_size, channels, args.d_width))
+        return (
+            ResNetGenerator(args.z_dim, args.image_size, channels, args.g_width),
+            ResNetCritic(args.image_size, channels, args.d_width),
+        )
     g = Generator(args.z_dim, args.image_size, channels, args.g_width)
     d = Critic(args.image_size, channels, args.d_width)
     g.apply(init_weights)
@@ -406,8 +508,10 @@ def check_args(args):
     from common import UserError
 
     if args.dataset != "text" and (args.image_size < 8 or args.image_size & (args.image_size - 1)):
-        raise UserError(f"--image-size {args.image_size} cannot be built: both architectures "
-                        "double from 4x4, so use a power of two >= 8 (32, 64, 128, ...)")
+        raise UserError(
+            f"--image-size {args.image_size} cannot be built: both architectures "
+            "double from 4x4, so use a power of two >= 8 (32, 64, 128, ...)"
+        )
     if args.dataset == "text" and args.dequantize:
         raise UserError("--dequantize is for 8-bit images; leave it out with --dataset text")
 
@@ -436,14 +540,29 @@ def train(args):
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     grid = fixed_inputs(64, args.z_dim, 0, 1234, device)[:1]
     calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device)[:1] for i in range(4)]
-    run.start({"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler_g": scaler_g,
-               "scaler_d": scaler_d, "batches": batches}, grid, calibrate,
-              info={"channels": data.channels, "num_classes": 0},
-              note=f"n_critic {args.n_critic}, lambda {args.lambda_gp}")
+    run.start(
+        {
+            "G": G,
+            "D": D,
+            "ema": ema,
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+            "scaler_g": scaler_g,
+            "scaler_d": scaler_d,
+            "batches": batches,
+        },
+        grid,
+        calibrate,
+        info={"channels": data.channels, "num_classes": 0},
+        note=f"n_critic {args.n_critic}, lambda {args.lambda_gp}",
+    )
     G_step, D_step = (torch.compile(G), D) if args.compile else (G, D)
     if args.compile and rank == 0:
-        print("note: --compile compiles G only: the critic's gradient penalty needs double "
-              "backward, which compiled graphs lack", file=sys.stderr)
+        print(
+            "note: --compile compiles G only: the critic's gradient penalty needs double "
+            "backward, which compiled graphs lack",
+            file=sys.stderr,
+        )
 
     one = torch.ones((), device=device)
     stream = iter(batches)
@@ -459,7 +578,8 @@ def train(args):
             if args.dequantize:
                 real = dequantize(real)
             real = (one_hot(real, data.channels) if text else real).contiguous(
-                memory_format=torch.channels_last)
+                memory_format=torch.channels_last
+            )
             z = torch.randn(real.shape[0], args.z_dim, device=device)
             with torch.no_grad(), autocast(device, args.amp):
                 fake = G_step(z)
@@ -486,9 +606,15 @@ def train(args):
         gp = penalty.detach().float()
         gp = gp.nan_to_num(0.0, 0.0, 0.0) if args.amp == "fp16" else gp
         d_real, d_fake = real_scores.detach().float().mean(), fake_scores.detach().float().mean()
-        run.end_step(images=args.n_critic * args.batch_size * world,
-                     d_loss=loss_w.detach().float() + args.lambda_gp * gp, g_loss=loss_g,
-                     wasserstein=d_real - d_fake, d_real=d_real, d_fake=d_fake, gp=gp)
+        run.end_step(
+            images=args.n_critic * args.batch_size * world,
+            d_loss=loss_w.detach().float() + args.lambda_gp * gp,
+            g_loss=loss_g,
+            wasserstein=d_real - d_fake,
+            d_real=d_real,
+            d_fake=d_fake,
+            gp=gp,
+        )
     return run.finish()
 
 
@@ -504,31 +630,71 @@ def load_generator(path, device="cpu", use_ema=True):
 # ============================================================ shared: command line
 # What --config auto knows of the named datasets without their files (--dry-run): training
 # images, side in pixels (CelebA: the 108-pixel face crop of common/data.py), channels.
-KNOWN_DATA = {"digits": (1797, 8, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
-              "cifar10": (50000, 32, 3), "celeba": (202599, 108, 3)}
+KNOWN_DATA = {
+    "digits": (1797, 8, 1),
+    "mnist": (60000, 28, 1),
+    "fashion-mnist": (60000, 28, 1),
+    "cifar10": (50000, 32, 3),
+    "celeba": (202599, 108, 3),
+}
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, ema_decay=0.999,
-                    sources=None, configs=None):
+def add_common_args(
+    p,
+    *,
+    batch_size,
+    steps,
+    lr_g,
+    lr_d,
+    z_dim,
+    image_size=32,
+    ema_decay=0.999,
+    sources=None,
+    configs=None,
+):
     """The flags that mean the same in every script, with the paper's values and ``sources``.
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
     a = p.add_argument_group("common (the same in every script)").add_argument
-    a("--config", default="auto", choices=list(p.configs), help="values of the flags not given; "
-      + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()))
-    a("--dry-run", action="store_true", help="print the resolved settings (and what --config "
-      "auto saw) and exit")
-    a("--assume", default=None, type=hardware_spec, metavar="DEVICE[:N[:GIB]]", help="--config "
-      "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)")
-    a("--dataset", default="digits", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
-      help="training data (digits: embedded; text: characters)")
+    a(
+        "--config",
+        default="auto",
+        choices=list(p.configs),
+        help="values of the flags not given; "
+        + "; ".join(f"{k}: {config_help(c)}" for k, c in p.configs.items()),
+    )
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings (and what --config auto saw) and exit",
+    )
+    a(
+        "--assume",
+        default=None,
+        type=hardware_spec,
+        metavar="DEVICE[:N[:GIB]]",
+        help="--config "
+        "auto as if on this hardware: cpu, cuda, cuda:8 (8 processes), cuda:8:40 (40 GiB each)",
+    )
+    a(
+        "--dataset",
+        default="digits",
+        type=dataset_name,
+        metavar="{" + ",".join(DATASETS) + "}",
+        help="training data (digits: embedded; text: characters)",
+    )
     a("--data-path", default=None, help="the dataset's folder, an image folder, or text files")
     a("--download", action="store_true", help="download the dataset into --data-path first")
-    a("--image-size", type=int, default=image_size, help="training resolution (a power of two; "
-      "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)")
+    a(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="training resolution (a power of two; "
+        "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
+    )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
     a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
@@ -540,11 +706,20 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    a("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-      help="mixed precision; auto: bf16 where the hardware has it natively, else off")
+    a(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision; auto: bf16 where the hardware has it natively, else off",
+    )
     a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
-    a("--ema-warmup", action=argparse.BooleanOptionalAction, default=True, help="cap the EMA "
-      "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0")
+    a(
+        "--ema-warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cap the EMA "
+        "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
+    )
     a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
     a("--sample-every", type=int, default=100, help="steps between sample grids")
     a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
@@ -553,8 +728,13 @@ def add_common_args(p, *, batch_size, steps, lr_g, lr_d, z_dim, image_size=32, e
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
-    a("--tf32", action=argparse.BooleanOptionalAction, default=True, help="CUDA: TF32 matmuls "
-      "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32")
+    a(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CUDA: TF32 matmuls "
+        "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
+    )
     a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
     a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
@@ -607,17 +787,28 @@ def auto_inputs(args):
         device, processes, gib = args.assume
     else:
         cuda = args.device.startswith("cuda") or (
-            args.device == "auto" and torch.cuda.is_available())
+            args.device == "auto" and torch.cuda.is_available()
+        )
         device, processes = ("cuda" if cuda else "cpu"), int(os.environ.get("WORLD_SIZE", 1))
         gib = 0.0
         if cuda and torch.cuda.is_available():
-            gib = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     images, side, channels = KNOWN_DATA.get(args.dataset, (None, None, args.channels))
     if args.dataset == "folder" and args.data_path and os.path.isdir(args.data_path):
-        images = sum(f.lower().endswith(IMAGE_FILES)
-                     for _, _, files in os.walk(args.data_path) for f in files)
-    return {"device": device, "processes": processes, "gpu_gib": round(gib, 1),
-            "dataset": args.dataset, "images": images, "side": side, "channels": channels}
+        images = sum(
+            f.lower().endswith(IMAGE_FILES)
+            for _, _, files in os.walk(args.data_path)
+            for f in files
+        )
+    return {
+        "device": device,
+        "processes": processes,
+        "gpu_gib": round(gib, 1),
+        "dataset": args.dataset,
+        "images": images,
+        "side": side,
+        "channels": channels,
+    }
 
 
 def steps_for(kimg, batch, processes):
@@ -668,8 +859,9 @@ def setup_distributed(device):
 
     rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     world = max(world, 1)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda, but CUDA is not available; use --device cpu")

@@ -9,6 +9,7 @@ save keeps the previous one whole.
 This module imports nothing else of ``common`` but ``UserError``, so that ``common.run``
 and ``common.evaluation`` can both use it without importing each other.
 """
+
 import contextlib
 import glob
 import json
@@ -36,8 +37,10 @@ def new_run_dir(script, out=None, restart=False):
         raise UserError(f"--out {out!r} is a file, not a folder; choose another --out")
     if os.path.isdir(out) and os.listdir(out):
         if not (restart and os.path.exists(os.path.join(out, "args.json"))):
-            raise UserError(f"run directory {out!r} already exists and is not empty; resume it "
-                            f"with --resume auto --out {out}, or choose another --out")
+            raise UserError(
+                f"run directory {out!r} already exists and is not empty; resume it "
+                f"with --resume auto --out {out}, or choose another --out"
+            )
         for old in glob.glob(os.path.join(out, "samples", "step_*.png")):
             os.remove(old)
         remove_stale(out)
@@ -61,20 +64,27 @@ def find_checkpoint(script, resume, out=_SAMPLING):
     sampling = out is _SAMPLING
     out = None if sampling else out
     if resume == "auto":
-        pattern = (os.path.join(out, "checkpoints", "last.pt") if out
-                   else os.path.join("runs", script, "*", "checkpoints", "last.pt"))
+        pattern = (
+            os.path.join(out, "checkpoints", "last.pt")
+            if out
+            else os.path.join("runs", script, "*", "checkpoints", "last.pt")
+        )
         found = sorted(glob.glob(pattern), key=os.path.getmtime)
         if not found and sampling:
-            raise UserError(f"--checkpoint auto found no checkpoint ({pattern}); train a run "
-                            "first, or give --checkpoint a .pt file or a run directory")
+            raise UserError(
+                f"--checkpoint auto found no checkpoint ({pattern}); train a run "
+                "first, or give --checkpoint a .pt file or a run directory"
+            )
         if not found:
-            raise UserError(f"--resume auto found no checkpoint ({pattern}); "
-                            "start a new run without --resume")
+            raise UserError(
+                f"--resume auto found no checkpoint ({pattern}); start a new run without --resume"
+            )
         return found[-1]
     path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {resume!r} not found; "
-                        "give a .pt file, a run directory, or auto")
+        raise UserError(
+            f"checkpoint {resume!r} not found; give a .pt file, a run directory, or auto"
+        )
     return path
 
 
@@ -120,8 +130,11 @@ def save_checkpoint(path, state, links=()):
     except OSError as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        good = (f"the last good checkpoint is {path}" if os.path.exists(path)
-                else "no checkpoint had been written yet")
+        good = (
+            f"the last good checkpoint is {path}"
+            if os.path.exists(path)
+            else "no checkpoint had been written yet"
+        )
         raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}; {good}") from None
 
 
@@ -147,12 +160,16 @@ def load_checkpoint(path, script, device="cpu"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path!r} ({type(e).__name__}); "
-                        "is it a checkpoint of this project?") from None
+        raise UserError(
+            f"cannot read checkpoint {path!r} ({type(e).__name__}); "
+            "is it a checkpoint of this project?"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("script") != script:
         other = ckpt.get("script") if isinstance(ckpt, dict) else None
-        raise UserError(f"{path!r} is a checkpoint of {other or 'something else'}, "
-                        f"not {script}.py; use {other or 'the matching'}.py with it")
+        raise UserError(
+            f"{path!r} is a checkpoint of {other or 'something else'}, "
+            f"not {script}.py; use {other or 'the matching'}.py with it"
+        )
     return ckpt
 
 
@@ -162,15 +179,20 @@ def load_state(module, state, what):
         module.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
-        raise UserError(f"the checkpoint's {what} does not fit the model built from these flags "
-                        f"({first}); keep the run's model flags") from None
+        raise UserError(
+            f"the checkpoint's {what} does not fit the model built from these flags "
+            f"({first}); keep the run's model flags"
+        ) from None
 
 
 def last_good(out):
     """Where the last good checkpoint is, for the message that stops a diverged run."""
     path = os.path.join(out or ".", "checkpoints", "last.pt")
-    return (f"the last good checkpoint is {path}" if os.path.exists(path)
-            else "no checkpoint had been written yet")
+    return (
+        f"the last good checkpoint is {path}"
+        if os.path.exists(path)
+        else "no checkpoint had been written yet"
+    )
 
 
 def rng_state():
@@ -179,8 +201,12 @@ def rng_state():
     py = random.getstate()
     return {
         "python": list(py[1]) + [py[2]],
-        "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

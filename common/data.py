@@ -415,6 +415,7 @@ def augment(x, generator, flip=False, color_jitter=0.0):
         m = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(n, 1, 1, 1)
         x = torch.where(m, x.flip(-1), x)
     if color_jitter > 0:
+
         def u():  # a random factor per image in [1 - strength, 1 + strength]
             r = 1 + color_jitter * (2 * torch.rand(n, generator=generator) - 1)
             return r.to(x.device).view(n, 1, 1, 1)

@@ -201,8 +201,12 @@ def knn_recall(fake, real, k=3):
     is the distance to its ``k``-th nearest other fake feature (torch-fidelity's definition)."""
     fake, real = torch.as_tensor(fake).double(), torch.as_tensor(real).double()
     # in chunks of 500 rows, so that 50,000 samples need no 20 GB distance matrix
-    radii = torch.cat([torch.cdist(f, fake).kthvalue(k + 1, dim=1).values  # +1: itself
-                       for f in fake.split(500)])
+    radii = torch.cat(
+        [
+            torch.cdist(f, fake).kthvalue(k + 1, dim=1).values  # +1: itself
+            for f in fake.split(500)
+        ]
+    )
     inside = torch.cat([(torch.cdist(r, fake) <= radii).any(1) for r in real.split(500)])
     return float(inside.double().mean())
 
@@ -483,13 +487,11 @@ def evaluate(
 
     import torch_fidelity
 
-
-    warnings.filterwarnings(
-        "ignore", message="This DataLoader will create"
-    )  # torch-fidelity's loader on a 2-core machine
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
+    # torch-fidelity's loader on a 2-core machine
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     text = text_checkpoint(source)
     if text is not None:
         return evaluate_text(text, num_samples, seed, use_ema, device)
@@ -497,11 +499,9 @@ def evaluate(
     fake, gen_info = generated_images(source, num_samples, seed, use_ema, device, image_size)
     dataset = dataset or gen_info.get("dataset") or "digits"
     data_path = data_path if data_path is not None else gen_info.get("data_path")
-    kind = (
-        ("digits" if dataset == "digits" else "inception")
-        if feature_extractor == "auto"
-        else feature_extractor
-    )
+    kind = feature_extractor
+    if kind == "auto":
+        kind = "digits" if dataset == "digits" else "inception"
     module_and_args = gen_info.pop("as_trained", None)
     real, real_info = real_images(dataset, data_path, fake.shape[-1], fake.shape[1], num_real, seed)
     if module_and_args is not None and dataset == gen_info.get("dataset"):  # compare like with like
@@ -580,7 +580,8 @@ def evaluate(
     if kind == "digits":
         protocol["within_class_spread"] = (
             "mean over covered classes of the generated over the real RMS distance to the "
-            "class mean, in the same features; classes: the classifier's predictions")
+            "class mean, in the same features; classes: the classifier's predictions"
+        )
     return {"metrics": result, "protocol": protocol}
 
 
@@ -606,20 +607,39 @@ def evaluate_text(path, num_samples, seed, use_ema, device):
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     run = ckpt["args"]
     generate = load_script(ckpt["script"]).load_generator(path, device, use_ema=use_ema)
-    ids = torch.cat([generate(z=None, n=min(500, num_samples - i), seed=seed + i)
-                     for i in range(0, num_samples, 500)])
+    ids = torch.cat(
+        [
+            generate(z=None, n=min(500, num_samples - i), seed=seed + i)
+            for i in range(0, num_samples, 500)
+        ]
+    )
     data = TextData(run.get("data_path"), run["seq_len"], vocab=ckpt["vocab"])
     texts, real = data.decode(ids), data.windows(len(ids), seed)
     floor = text_metrics(real, data)
     protocol = {
-        "generated": {"checkpoint": path, "script": ckpt["script"], "step": ckpt["step"],
-                      "generator": "EMA" if generate.used_ema else "raw", "seed": seed,
-                      "dataset": "text", "num_generated": len(texts), "seq_len": run["seq_len"]},
-        "real": {"dataset": "text", "source": data.source, "characters": len(data.text),
-                 "vocabulary": data.channels, "real_vs_real": floor},
+        "generated": {
+            "checkpoint": path,
+            "script": ckpt["script"],
+            "step": ckpt["step"],
+            "generator": "EMA" if generate.used_ema else "raw",
+            "seed": seed,
+            "dataset": "text",
+            "num_generated": len(texts),
+            "seq_len": run["seq_len"],
+        },
+        "real": {
+            "dataset": "text",
+            "source": data.source,
+            "characters": len(data.text),
+            "vocabulary": data.channels,
+            "real_vs_real": floor,
+        },
         "feature_extractor": {"name": "character n-grams (Rajeswar et al. 2017)"},
         "torch": torch.__version__,
         "seconds": round(time.time() - t0, 1),
     }
-    return {"metrics": text_metrics(texts, data), "protocol": protocol,
-            "samples": {"generated": texts[:10], "real": real[:10]}}  # the first, unpicked
+    return {
+        "metrics": text_metrics(texts, data),
+        "protocol": protocol,
+        "samples": {"generated": texts[:10], "real": real[:10]},
+    }  # the first, unpicked

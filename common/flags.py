@@ -9,6 +9,7 @@ flags at once (a power-of-two image size, a batch that fills the minibatch-stdde
 The test suite (tests/test_flags.py) fails when a script has a numeric flag that has no
 rule here, and feeds every script a value just outside every rule.
 """
+
 import math
 
 from common import UserError
@@ -19,50 +20,98 @@ INF = math.inf
 # for one script where the same name means something else there.
 RANGES = {
     # common (the same in every script)
-    "batch_size": "[1, inf)", "steps": "[1, inf)", "lr_g": "(0, inf)", "lr_d": "(0, inf)",
-    "z_dim": "[1, inf)", "seed": "[0, 2147483647]", "image_size": "[4, inf)",
-    "color_jitter": "[0, 1]", "ema_decay": "[0, 1)", "log_every": "[1, inf)",
-    "sample_every": "[1, inf)", "ckpt_every": "[1, inf)", "eval_every": "[0, inf)",
-    "eval_samples": "[10, inf)", "num_workers": "[0, inf)", "sample": "[0, inf)",
-    "temperature": "(0, inf)", "interpolate": "[0, inf)",
+    "batch_size": "[1, inf)",
+    "steps": "[1, inf)",
+    "lr_g": "(0, inf)",
+    "lr_d": "(0, inf)",
+    "z_dim": "[1, inf)",
+    "seed": "[0, 2147483647]",
+    "image_size": "[4, inf)",
+    "color_jitter": "[0, 1]",
+    "ema_decay": "[0, 1)",
+    "log_every": "[1, inf)",
+    "sample_every": "[1, inf)",
+    "ckpt_every": "[1, inf)",
+    "eval_every": "[0, inf)",
+    "eval_samples": "[10, inf)",
+    "num_workers": "[0, inf)",
+    "sample": "[0, inf)",
+    "temperature": "(0, inf)",
+    "interpolate": "[0, inf)",
     # widths and Adam, in most scripts
-    "g_width": "[1, inf)", "d_width": "[1, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)",
+    "g_width": "[1, inf)",
+    "d_width": "[1, inf)",
+    "beta1": "[0, 1)",
+    "beta2": "[0, 1)",
     # began.py
-    "gamma": "(0, 1]", "lambda_k": "[0, inf)", "lr_decay_patience": "[0, inf)",
-    "n_filters": "[1, inf)", "nh": "[1, inf)",
+    "gamma": "(0, 1]",
+    "lambda_k": "[0, inf)",
+    "lr_decay_patience": "[0, inf)",
+    "n_filters": "[1, inf)",
+    "nh": "[1, inf)",
     # bgan.py
-    "n_mc_samples": "[2, inf)", "binarize_threshold": "(0, 1]", "d_noise": "[0, inf)",
+    "n_mc_samples": "[2, inf)",
+    "binarize_threshold": "(0, 1]",
+    "d_noise": "[0, inf)",
     "text_blocks": "[1, inf)",
     # dragan.py, progan.py, wgan_gp.py
-    "lambda_gp": "[0, inf)", "perturb_std": "[0, inf)", "gp_target": "(0, inf)",
+    "lambda_gp": "[0, inf)",
+    "perturb_std": "[0, inf)",
+    "gp_target": "(0, inf)",
     # ebgan.py
-    "margin": "(0, inf)", "pt_weight": "[0, inf)",
+    "margin": "(0, inf)",
+    "pt_weight": "[0, inf)",
     # lsgan.py: the coding targets are any numbers (check_args refuses a == b and c == a)
-    "a": "(-inf, inf)", "b": "(-inf, inf)", "c": "(-inf, inf)",
+    "a": "(-inf, inf)",
+    "b": "(-inf, inf)",
+    "c": "(-inf, inf)",
     # progan.py: --steps 0 runs to the end of the growing schedule
-    "progan.steps": "[0, inf)", "fmap_base": "[1, inf)", "fmap_max": "[1, inf)",
-    "mbstd_group": "[0, inf)", "fade_kimg": "[0, inf)", "stable_kimg": "[0, inf)",
+    "progan.steps": "[0, inf)",
+    "fmap_base": "[1, inf)",
+    "fmap_max": "[1, inf)",
+    "mbstd_group": "[0, inf)",
+    "fade_kimg": "[0, inf)",
+    "stable_kimg": "[0, inf)",
     "eps_drift": "[0, inf)",
     # sagan.py
-    "shared_dim": "[0, inf)", "attention_res": "[0, inf)", "attention_query": "[0, inf)",
+    "shared_dim": "[0, inf)",
+    "attention_res": "[0, inf)",
+    "attention_query": "[0, inf)",
     # stylegan2.py
-    "w_dim": "[1, inf)", "mapping_layers": "[1, inf)", "mapping_lr_mul": "(0, inf)",
-    "channel_base": "[1, inf)", "channel_max": "[1, inf)", "stylegan2.mbstd_group": "[1, inf)",
-    "style_mixing": "[0, 1]", "r1_gamma": "[0, inf)", "r1_every": "[1, inf)",
-    "pl_weight": "[0, inf)", "pl_every": "[1, inf)", "pl_batch_shrink": "[1, inf)",
-    "pl_decay": "[0, 1]", "ema_kimg": "(0, inf)", "ema_rampup": "[0, inf)",
-    "fp16_res": "[0, inf)", "conv_clamp": "[0, inf)", "truncation": "[0, 1]",
-    "mixing_grid": "[0, inf)", "mixing_cutoff": "[1, inf)",
+    "w_dim": "[1, inf)",
+    "mapping_layers": "[1, inf)",
+    "mapping_lr_mul": "(0, inf)",
+    "channel_base": "[1, inf)",
+    "channel_max": "[1, inf)",
+    "stylegan2.mbstd_group": "[1, inf)",
+    "style_mixing": "[0, 1]",
+    "r1_gamma": "[0, inf)",
+    "r1_every": "[1, inf)",
+    "pl_weight": "[0, inf)",
+    "pl_every": "[1, inf)",
+    "pl_batch_shrink": "[1, inf)",
+    "pl_decay": "[0, 1]",
+    "ema_kimg": "(0, inf)",
+    "ema_rampup": "[0, inf)",
+    "fp16_res": "[0, inf)",
+    "conv_clamp": "[0, inf)",
+    "truncation": "[0, 1]",
+    "mixing_grid": "[0, inf)",
+    "mixing_cutoff": "[1, inf)",
     # bgan.py and wgan_gp.py with --dataset text
-    "seq_len": "[2, inf)", "vocab_size": "[2, inf)",
+    "seq_len": "[2, inf)",
+    "vocab_size": "[2, inf)",
     # wgan.py, wgan_gp.py
-    "n_critic": "[1, inf)", "n_critic_boost": "[0, inf)", "mixtures": "[1, inf)",
-    "clip": "(0, inf)", "lr_decay": "[0, inf)",
+    "n_critic": "[1, inf)",
+    "n_critic_boost": "[0, inf)",
+    "mixtures": "[1, inf)",
+    "clip": "(0, inf)",
+    "lr_decay": "[0, inf)",
 }
 
 
 def interval(rule):
-    """"[a, b)" -> (a, b, a included, b included)."""
+    """ "[a, b)" -> (a, b, a included, b included)."""
     lo, hi = (float(s) for s in rule[1:-1].split(","))
     return lo, hi, rule[0] == "[", rule[-1] == "]"
 

@@ -22,6 +22,7 @@ TensorBoard; curves; and stopping: SIGINT (Ctrl-C), SIGTERM or SIGUSR1 end the r
 step boundary with a checkpoint of that step. ``main`` and ``sample`` are the command
 line's other half: flag ranges, one-line errors, the stop line, ``--sample``/``--interpolate``.
 """
+
 import argparse
 import contextlib
 import copy
@@ -42,9 +43,21 @@ import torch.nn as nn
 from common import UserError
 from common.flags import check_ranges
 from common.checkpoints import (  # noqa: F401 - find_checkpoint, read_metrics: for the tools
-    find_checkpoint, last_good, load_checkpoint, load_state, new_run_dir, plain_args, read_metrics,
-    remove_stale, rng_state, run_dir_of, save_checkpoint, seed_everything, set_rng_state,
-    write_args)
+    find_checkpoint,
+    last_good,
+    load_checkpoint,
+    load_state,
+    new_run_dir,
+    plain_args,
+    read_metrics,
+    remove_stale,
+    rng_state,
+    run_dir_of,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_args,
+)
 
 STOP_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, n)]
 
@@ -140,11 +153,17 @@ def resolve_amp(amp, device, rank=0):
     if amp == "auto":
         return "bf16" if native_bf16(device) else "off"
     if amp == "bf16" and device.type == "cpu" and rank == 0 and not native_bf16(device):
-        print("warning: --amp bf16 is emulated on this CPU (no AVX-512 BF16 or AMX) and can be "
-              "much slower than --amp off", file=sys.stderr)
+        print(
+            "warning: --amp bf16 is emulated on this CPU (no AVX-512 BF16 or AMX) and can be "
+            "much slower than --amp off",
+            file=sys.stderr,
+        )
     if amp == "fp16" and device.type == "cpu" and rank == 0:
-        print("warning: --amp fp16 on a CPU is emulated and slow: it is there to check the "
-              "GradScaler path; train with --amp bf16 or off", file=sys.stderr)
+        print(
+            "warning: --amp fp16 on a CPU is emulated and slow: it is there to check the "
+            "GradScaler path; train with --amp bf16 or off",
+            file=sys.stderr,
+        )
     return amp
 
 
@@ -181,14 +200,22 @@ class Run:
         last = os.path.join(args.out or "", "checkpoints", "last.pt")
         if args.resume == "auto" and args.out and not os.path.isfile(last):
             # A requeued job whose first lap was stopped before its first checkpoint: start it.
-            if os.path.isdir(args.out) and os.listdir(args.out) and not os.path.isfile(
-                    os.path.join(args.out, "args.json")):
-                raise UserError(f"--resume auto: {args.out!r} has no checkpoint and is not a run "
-                                "directory; choose another --out")
+            if (
+                os.path.isdir(args.out)
+                and os.listdir(args.out)
+                and not os.path.isfile(os.path.join(args.out, "args.json"))
+            ):
+                raise UserError(
+                    f"--resume auto: {args.out!r} has no checkpoint and is not a run "
+                    "directory; choose another --out"
+                )
             self.restart, args.resume = True, None
             if rank == 0:
-                print(f"warning: --resume auto: {args.out} has no checkpoint yet; starting the "
-                      "run at step 0", file=sys.stderr)
+                print(
+                    f"warning: --resume auto: {args.out} has no checkpoint yet; starting the "
+                    "run at step 0",
+                    file=sys.stderr,
+                )
         if args.resume:
             path = find_checkpoint(script, args.resume, args.out)
             self.resumed = load_checkpoint(path, script, "cpu")
@@ -212,8 +239,9 @@ class Run:
 
         a = self.args
         if a.dataset == "text":
-            raise UserError(f"{self.script}.py models images; --dataset text is for bgan.py and "
-                            "wgan_gp.py")
+            raise UserError(
+                f"{self.script}.py models images; --dataset text is for bgan.py and wgan_gp.py"
+            )
         if a.download:
             if self.rank == 0:
                 download_dataset(a.dataset, a.data_path)
@@ -221,8 +249,10 @@ class Run:
                 dist.barrier()
         self.data = load_dataset(a.dataset, a.data_path, a.image_size, a.channels)
         if labels and not self.data.num_classes:
-            raise UserError(f"--conditional needs labelled data, and {a.dataset} has no classes "
-                            "(use class sub-folders)")
+            raise UserError(
+                f"--conditional needs labelled data, and {a.dataset} has no classes "
+                "(use class sub-folders)"
+            )
         return self.data
 
     def text(self, seq_len, vocab_size):
@@ -244,8 +274,17 @@ class Run:
         a = self.args
         if isinstance(data, TextData):
             return TextBatches(data, batch_size or a.batch_size, self.device, a.seed, self.rank)
-        return Batches(data, batch_size or a.batch_size, self.device, a.seed, self.rank,
-                       self.world, a.num_workers, a.flip, a.color_jitter)
+        return Batches(
+            data,
+            batch_size or a.batch_size,
+            self.device,
+            a.seed,
+            self.rank,
+            self.world,
+            a.num_workers,
+            a.flip,
+            a.color_jitter,
+        )
 
     def models(self, build, *inputs, memory_format=torch.channels_last):
         """``build(args, *inputs)`` -> (G, D): seeded alike on every rank and moved to the
@@ -287,28 +326,45 @@ class Run:
         if self.rank == 0:
             if ckpt is not None:
                 remove_stale(self.args.out)
-            self.out = self.args.out = (self.args.out if ckpt is not None else
-                                        new_run_dir(self.script, self.args.out, self.restart))
+            self.out = self.args.out = (
+                self.args.out
+                if ckpt is not None
+                else new_run_dir(self.script, self.args.out, self.restart)
+            )
             # args.json holds what ran: the device, and the data's channels where not given.
             self.args.device = str(self.device)
             if self.args.channels is None and getattr(self.data, "channels", None):
                 self.args.channels = self.data.channels
             write_args(self.out, self.args)
             a = self.args
-            since = self.step if ckpt else 0 if self.restart else None
-            self.metrics = Metrics(self.out, resume_step=since,
-                                   tensorboard=a.tensorboard,
-                                   evaluate_dataset=a.dataset if a.eval_every else None)
+            since = None  # the step whose later lines metrics.jsonl drops (None: keep all)
+            if ckpt:
+                since = self.step
+            elif self.restart:
+                since = 0
+            self.metrics = Metrics(
+                self.out,
+                resume_step=since,
+                tensorboard=a.tensorboard,
+                evaluate_dataset=a.dataset if a.eval_every else None,
+            )
             if a.config == "auto" and (a.auto or {}).get("device") == "cpu":
-                print(f"{self.script}: --config auto on a CPU is a run of minutes, sized to the "
-                      f"embedded digits; `python {self.script}.py --dry-run --assume cuda` shows "
-                      "the full schedule (--config paper, or those flags, trains it here)",
-                      flush=True)
+                print(
+                    f"{self.script}: --config auto on a CPU is a run of minutes, sized to the "
+                    f"embedded digits; `python {self.script}.py --dry-run --assume cuda` shows "
+                    "the full schedule (--config paper, or those flags, trains it here)",
+                    flush=True,
+                )
             print(self._banner(note), flush=True)
         from tqdm import tqdm
 
-        self.pbar = tqdm(total=self.total, initial=self.step, disable=self.rank != 0,
-                         dynamic_ncols=True, desc=self.script)
+        self.pbar = tqdm(
+            total=self.total,
+            initial=self.step,
+            disable=self.rank != 0,
+            dynamic_ncols=True,
+            desc=self.script,
+        )
         self.acc, self.n_acc, self.n_img, self.t_log = None, 0, 0, time.perf_counter()
         logs = (ckpt or {}).get("log")
         if logs and len(logs) == self.world and logs[self.rank]["n"]:  # a log interval's start
@@ -357,8 +413,13 @@ class Run:
             if obj is None or ckpt.get(name) is None:
                 continue
             if isinstance(obj, nn.Module):
-                load_state(obj, ckpt[name], {"G": "generator", "D": "discriminator",
-                                              "ema": "EMA generator"}.get(name, name))
+                load_state(
+                    obj,
+                    ckpt[name],
+                    {"G": "generator", "D": "discriminator", "ema": "EMA generator"}.get(
+                        name, name
+                    ),
+                )
             elif isinstance(obj, torch.optim.Optimizer):
                 lrs = [g["lr"] for g in obj.param_groups]
                 obj.load_state_dict(ckpt[name])
@@ -378,18 +439,31 @@ class Run:
             set_rng_state(rngs[self.rank])
         else:
             seed_everything(self.args.seed + self.rank + 7919 * self.step)
-            print(f"warning: resuming with {self.world} processes from a {len(rngs)}-process run;"
-                  " latents will differ", file=sys.stderr)
+            print(
+                f"warning: resuming with {self.world} processes from a {len(rngs)}-process run;"
+                " latents will differ",
+                file=sys.stderr,
+            )
 
     def _banner(self, note):
         a, d = self.args, self.data
-        params = ", ".join(f"{n} {sum(p.numel() for p in self.state[n].parameters()) / 1e6:.2f}M"
-                           for n in ("G", "D") if isinstance(self.state.get(n), nn.Module))
-        data = ("" if d is None else f"{d.describe()}; " if hasattr(d, "describe") else
-                f"{a.dataset} {a.image_size}x{a.image_size}x{d.channels}, {len(d)} images; ")
-        return (f"{self.script}: {data}batch {a.batch_size} x {self.world} process(es) = "
-                f"{a.batch_size * self.world}; {params} params; {note + '; ' if note else ''}"
-                f"{self.device}, amp {a.amp}; run dir {self.out}")
+        params = ", ".join(
+            f"{n} {sum(p.numel() for p in self.state[n].parameters()) / 1e6:.2f}M"
+            for n in ("G", "D")
+            if isinstance(self.state.get(n), nn.Module)
+        )
+        data = (
+            ""
+            if d is None
+            else f"{d.describe()}; "
+            if hasattr(d, "describe")
+            else f"{a.dataset} {a.image_size}x{a.image_size}x{d.channels}, {len(d)} images; "
+        )
+        return (
+            f"{self.script}: {data}batch {a.batch_size} x {self.world} process(es) = "
+            f"{a.batch_size * self.world}; {params} params; {note + '; ' if note else ''}"
+            f"{self.device}, amp {a.amp}; run dir {self.out}"
+        )
 
     # ------------------------------------------------------------------ each step
     def end_step(self, images=None, **values):
@@ -420,12 +494,15 @@ class Run:
             if step % a.ckpt_every and not last:
                 self.save()  # evaluation scores (and may keep as best.pt) this step's checkpoint
             if self.rank == 0:
-                self.metrics.evaluate(step, os.path.join(self.out, "checkpoints", "last.pt"),
-                                      a.eval_samples)
+                self.metrics.evaluate(
+                    step, os.path.join(self.out, "checkpoints", "last.pt"), a.eval_samples
+                )
         if self.signum is not None and not self.noted and not last:
             self.noted = True
-            self.write(f"{signal.Signals(self.signum).name}: stopping at the end of "
-                       f"{'this step' if self.world == 1 else 'the next --log-every step'}")
+            self.write(
+                f"{signal.Signals(self.signum).name}: stopping at the end of "
+                f"{'this step' if self.world == 1 else 'the next --log-every step'}"
+            )
         if not last and (self.agreed if self.world > 1 else self.signum is not None):
             self.stop()
 
@@ -439,12 +516,20 @@ class Run:
         dt = time.perf_counter() - self.t_log
         if not all(map(math.isfinite, vals)):
             self.fail(f"losses became NaN/inf by step {self.step}")
-        rec = {"step": self.step, **dict(zip(self.keys, vals)), **self.plain,
-               "img_per_s": self.n_img / dt, "time": time.time()}
+        rec = {
+            "step": self.step,
+            **dict(zip(self.keys, vals)),
+            **self.plain,
+            "img_per_s": self.n_img / dt,
+            "time": time.time(),
+        }
         if self.rank == 0:
             self.metrics.log(**rec)
-            shown = {k: f"{v:.3g}" if isinstance(v, float) else v
-                     for k, v in list(rec.items())[1:6] if k != "time"}
+            shown = {
+                k: f"{v:.3g}" if isinstance(v, float) else v
+                for k, v in list(rec.items())[1:6]
+                if k != "time"
+            }
             self.pbar.set_postfix(**shown, img_s=f"{rec['img_per_s']:.0f}")
             self._watch_collapse(rec)
         self.acc, self.n_acc, self.n_img, self.t_log = None, 0, 0, time.perf_counter()
@@ -495,10 +580,15 @@ class Run:
         if "vocab" in self.info:  # one sequence per line
             from common.text import to_text, write_lines
 
-            return write_lines(os.path.join(samples, f"step_{self.step:06d}.txt"),
-                               to_text(self.images(self.generator()), self.info["vocab"]))
-        png = save_grid(self.images(self.generator()),
-                        os.path.join(samples, f"step_{self.step:06d}.png"), nrow=8)
+            return write_lines(
+                os.path.join(samples, f"step_{self.step:06d}.txt"),
+                to_text(self.images(self.generator()), self.info["vocab"]),
+            )
+        png = save_grid(
+            self.images(self.generator()),
+            os.path.join(samples, f"step_{self.step:06d}.png"),
+            nrow=8,
+        )
         self.metrics.image("samples", self.step, png)
         progress_gif(samples, os.path.join(self.out, "progress.gif"))
 
@@ -513,14 +603,24 @@ class Run:
         if self.rank != 0:
             return
         self.generator()  # the EMA generator's batch-norm statistics, recomputed
-        ckpt = {"script": self.script, "step": self.step, "args": plain_args(self.args),
-                **self.info, "rng": [r["rng"] for r in ranks], "log": [r["log"] for r in ranks]}
+        ckpt = {
+            "script": self.script,
+            "step": self.step,
+            "args": plain_args(self.args),
+            **self.info,
+            "rng": [r["rng"] for r in ranks],
+            "log": [r["log"] for r in ranks],
+        }
         for name, obj in self.state.items():
-            ckpt[name] = (None if obj is None else dict(obj) if isinstance(obj, dict)
-                          else obj.state_dict())
+            ckpt[name] = (
+                None if obj is None else dict(obj) if isinstance(obj, dict) else obj.state_dict()
+            )
         folder = os.path.join(self.out, "checkpoints")
-        save_checkpoint(os.path.join(folder, "last.pt"), ckpt,
-                        links=[os.path.join(folder, f"step_{self.step:06d}.pt")])
+        save_checkpoint(
+            os.path.join(folder, "last.pt"),
+            ckpt,
+            links=[os.path.join(folder, f"step_{self.step:06d}.pt")],
+        )
 
     def write(self, message):
         """A line above the progress bar (rank 0)."""
@@ -534,8 +634,11 @@ class Run:
         self.release_signals()
         if self.rank == 0:
             self.metrics.close()
-            print(f"done: {self.step} steps{note}; samples in {os.path.join(self.out, 'samples')}, "
-                  f"checkpoint {os.path.join(self.out, 'checkpoints', 'last.pt')}", flush=True)
+            print(
+                f"done: {self.step} steps{note}; samples in {os.path.join(self.out, 'samples')}, "
+                f"checkpoint {os.path.join(self.out, 'checkpoints', 'last.pt')}",
+                flush=True,
+            )
         if self.world > 1:
             dist.barrier()
         return {"out": self.out, **{k: v for k, v in self.state.items() if k in ("G", "D", "ema")}}
@@ -580,9 +683,11 @@ class CollapseWatch:
         if self.count < self.logs or rec["step"] - self.since < self.steps:
             return None
         self.warned = True
-        return (f"warning: D has won outright since step {self.since} (mean D(G(z)) below "
-                f"{self.floor:g} on every log since): G has likely collapsed; "
-                f"{self.checkpoint_before(out)}")
+        return (
+            f"warning: D has won outright since step {self.since} (mean D(G(z)) below "
+            f"{self.floor:g} on every log since): G has likely collapsed; "
+            f"{self.checkpoint_before(out)}"
+        )
 
     def checkpoint_before(self, out):
         """Where to resume from: the last numbered checkpoint at or before the stretch."""
@@ -590,14 +695,16 @@ class CollapseWatch:
 
         steps = []
         for path in glob.glob(os.path.join(out or ".", "checkpoints", "step_*.pt")):
-            name = os.path.basename(path)[len("step_"):-len(".pt")]
+            name = os.path.basename(path)[len("step_") : -len(".pt")]
             if name.isdigit() and int(name) <= self.since:
                 steps.append((int(name), path))
         if not steps:
             return "no checkpoint was written before it"
         path = max(steps)[1]
-        return (f"the last checkpoint before it is {path} (resume from it with --resume {path} "
-                "and, e.g., lower learning rates)")
+        return (
+            f"the last checkpoint before it is {path} (resume from it with --resume {path} "
+            "and, e.g., lower learning rates)"
+        )
 
 
 class Metrics:
@@ -620,8 +727,9 @@ class Metrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("--tensorboard needs the tensorboard package: "
-                                "pip install tensorboard") from None
+                raise UserError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from None
             purge = resume_step + 1 if resume_step is not None else None
             self.writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=purge)
         if evaluate_dataset not in (None, "digits", "text"):  # fail now, not at the first one
@@ -662,21 +770,40 @@ class Metrics:
 
         py, npy = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            res = evaluation.evaluate(checkpoint, num_samples=num_samples,
-                                      num_real=max(num_samples, 1000),
-                                      metrics=("fid", "kid", "prc"),
-                                      device="auto" if torch.cuda.is_available() else "cpu")
+            res = evaluation.evaluate(
+                checkpoint,
+                num_samples=num_samples,
+                num_real=max(num_samples, 1000),
+                metrics=("fid", "kid", "prc"),
+                device="auto" if torch.cuda.is_available() else "cpu",
+            )
         random.setstate(py)
         np.random.set_state(npy)
-        names = ("fid", "kid", "precision", "recall", "coverage", "confidence",
-                 "within_class_spread", "js1", "js2", "js3", "js4", "words")
+        names = (
+            "fid",
+            "kid",
+            "precision",
+            "recall",
+            "coverage",
+            "confidence",
+            "within_class_spread",
+            "js1",
+            "js2",
+            "js3",
+            "js4",
+            "words",
+        )
         m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in names}
         best_file = os.path.join(self.out, "checkpoints", "best.json")
         best = json.load(open(best_file)) if os.path.exists(best_file) else None
         key = "eval_fid" if "eval_fid" in m else "eval_js4"  # images, or text
         if best is None or m[key] < best[key]:
-            best = {"step": step, **m, "num_samples": num_samples,
-                    "feature_extractor": res["protocol"]["feature_extractor"]["name"]}
+            best = {
+                "step": step,
+                **m,
+                "num_samples": num_samples,
+                "feature_extractor": res["protocol"]["feature_extractor"]["name"],
+            }
             tmp = os.path.join(self.out, "checkpoints", "best.pt.tmp")
             shutil.copyfile(checkpoint, tmp)
             os.replace(tmp, os.path.join(self.out, "checkpoints", "best.pt"))
@@ -761,8 +888,9 @@ class Sampling:
         if not args.checkpoint:
             raise UserError("--sample needs --checkpoint (a .pt file, a run directory, or auto)")
         if args.sample < 1 or args.temperature <= 0 or args.interpolate < 0:
-            raise UserError("--sample must be at least 1, --temperature positive and "
-                            "--interpolate not negative")
+            raise UserError(
+                "--sample must be at least 1, --temperature positive and --interpolate not negative"
+            )
         self.args, self.path = args, find_checkpoint(script, args.checkpoint)
         self.device = sample_device(args.device)
         self.generate = load_generator(self.path, self.device, use_ema=not args.no_ema)
@@ -787,8 +915,9 @@ class Sampling:
             return self.lines(x, "sample", f"{n} sequences{note}")
         nrow = nrow or (int(math.ceil(n / nc)) if nc else None)
         png = save_grid(x, self.file("sample"), nrow=nrow)
-        print(f"wrote {png} ({n} images, {self.which} generator, "
-              f"temperature {a.temperature}{note})")
+        print(
+            f"wrote {png} ({n} images, {self.which} generator, temperature {a.temperature}{note})"
+        )
         return png
 
     def lines(self, x, kind, what, every=0):
@@ -843,8 +972,11 @@ def main(script, args, train, load_generator, own_sample=None):
         return train(args)
     except Stopped as e:
         if e.rank == 0:
-            print(f"{script}: stopped at step {e.step}; continue with --resume {e.out}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{script}: stopped at step {e.step}; continue with --resume {e.out}",
+                file=sys.stderr,
+                flush=True,
+            )
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:  # before the run began, or a second Ctrl-C
         print(f"{script}: interrupted{end_active_run()}", file=sys.stderr, flush=True)
@@ -857,8 +989,10 @@ def main(script, args, train, load_generator, own_sample=None):
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = end_active_run()
-        print(f"{script}: error: {e.strerror} writing {e.filename or 'a file'}{where}",
-              file=sys.stderr)
+        print(
+            f"{script}: error: {e.strerror} writing {e.filename or 'a file'}{where}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     finally:
         end_active_run()

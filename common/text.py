@@ -24,6 +24,7 @@ the alphabet the samples are written in (as gan_language.py counts its reference
 mapped lines it trains on). Real windows do not score 0: their sample is finite (the README
 gives the real-vs-real floor beside every result).
 """
+
 import collections
 import math
 import os
@@ -51,16 +52,20 @@ def read_corpus(path):
         return default_corpus(), "pydoc_data.topics (Python's help texts)"
     path = os.path.expanduser(path)
     if os.path.isdir(path):
-        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
-                       if f.endswith(".txt"))
+        files = sorted(
+            os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if f.endswith(".txt")
+        )
         if not files:
-            raise UserError(f"--data-path {path!r} has no .txt files; give a UTF-8 text file "
-                            "or a folder of .txt files")
+            raise UserError(
+                f"--data-path {path!r} has no .txt files; give a UTF-8 text file "
+                "or a folder of .txt files"
+            )
     elif os.path.isfile(path):
         files = [path]
     else:
-        raise UserError(f"--data-path {path!r} does not exist; give a UTF-8 text file or a "
-                        "folder of .txt files")
+        raise UserError(
+            f"--data-path {path!r} does not exist; give a UTF-8 text file or a folder of .txt files"
+        )
     parts = []
     for f in files:
         raw = open(f, "rb").read()
@@ -69,8 +74,9 @@ def read_corpus(path):
                 raise UnicodeDecodeError("utf-8", raw, 0, 1, "a NUL byte")
             parts.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            raise UserError(f"{f!r} is not UTF-8 text (a binary file?); --dataset text reads "
-                            "plain text") from None
+            raise UserError(
+                f"{f!r} is not UTF-8 text (a binary file?); --dataset text reads plain text"
+            ) from None
     return " ".join(parts), path
 
 
@@ -86,13 +92,17 @@ class TextData:
         self.text = re.sub(r"\s+", " ", text).strip()
         self.seq_len = seq_len
         if len(self.text) < 2 * seq_len:
-            raise UserError(f"the text of {self.source!r} has {len(self.text)} characters, too "
-                            f"few for windows of --seq-len {seq_len}; give a longer text")
+            raise UserError(
+                f"the text of {self.source!r} has {len(self.text)} characters, too "
+                f"few for windows of --seq-len {seq_len}; give a longer text"
+            )
         counts = collections.Counter(self.text)
         if vocab is None:
             if len(counts) < 2:
-                raise UserError(f"the text of {self.source!r} has {len(counts)} distinct "
-                                "character(s); a language model needs at least 2")
+                raise UserError(
+                    f"the text of {self.source!r} has {len(counts)} distinct "
+                    "character(s); a language model needs at least 2"
+                )
             chars = sorted(counts, key=lambda c: (-counts[c], c))[: vocab_size - 1]
             vocab = UNKNOWN + "".join(chars)
         self.vocab = vocab
@@ -108,8 +118,10 @@ class TextData:
         return len(self.ids) - self.seq_len + 1  # windows
 
     def describe(self):
-        return (f"text {self.source}: {len(self.text)} characters, vocabulary {self.channels} "
-                f"({self.unknown_share:.2%} unknown), windows of {self.seq_len}")
+        return (
+            f"text {self.source}: {len(self.text)} characters, vocabulary {self.channels} "
+            f"({self.unknown_share:.2%} unknown), windows of {self.seq_len}"
+        )
 
     def decode(self, ids):
         """(N, L) indices -> N strings."""

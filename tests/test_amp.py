@@ -82,8 +82,9 @@ def penalties():
     return out
 
 
-@pytest.mark.parametrize("script,fn", [(s, f) for s, _, f in penalties()],
-                         ids=[f"{s}.{n}" for s, n, _ in penalties()])
+@pytest.mark.parametrize(
+    "script,fn", [(s, f) for s, _, f in penalties()], ids=[f"{s}.{n}" for s, n, _ in penalties()]
+)
 def test_penalties_are_computed_on_unscaled_gradients(script, fn):
     plain, scaled = fn(1.0), fn(torch.tensor(2.0**16))
     assert torch.allclose(plain.float(), scaled.float(), rtol=1e-4), script

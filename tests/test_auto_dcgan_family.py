@@ -14,37 +14,117 @@ CELEBA = 202599  # training images of CelebA, as --config auto knows them withou
 
 # The digits on a CPU before --config auto had a rule (c16a346's defaults and ebgan's margin).
 CPU_DIGITS = {
-    "dcgan": {"image_size": 16, "batch_size": 128, "steps": 3000, "lr_g": 2e-4, "lr_d": 2e-4,
-              "z_dim": 100, "g_width": 64, "d_width": 64, "ema_decay": 0.999, "beta1": 0.5,
-              "beta2": 0.999},
-    "lsgan": {"image_size": 16, "batch_size": 64, "steps": 3500, "lr_g": 1e-3, "lr_d": 1e-3,
-              "z_dim": 1024, "g_width": 64, "d_width": 64, "ema_decay": 0.999, "beta1": 0.5,
-              "beta2": 0.999, "arch": "dcgan", "coding": "binary"},
-    "ebgan": {"image_size": 16, "batch_size": 64, "steps": 3200, "lr_g": 1e-3, "lr_d": 1e-3,
-              "z_dim": 100, "g_width": 64, "d_width": 64, "ema_decay": 0.999, "beta1": 0.5,
-              "beta2": 0.999, "margin": 6, "pt_weight": 0.1},
-    "wgan": {"image_size": 16, "batch_size": 64, "steps": 1550, "lr_g": 5e-5, "lr_d": 5e-5,
-             "z_dim": 100, "g_width": 64, "d_width": 64, "ema_decay": 0.999, "n_critic": 5,
-             "clip": 0.01, "n_critic_boost": 0},
-    "dragan": {"image_size": 16, "batch_size": 128, "steps": 2000, "lr_g": 1e-4, "lr_d": 1e-4,
-               "z_dim": 100, "g_width": 64, "d_width": 64, "ema_decay": 0.999, "beta1": 0.5,
-               "beta2": 0.9, "lambda_gp": 10.0, "perturb_std": 0.5},
+    "dcgan": {
+        "image_size": 16,
+        "batch_size": 128,
+        "steps": 3000,
+        "lr_g": 2e-4,
+        "lr_d": 2e-4,
+        "z_dim": 100,
+        "g_width": 64,
+        "d_width": 64,
+        "ema_decay": 0.999,
+        "beta1": 0.5,
+        "beta2": 0.999,
+    },
+    "lsgan": {
+        "image_size": 16,
+        "batch_size": 64,
+        "steps": 3500,
+        "lr_g": 1e-3,
+        "lr_d": 1e-3,
+        "z_dim": 1024,
+        "g_width": 64,
+        "d_width": 64,
+        "ema_decay": 0.999,
+        "beta1": 0.5,
+        "beta2": 0.999,
+        "arch": "dcgan",
+        "coding": "binary",
+    },
+    "ebgan": {
+        "image_size": 16,
+        "batch_size": 64,
+        "steps": 3200,
+        "lr_g": 1e-3,
+        "lr_d": 1e-3,
+        "z_dim": 100,
+        "g_width": 64,
+        "d_width": 64,
+        "ema_decay": 0.999,
+        "beta1": 0.5,
+        "beta2": 0.999,
+        "margin": 6,
+        "pt_weight": 0.1,
+    },
+    "wgan": {
+        "image_size": 16,
+        "batch_size": 64,
+        "steps": 1550,
+        "lr_g": 5e-5,
+        "lr_d": 5e-5,
+        "z_dim": 100,
+        "g_width": 64,
+        "d_width": 64,
+        "ema_decay": 0.999,
+        "n_critic": 5,
+        "clip": 0.01,
+        "n_critic_boost": 0,
+    },
+    "dragan": {
+        "image_size": 16,
+        "batch_size": 128,
+        "steps": 2000,
+        "lr_g": 1e-4,
+        "lr_d": 1e-4,
+        "z_dim": 100,
+        "g_width": 64,
+        "d_width": 64,
+        "ema_decay": 0.999,
+        "beta1": 0.5,
+        "beta2": 0.9,
+        "lambda_gp": 10.0,
+        "perturb_std": 0.5,
+    },
 }
 
 # CUDA, CelebA at 64x64: the authors' settings, the global batch and the steps of their
 # schedule (25 epochs of the data; wgan's counted in the critic's n_critic real batches per
 # G step; dragan's 200,000 steps of 128 whatever the data).
 CUDA_CELEBA = {
-    "dcgan": ({"g_width": 128, "d_width": 128, "lr_g": 2e-4, "lr_d": 2e-4, "z_dim": 100}, 128,
-              25 * CELEBA / 128),
-    "lsgan": ({"g_width": 64, "d_width": 64, "lr_g": 2e-4, "lr_d": 2e-4, "z_dim": 1024,
-               "arch": "dcgan"}, 64, 25 * CELEBA / 64),
-    "ebgan": ({"g_width": 64, "d_width": 64, "margin": 20.0, "lr_g": 1e-3, "pt_weight": 0.1},
-              64, 25 * CELEBA / 64),
-    "wgan": ({"g_width": 64, "d_width": 64, "lr_g": 5e-5, "lr_d": 5e-5, "n_critic": 5,
-              "clip": 0.01, "n_critic_boost": 100}, 64, 25 * CELEBA / (64 * 5)),
-    "dragan": ({"g_width": 64, "d_width": 64, "lr_g": 1e-4, "lr_d": 1e-4, "lambda_gp": 10.0},
-               128, 200_000),
+    "dcgan": (
+        {"g_width": 128, "d_width": 128, "lr_g": 2e-4, "lr_d": 2e-4, "z_dim": 100},
+        128,
+        25 * CELEBA / 128,
+    ),
+    "lsgan": (
+        {"g_width": 64, "d_width": 64, "lr_g": 2e-4, "lr_d": 2e-4, "z_dim": 1024, "arch": "dcgan"},
+        64,
+        25 * CELEBA / 64,
+    ),
+    "ebgan": (
+        {"g_width": 64, "d_width": 64, "margin": 20.0, "lr_g": 1e-3, "pt_weight": 0.1},
+        64,
+        25 * CELEBA / 64,
+    ),
+    "wgan": (
+        {
+            "g_width": 64,
+            "d_width": 64,
+            "lr_g": 5e-5,
+            "lr_d": 5e-5,
+            "n_critic": 5,
+            "clip": 0.01,
+            "n_critic_boost": 100,
+        },
+        64,
+        25 * CELEBA / (64 * 5),
+    ),
+    "dragan": (
+        {"g_width": 64, "d_width": 64, "lr_g": 1e-4, "lr_d": 1e-4, "lambda_gp": 10.0},
+        128,
+        200_000,
+    ),
 }
 
 
@@ -96,8 +176,19 @@ def test_cuda_8_splits_the_global_batch(name):
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_given_flags_win_and_the_schedule_follows_the_batch(name):
-    args = resolve(name, "--assume", "cuda:2", "--dataset", "cifar10", "--g-width", "32",
-                   "--batch-size", "16", "--lr-g", "3e-4")
+    args = resolve(
+        name,
+        "--assume",
+        "cuda:2",
+        "--dataset",
+        "cifar10",
+        "--g-width",
+        "32",
+        "--batch-size",
+        "16",
+        "--lr-g",
+        "3e-4",
+    )
     assert (args.g_width, args.batch_size, args.lr_g) == (32, 16, 3e-4)
     assert not {"g_width", "batch_size", "lr_g"} & set(args.chosen)
     auto = resolve(name, "--assume", "cuda:2", "--dataset", "cifar10")

@@ -1,6 +1,7 @@
 """BEGAN-specific checks: L1 loss, k_t (clipped, no gradient, updated from one forward of one D),
 M_global, the learning-rate halving when M stalls (and its exact resume), the M curve,
 the architecture options and the bad input; plus common.images.save_curve."""
+
 import math
 import os
 
@@ -27,8 +28,13 @@ def test_k_is_clipped_to_0_1():
     up = m.update_k(torch.tensor(0.9995), l_real=one, l_fake=zero, gamma=1.0, lambda_k=0.001)
     down = m.update_k(torch.tensor(0.0005), l_real=zero, l_fake=one, gamma=1.0, lambda_k=0.001)
     assert up.item() == 1.0 and down.item() == 0.0
-    k = m.update_k(torch.tensor(0.5), l_real=torch.tensor(0.2), l_fake=torch.tensor(0.06),
-                   gamma=0.5, lambda_k=0.001)
+    k = m.update_k(
+        torch.tensor(0.5),
+        l_real=torch.tensor(0.2),
+        l_fake=torch.tensor(0.06),
+        gamma=0.5,
+        lambda_k=0.001,
+    )
     assert k.item() == pytest.approx(0.5 + 0.001 * (0.1 - 0.06))
 
 
@@ -58,8 +64,20 @@ def test_stall_rule():
 
 
 def run_log(out, steps, *extra):
-    m.main([*tiny_args(m), "--steps", str(steps), "--lr-decay-patience", "1", "--sample-every", "3",
-            "--out", out, *extra])
+    m.main(
+        [
+            *tiny_args(m),
+            "--steps",
+            str(steps),
+            "--lr-decay-patience",
+            "1",
+            "--sample-every",
+            "3",
+            "--out",
+            out,
+            *extra,
+        ]
+    )
     return read_metrics(os.path.join(out, "metrics.jsonl"))
 
 
@@ -84,12 +102,15 @@ def test_training_k_m_and_lr_halving(in_tmp):
 
     part = run_log("part", 5, "--no-bn")
     m.main(["--resume", "auto", "--out", "part", "--steps", "8"])
+
     def strip(rs):
         return [{k: v for k, v in r.items() if k not in ("img_per_s", "time")} for r in rs]
 
     assert strip(read_metrics("part/metrics.jsonl")) == strip(log) and part
-    a, b = (torch.load(f"{d}/checkpoints/last.pt", weights_only=True)["equilibrium"]
-            for d in ("full", "part"))
+    a, b = (
+        torch.load(f"{d}/checkpoints/last.pt", weights_only=True)["equilibrium"]
+        for d in ("full", "part")
+    )
     assert set(a) == {"k", "m_sum", "m_best", "lr_scale"}
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["lr_scale"].item() == scale and os.path.exists("part/convergence.png")
@@ -124,9 +145,11 @@ def test_architecture_options(size):
     assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
     assert D.reconstruct(x).shape == x.shape
     assert D.encoder.net(x).shape[-2:] == (8, 8)  # the smallest feature map is 8x8 (Sec. 4.1)
+
     def generator(*flags):
-        return m.build_models(m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), *flags]),
-                              3, 0)[0]
+        return m.build_models(
+            m.parse_args([*m.SMOKE_ARGS, "--image-size", str(size), *flags]), 3, 0
+        )[0]
 
     def has_bn(net):
         return any(isinstance(layer, torch.nn.BatchNorm2d) for layer in net.modules())
@@ -137,10 +160,25 @@ def test_architecture_options(size):
     assert grown == (size > 8)  # skip connections widen the first conv after each upsampling
 
 
-DIGITS_RECIPE = {"image_size": 16, "batch_size": 32, "steps": 3200, "lr_g": 4e-4, "lr_d": 4e-4,
-                 "z_dim": 64, "gamma": 1.0, "lambda_k": 0.05, "nh": 32, "n_filters": 16,
-                 "bn": True, "beta1": 0.5, "beta2": 0.999, "lr_decay_patience": 1000,
-                 "ema_decay": 0.999, "ema_warmup": True, "skip": False}
+DIGITS_RECIPE = {
+    "image_size": 16,
+    "batch_size": 32,
+    "steps": 3200,
+    "lr_g": 4e-4,
+    "lr_d": 4e-4,
+    "z_dim": 64,
+    "gamma": 1.0,
+    "lambda_k": 0.05,
+    "nh": 32,
+    "n_filters": 16,
+    "bn": True,
+    "beta1": 0.5,
+    "beta2": 0.999,
+    "lr_decay_patience": 1000,
+    "ema_decay": 0.999,
+    "ema_warmup": True,
+    "skip": False,
+}
 
 
 def settings(args, keys):
@@ -169,10 +207,24 @@ def test_auto_cuda_celeba_is_the_reference_run():
     conv_hidden_num 128, z_num 64, d_lr = g_lr = 8e-5, lr_update_step 100,000, max_step
     500,000, gamma 0.5, lambda_k 0.001), TensorFlow's Adam beta1 0.9, the paper's nets (no
     batch norm), no EMA; the global batch split over the processes."""
-    want = {"image_size": 64, "batch_size": 16, "steps": 500_000, "lr_g": 8e-5, "lr_d": 8e-5,
-            "z_dim": 64, "gamma": 0.5, "lambda_k": 0.001, "nh": 64, "n_filters": 128,
-            "bn": False, "beta1": 0.9, "beta2": 0.999, "lr_decay_patience": 100_000,
-            "ema_decay": 0.0, "skip": False}
+    want = {
+        "image_size": 64,
+        "batch_size": 16,
+        "steps": 500_000,
+        "lr_g": 8e-5,
+        "lr_d": 8e-5,
+        "z_dim": 64,
+        "gamma": 0.5,
+        "lambda_k": 0.001,
+        "nh": 64,
+        "n_filters": 128,
+        "bn": False,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "lr_decay_patience": 100_000,
+        "ema_decay": 0.0,
+        "skip": False,
+    }
     a = m.parse_args(["--assume", "cuda:1", "--dataset", "celeba"])
     assert settings(a, want) == want
     b = m.parse_args(["--assume", "cuda:8", "--dataset", "celeba"])  # 8 x 2 images a step
@@ -187,8 +239,18 @@ def test_paper_defaults():
     """--config paper gives the paper's settings (flags given beside it win); the defaults
     (--config auto on a CPU) are the digits recipe."""
     a = m.parse_args(["--config", "paper"])
-    got = (a.gamma, a.lambda_k, a.nh, a.n_filters, a.z_dim, a.lr_g, a.lr_d, a.batch_size,
-           a.beta1, a.bn)
+    got = (
+        a.gamma,
+        a.lambda_k,
+        a.nh,
+        a.n_filters,
+        a.z_dim,
+        a.lr_g,
+        a.lr_d,
+        a.batch_size,
+        a.beta1,
+        a.bn,
+    )
     assert got == (0.5, 0.001, 64, 64, 64, 1e-4, 1e-4, 16, 0.9, False)
     b = m.parse_args(["--config", "paper", "--gamma", "0.7", "--bn"])
     assert (b.gamma, b.bn, b.lambda_k) == (0.7, True, 0.001)
@@ -234,8 +296,9 @@ def test_bad_gamma_one_line(gamma, in_tmp, capsys):
 
 
 def test_save_curve(tmp_path):
-    path = save_curve(str(tmp_path / "sub" / "c.png"), [1, 2, 3, 4], [0.5, 0.3, float("nan"), 0.2],
-                      "title")
+    path = save_curve(
+        str(tmp_path / "sub" / "c.png"), [1, 2, 3, 4], [0.5, 0.3, float("nan"), 0.2], "title"
+    )
     img = Image.open(path).convert("RGB")
     assert img.size == (640, 360)
     assert (31, 119, 180) in {c for _, c in img.getcolors(1 << 16)}  # the curve is drawn

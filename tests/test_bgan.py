@@ -197,8 +197,11 @@ def drawn(kind, n, samples, colours, seed):
     """n x samples drawn samples as D reads them: binary 16x16 images, 16x16 palette images or
     text sequences of 16 (one-hot planes over ``colours``)."""
     torch.manual_seed(seed)
-    shape = {"binary": (n, 1, 16, 16), "quantized": (n, colours, 16, 16),
-             "text": (n, colours, 1, 16)}[kind]
+    shape = {
+        "binary": (n, 1, 16, 16),
+        "quantized": (n, colours, 16, 16),
+        "text": (n, colours, 1, 16),
+    }[kind]
     draw_kind = "binary" if kind == "binary" else "quantized"
     x = m.draw(torch.randn(shape), samples, draw_kind).flatten(0, 1)
     return m.d_input(x, draw_kind, colours)
@@ -233,8 +236,12 @@ def test_d_logit_of_one_sample_ignores_the_rest_of_the_batch(kind):
 
 def test_d_batch_norm_is_off_in_every_discrete_mode_under_both_configs(capsys):
     for config in ("auto", "paper"):
-        for flags in ([], ["--dataset", "text"], ["--data-mode", "quantized"],
-                      ["--dataset", "mnist", "--assume", "cuda:8"]):
+        for flags in (
+            [],
+            ["--dataset", "text"],
+            ["--data-mode", "quantized"],
+            ["--dataset", "mnist", "--assume", "cuda:8"],
+        ):
             assert m.parse_args(["--config", config, *flags]).d_batch_norm is False, flags
     assert m.parse_args(["--mode", "continuous"]).d_batch_norm is True  # dcgan.py's D
     assert m.parse_args(["--mode", "continuous", "--no-d-batch-norm"]).d_batch_norm is False
@@ -263,15 +270,41 @@ def test_paper_is_the_authors_code():
     """--config paper: rdevon/BGAN main_discrete.py (images) and old/BILLION-WORD/main.py
     (text), value by value (bgan.py cites each)."""
     a = m.parse_args(["--config", "paper", "--dataset", "mnist"])
-    assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.z_dim, a.z_prior, a.n_mc_samples,
-            a.g_width, a.d_width, a.d_batch_norm, a.d_noise, a.baseline, a.log_lik, a.steps,
-            a.ema_decay) == (64, 1e-4, 1e-4, 0.5, 64, "uniform", 20, 64, 64, False, 0.0, False,
-                             "sum", 93700, 0.0)
+    assert (
+        a.batch_size,
+        a.lr_g,
+        a.lr_d,
+        a.beta1,
+        a.z_dim,
+        a.z_prior,
+        a.n_mc_samples,
+        a.g_width,
+        a.d_width,
+        a.d_batch_norm,
+        a.d_noise,
+        a.baseline,
+        a.log_lik,
+        a.steps,
+        a.ema_decay,
+    ) == (64, 1e-4, 1e-4, 0.5, 64, "uniform", 20, 64, 64, False, 0.0, False, "sum", 93700, 0.0)
     t = m.parse_args(["--config", "paper", "--dataset", "text"])
-    assert (t.batch_size, t.lr_g, t.lr_d, t.beta1, t.z_dim, t.z_prior, t.n_mc_samples,
-            t.g_width, t.d_width, t.text_blocks, t.vocab_size, t.seq_len, t.d_batch_norm,
-            t.d_noise, t.baseline) == (64, 1e-3, 1e-3, 0.5, 100, "uniform", 20, 256, 256, 3, 192,
-                                       32, False, 0.0, False)
+    assert (
+        t.batch_size,
+        t.lr_g,
+        t.lr_d,
+        t.beta1,
+        t.z_dim,
+        t.z_prior,
+        t.n_mc_samples,
+        t.g_width,
+        t.d_width,
+        t.text_blocks,
+        t.vocab_size,
+        t.seq_len,
+        t.d_batch_norm,
+        t.d_noise,
+        t.baseline,
+    ) == (64, 1e-3, 1e-3, 0.5, 100, "uniform", 20, 256, 256, 3, 192, 32, False, 0.0, False)
     G, D = m.build_models(t, 192)
     assert len([b for b in G.net if isinstance(b, m.TextBlock)]) == 3
     assert len([b for b in D.net if isinstance(b, m.TextBlock)]) == 3
@@ -285,27 +318,64 @@ def test_auto_on_cuda_is_the_authors_at_scale():
     """Global batch 64 (main_discrete.py) split over the processes, 100 epochs of the data as
     steps, Adam 1e-4 for both, z 64 ~ U[0, 1), M 20, widths 64, the paper's estimator."""
     a = m.parse_args(["--assume", "cuda:1", "--dataset", "mnist"])
-    assert (a.image_size, a.batch_size, a.steps, a.lr_g, a.lr_d, a.beta1, a.z_dim, a.z_prior,
-            a.n_mc_samples, a.g_width, a.d_width, a.d_noise, a.baseline,
-            a.d_batch_norm) == (32, 64, 93750, 1e-4, 1e-4, 0.5, 64, "uniform", 20, 64, 64, 0.0,
-                                False, False)
+    assert (
+        a.image_size,
+        a.batch_size,
+        a.steps,
+        a.lr_g,
+        a.lr_d,
+        a.beta1,
+        a.z_dim,
+        a.z_prior,
+        a.n_mc_samples,
+        a.g_width,
+        a.d_width,
+        a.d_noise,
+        a.baseline,
+        a.d_batch_norm,
+    ) == (32, 64, 93750, 1e-4, 1e-4, 0.5, 64, "uniform", 20, 64, 64, 0.0, False, False)
     c = m.parse_args(["--assume", "cuda:8", "--dataset", "celeba"])
     assert (c.image_size, c.batch_size, c.steps, c.lr_g) == (64, 8, 316561, 1e-4)  # 100 passes
     t = m.parse_args(["--assume", "cuda:8", "--dataset", "text"])
-    assert (t.batch_size, t.g_width, t.text_blocks, t.lr_g, t.lr_d, t.vocab_size,
-            t.n_mc_samples) == (8, 256, 3, 1e-3, 1e-3, 192, 20)
+    assert (
+        t.batch_size,
+        t.g_width,
+        t.text_blocks,
+        t.lr_g,
+        t.lr_d,
+        t.vocab_size,
+        t.n_mc_samples,
+    ) == (8, 256, 3, 1e-3, 1e-3, 192, 20)
 
 
 def test_auto_on_a_cpu_keeps_the_digits_run():
     a = m.parse_args(["--assume", "cpu"])
     assert a.chosen == {}
-    assert (a.image_size, a.batch_size, a.steps, a.lr_g, a.lr_d, a.beta1, a.z_dim, a.z_prior,
-            a.n_mc_samples, a.g_width, a.d_width, a.d_noise, a.baseline, a.log_lik,
-            a.ema_decay) == (16, 32, 7000, 1e-3, 1e-4, 0.5, 100, "normal", 20, 32, 16, 1.5,
-                             True, "sum", 0.999)
+    assert (
+        a.image_size,
+        a.batch_size,
+        a.steps,
+        a.lr_g,
+        a.lr_d,
+        a.beta1,
+        a.z_dim,
+        a.z_prior,
+        a.n_mc_samples,
+        a.g_width,
+        a.d_width,
+        a.d_noise,
+        a.baseline,
+        a.log_lik,
+        a.ema_decay,
+    ) == (16, 32, 7000, 1e-3, 1e-4, 0.5, 100, "normal", 20, 32, 16, 1.5, True, "sum", 0.999)
     b = m.parse_args(["--assume", "cpu", "--dataset", "mnist"])  # 32x32: CPU_32
-    assert (b.image_size, b.batch_size, b.steps, b.lr_g, b.d_batch_norm) == (32, 32, 3000, 1e-3,
-                                                                            False)
+    assert (b.image_size, b.batch_size, b.steps, b.lr_g, b.d_batch_norm) == (
+        32,
+        32,
+        3000,
+        1e-3,
+        False,
+    )
     t = m.parse_args(["--assume", "cpu", "--dataset", "text"])
     assert t.chosen == m.TEXT and t.text_blocks == 5
 

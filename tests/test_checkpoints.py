@@ -9,8 +9,8 @@ from common.run import UserError
 
 def test_sample_with_checkpoint_auto_and_no_run_names_checkpoint(in_tmp, capsys):
     line = assert_one_line_error(
-        load_script("dcgan"), ["--sample", "4", "--checkpoint", "auto"], "--checkpoint auto",
-        capsys)
+        load_script("dcgan"), ["--sample", "4", "--checkpoint", "auto"], "--checkpoint auto", capsys
+    )
     assert "--resume" not in line
 
 

@@ -12,8 +12,10 @@ import pytest
 
 from conftest import load_script, tiny_args
 
-pytestmark = pytest.mark.skipif(os.environ.get("GAN_ZOO_COMPILE") != "1",
-                                reason="slow: set GAN_ZOO_COMPILE=1 to run the compile tests")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("GAN_ZOO_COMPILE") != "1",
+    reason="slow: set GAN_ZOO_COMPILE=1 to run the compile tests",
+)
 
 
 @pytest.mark.parametrize("name", ["dcgan", "wgan_gp", "stylegan2"])

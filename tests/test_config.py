@@ -118,7 +118,6 @@ def test_auto_trains_at_the_datas_own_size(name):
     assert paper == config_values(m, "paper").get("image_size", 32) and paper != 16
 
 
-
 def test_dry_run_resolves_for_absent_hardware_without_data(in_tmp, capsys):
     """--dry-run --assume prints what auto saw and every setting with its source, and exits
     without data files and without writing anything."""
@@ -180,8 +179,11 @@ def test_auto_table_page_is_generated_from_the_rules():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, os.path.join(root, "tools", "auto_table.py"), "--check"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, os.path.join(root, "tools", "auto_table.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
 
 

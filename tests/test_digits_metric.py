@@ -19,8 +19,19 @@ def test_record_writes_a_row_with_its_provenance(in_tmp, monkeypatch):
     record = in_tmp / "results.json"
     record.write_text(json.dumps({"measurements": []}))
     monkeypatch.setattr(results_table, "RECORD", str(record))
-    digits_metric.main(["run", "--num-samples", "100", "--record", "off-bench", "--key", "tiny",
-                        "--note", "python dcgan.py (tiny)"])
+    digits_metric.main(
+        [
+            "run",
+            "--num-samples",
+            "100",
+            "--record",
+            "off-bench",
+            "--key",
+            "tiny",
+            "--note",
+            "python dcgan.py (tiny)",
+        ]
+    )
     (row,) = json.loads(record.read_text())["measurements"]
     assert row["table"] == "off-bench" and row["key"] == "tiny" and row["steps"] == 2
     assert row["script"] == "dcgan" and row["dataset"] == "digits" and len(row["classifier"]) == 12

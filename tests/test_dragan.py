@@ -2,6 +2,7 @@
 recipe, autograd.grad outside bf16 autocast), the two-sided perturbation of real data with
 one alpha per sample, a D whose outputs do not mix samples, the paper's defaults and the
 bad input."""
+
 import json
 
 import pytest
@@ -38,7 +39,7 @@ def test_penalty_norm_is_per_sample_over_all_pixels():
     is the mean of (1 - 1)^2 and (3 - 1)^2 = 2."""
     x = torch.zeros(2, 3, 4, 4)
     x[0, 0, 0, 0] = 1.0
-    x[1] = 3.0 / 48 ** 0.5  # norm 3, spread over all 48 values
+    x[1] = 3.0 / 48**0.5  # norm 3, spread over all 48 values
     d = lambda x, y=None: 0.5 * x.pow(2).flatten(1).sum(1)  # noqa: E731
     assert penalty(d, x).item() == pytest.approx(2.0)
 
@@ -55,7 +56,7 @@ def test_penalty_trains_d_and_fp16_recipe_unscales():
     gp.backward()
     trained = (net[1].weight, net[1].bias, net[3].weight)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     one = torch.ones(())
     scaled = penalty(d, x, scaler.scale(one))  # train()'s way of passing fp16's loss scale
     assert scaled.item() == pytest.approx(gp.item(), rel=1e-5)  # scaled before grad, unscaled after

@@ -1,5 +1,6 @@
 """EBGAN-specific checks: the energy, the margin hinge per sample, the pulling-away term
 (hand-made values, i != j left out, encoder embedding, G's loss only) and its bad input."""
+
 import pytest
 import torch
 
@@ -55,35 +56,48 @@ def test_pt_uses_the_encoder_embedding_and_goes_in_g_loss_only():
 
 def test_paper_defaults():
     a = m.parse_args(["--config", "paper"])
-    assert ((a.margin, a.pt_weight, a.lr_g, a.lr_d, a.beta1, a.z_dim)
-            == (10.0, 0.1, 1e-3, 1e-3, 0.5, 100))
+    assert (a.margin, a.pt_weight, a.lr_g, a.lr_d, a.beta1, a.z_dim) == (
+        10.0,
+        0.1,
+        1e-3,
+        1e-3,
+        0.5,
+        100,
+    )
 
 
-@pytest.mark.parametrize("argv, margin", [
-    ([], 6),                                  # the digits train at 16x16
-    (["--image-size", "32"], 11),
-    (["--image-size", "64"], 23),             # the appendix: 20
-    (["--image-size", "64", "--margin", "20"], 20),  # a given margin wins
-    (["--config", "paper", "--image-size", "64"], 10),
-])
+@pytest.mark.parametrize(
+    "argv, margin",
+    [
+        ([], 6),  # the digits train at 16x16
+        (["--image-size", "32"], 11),
+        (["--image-size", "64"], 23),  # the appendix: 20
+        (["--image-size", "64", "--margin", "20"], 20),  # a given margin wins
+        (["--config", "paper", "--image-size", "64"], 10),
+    ],
+)
 def test_auto_margin_scales_with_the_side(argv, margin):
     """--config auto: MNIST's margin 10 (at 28x28) x the image size / 28, rounded."""
     assert m.parse_args(argv).margin == margin
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--batch-size", "1"], "--batch-size 1"),
-    (["--margin", "0"], "--margin"),
-    (["--margin", "-5"], "--margin"),
-    (["--pt-weight", "-0.1"], "--pt-weight"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--batch-size", "1"], "--batch-size 1"),
+        (["--margin", "0"], "--margin"),
+        (["--margin", "-5"], "--margin"),
+        (["--pt-weight", "-0.1"], "--pt-weight"),
+    ],
+)
 def test_bad_input_one_line(flags, words, in_tmp, capsys):
     assert_one_line_error(m, flags, words, capsys)
 
 
 def test_batch_of_one_trains_without_pt(in_tmp):
-    res = m.main([*tiny_args(m), "--batch-size", "1", "--pt-weight", "0", "--steps", "2",
-                  "--out", "one"])
+    res = m.main(
+        [*tiny_args(m), "--batch-size", "1", "--pt-weight", "0", "--steps", "2", "--out", "one"]
+    )
     assert res["out"] == "one"
 
 

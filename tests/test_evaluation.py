@@ -39,9 +39,11 @@ def test_recall_and_spread_see_a_collapse_within_each_class():
     noisy = (one_per_class(x, y, 900) + 0.1 * torch.randn(900, 1, 32, 32)).clamp(-1, 1)
     near = ev.score(noisy, net, reference)
     assert near["coverage"] == 10 and near["recall"] < 0.1 and near["within_class_spread"] < 0.3
-    print(f"real half: recall {real['recall']:.3f}, spread {real['within_class_spread']:.3f}; "
-          f"one per class: {const['recall']:.4f}, {const['within_class_spread']:.3f}; "
-          f"score() of 900 images: {seconds:.1f} s")
+    print(
+        f"real half: recall {real['recall']:.3f}, spread {real['within_class_spread']:.3f}; "
+        f"one per class: {const['recall']:.4f}, {const['within_class_spread']:.3f}; "
+        f"score() of 900 images: {seconds:.1f} s"
+    )
 
 
 def test_knn_recall_is_torch_fidelitys():
@@ -92,7 +94,18 @@ def test_protocol_and_eval_every_log_the_spread(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     dcgan = load_script("dcgan")
-    dcgan.main([*tiny_args(dcgan), "--steps", "2", "--eval-every", "2", "--eval-samples", "20",
-                "--out", "ev"])
+    dcgan.main(
+        [
+            *tiny_args(dcgan),
+            "--steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--eval-samples",
+            "20",
+            "--out",
+            "ev",
+        ]
+    )
     evals = [r for r in read_metrics("ev/metrics.jsonl") if "eval_fid" in r]
     assert len(evals) == 1 and evals[0]["eval_within_class_spread"] >= 0, evals

@@ -24,8 +24,11 @@ def numeric_flags(module):
         module.parse_args([])
     finally:
         argparse.ArgumentParser.parse_args = real
-    return [(a.option_strings[-1], a.dest, a.type, a.nargs) for a in parsers[0]._actions
-            if a.type in (int, float) and a.choices is None]
+    return [
+        (a.option_strings[-1], a.dest, a.type, a.nargs)
+        for a in parsers[0]._actions
+        if a.type in (int, float) and a.choices is None
+    ]
 
 
 def outside(rule, kind):
@@ -74,8 +77,9 @@ def test_amp_auto_is_bf16_only_where_native(native, in_tmp, capsys, monkeypatch)
     capsys.readouterr()
     m.main([*tiny_args(m), "--steps", "1", "--amp", "bf16", "--out", "bf16"])
     warned = [line for line in capsys.readouterr().err.splitlines() if "emulated" in line]
-    assert len(warned) == (0 if native else 1) and warned == [w for w in warned
-                                                               if w.startswith("warning:")]
+    assert len(warned) == (0 if native else 1) and warned == [
+        w for w in warned if w.startswith("warning:")
+    ]
 
 
 def test_native_bf16_detection_runs():

@@ -16,9 +16,19 @@ def test_without_cuda_it_says_so_in_one_line():
 
 
 def test_harness_reports_each_check(tmp_path):
-    flags = ["dcgan", "--device", "cpu", "--modes", "fp16", "--steps", "3",
-             "--extra", "--g-width 4 --d-width 4 --batch-size 8 --num-workers 0",
-             "--json", str(tmp_path / "r.json")]
+    flags = [
+        "dcgan",
+        "--device",
+        "cpu",
+        "--modes",
+        "fp16",
+        "--steps",
+        "3",
+        "--extra",
+        "--g-width 4 --d-width 4 --batch-size 8 --num-workers 0",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
     r = subprocess.run([sys.executable, TOOL, *flags], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| dcgan |")]

@@ -1,5 +1,6 @@
 """LSGAN's own checks: the least-squares losses of Eq. 2 under both codings, G's target
 following the coding, Fig. 3's networks (--arch paper), and its bad input."""
+
 import pytest
 import torch
 
@@ -10,17 +11,21 @@ m = load_script("lsgan")
 
 def reference(real, fake, a, b, c):
     """Eq. 2 written out: (D's loss, G's loss)."""
-    d = (0.5 * sum((r - b) ** 2 for r in real) / len(real)
-         + 0.5 * sum((f - a) ** 2 for f in fake) / len(fake))
+    d = 0.5 * sum((r - b) ** 2 for r in real) / len(real) + 0.5 * sum(
+        (f - a) ** 2 for f in fake
+    ) / len(fake)
     return d, 0.5 * sum((f - c) ** 2 for f in fake) / len(fake)
 
 
-@pytest.mark.parametrize("flags, abc", [
-    ([], (0, 1, 1)),
-    (["--coding", "pearson"], (-1, 1, 0)),
-    (["--coding", "pearson", "--c", "1"], (-1, 1, 1)),
-    (["--a", "-2", "--b", "2"], (-2, 2, 1)),
-])
+@pytest.mark.parametrize(
+    "flags, abc",
+    [
+        ([], (0, 1, 1)),
+        (["--coding", "pearson"], (-1, 1, 0)),
+        (["--coding", "pearson", "--c", "1"], (-1, 1, 1)),
+        (["--a", "-2", "--b", "2"], (-2, 2, 1)),
+    ],
+)
 def test_codings_and_loss_values(flags, abc):
     args = m.parse_args(flags)
     assert m.coding(args) == abc
@@ -65,8 +70,9 @@ def test_training_uses_the_coding(in_tmp, monkeypatch):
 
 @pytest.mark.parametrize("size", [32, 48, 112])
 def test_paper_architecture(size):
-    args = m.parse_args(["--arch", "paper", "--image-size", str(size),
-                         "--g-width", "8", "--d-width", "8"])
+    args = m.parse_args(
+        ["--arch", "paper", "--image-size", str(size), "--g-width", "8", "--d-width", "8"]
+    )
     G, D = m.build_models(args, channels=3, num_classes=0)
     x = G(torch.randn(2, args.z_dim))
     assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
@@ -90,15 +96,25 @@ def test_paper_arch_trains_and_samples(in_tmp):
 
 def test_paper_defaults():
     a = m.parse_args([])
-    assert ((a.batch_size, a.lr_g, a.lr_d, a.beta1, a.z_dim, a.coding, a.arch)
-            == (64, 1e-3, 1e-3, 0.5, 1024, "binary", "dcgan"))
+    assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.z_dim, a.coding, a.arch) == (
+        64,
+        1e-3,
+        1e-3,
+        0.5,
+        1024,
+        "binary",
+        "dcgan",
+    )
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--b", "0"], "a != b"),
-    (["--coding", "pearson", "--c", "-1"], "c != a"),
-    (["--arch", "paper", "--image-size", "40"], "--image-size"),
-    (["--image-size", "48"], "--image-size"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--b", "0"], "a != b"),
+        (["--coding", "pearson", "--c", "-1"], "c != a"),
+        (["--arch", "paper", "--image-size", "40"], "--image-size"),
+        (["--image-size", "48"], "--image-size"),
+    ],
+)
 def test_bad_input(flags, words, in_tmp, capsys):
     assert_one_line_error(m, flags, words, capsys)

@@ -3,6 +3,7 @@ seen, across a fade and a change of batch size), the fade-in of G, D and the rea
 equalized learning rate at runtime, PixelNorm (G only, fp32 under autocast), minibatch
 stddev (D only, groups, fp32), WGAN-GP with the drift term, the paper's defaults and the
 script's bad input."""
+
 import json
 import math
 
@@ -19,9 +20,23 @@ m = load_script("progan")
 def test_paper_defaults():
     a = m.parse_args(["--config", "paper"])
     assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.eps_drift, a.ema_decay) == (
-        1e-3, 1e-3, 0.0, 0.99, 10.0, 0.001, 0.999)
-    assert (a.fade_kimg, a.stable_kimg, a.z_dim, a.batch_size, a.mbstd_group, a.fmap_base,
-            a.fmap_max) == (800, 800, 512, 16, 4, 8192, 512)
+        1e-3,
+        1e-3,
+        0.0,
+        0.99,
+        10.0,
+        0.001,
+        0.999,
+    )
+    assert (
+        a.fade_kimg,
+        a.stable_kimg,
+        a.z_dim,
+        a.batch_size,
+        a.mbstd_group,
+        a.fmap_base,
+        a.fmap_max,
+    ) == (800, 800, 512, 16, 4, 8192, 512)
     assert a.steps == 0  # to the end of the growing schedule
     # Table 2: 512 maps up to 32x32, then halving to 16 at 1024x1024.
     assert [m.feature_maps(r) for r in range(2, 11)] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
@@ -29,7 +44,12 @@ def test_paper_defaults():
     # --config auto (the default): the same method, CPU-sized, phases resolved from the data
     a = m.parse_args(["--image-size", "64", "--assume", "cpu"])
     assert (a.fmap_base, a.fmap_max, a.ema_decay, a.fade_kimg, a.lambda_gp) == (
-        256, 64, 0.99, 480 / 64, 10.0)
+        256,
+        64,
+        0.99,
+        480 / 64,
+        10.0,
+    )
 
 
 def stages_and_steps(a):
@@ -43,9 +63,21 @@ def test_auto_cpu_digits_resolve_to_todays_run():
     16x16 in 8985 steps of 16, as before the CPU cap (480 / 16 = 30 kimg is above 28.752)."""
     a = m.parse_args(["--assume", "cpu"])
     assert (a.image_size, a.fade_kimg, a.stable_kimg, a.fmap_base, a.fmap_max, a.z_dim) == (
-        16, 28.752, 28.752, 64, 64, 512)
+        16,
+        28.752,
+        28.752,
+        64,
+        64,
+        512,
+    )
     assert (a.batch_size, a.batch_sizes, a.lr_sizes, a.lr_g, a.lr_d, a.mbstd_group) == (
-        16, "256:12,512:4,1024:4", "", 1e-3, 1e-3, 4)
+        16,
+        "256:12,512:4,1024:4",
+        "",
+        1e-3,
+        1e-3,
+        4,
+    )
     assert (a.steps, a.ema_decay, a.ema_warmup, a.gp_target, a.flip) == (0, 0.99, True, 1.0, False)
     assert a.chosen == {"fmap_base": 64, "fade_kimg": 28.752, "stable_kimg": 28.752}
     assert stages_and_steps(a) == (3, 8985)
@@ -57,7 +89,12 @@ def test_auto_cpu_mnist_grows_to_32_within_its_budget():
     steps of 16, fewer than the digits' 8985 at 16x16 (a step at 32x32 costs more)."""
     a = m.parse_args(["--dataset", "mnist", "--assume", "cpu"])
     assert (a.image_size, a.fade_kimg, a.stable_kimg, a.fmap_base, a.batch_size) == (
-        32, 15.0, 15.0, 128, 16)
+        32,
+        15.0,
+        15.0,
+        128,
+        16,
+    )
     n_stages, steps = stages_and_steps(a)
     assert (n_stages, steps) == (4, 6563)
     # 32x32 has faded in after 6 phases (90k images, step 5625) and stabilises to the end.
@@ -75,9 +112,20 @@ def test_auto_cuda_celeba_128_on_8_gpus_is_the_official_preset():
     600k-image phases and G_smoothing 0.999 without ramp-up; networks.py's 8192/512 maps."""
     a = cuda("cuda:8", "--dataset", "celeba", "--image-size", "128")
     assert (a.batch_sizes, a.batch_size, a.lr_sizes, a.lr_g, a.lr_d) == (
-        "4:64,8:32,16:16,32:8,64:4,128:4", 4, "128:0.0015", 1e-3, 1e-3)
+        "4:64,8:32,16:16,32:8,64:4,128:4",
+        4,
+        "128:0.0015",
+        1e-3,
+        1e-3,
+    )
     assert (a.fade_kimg, a.stable_kimg, a.fmap_base, a.fmap_max, a.z_dim, a.mbstd_group) == (
-        600, 600, 8192, 512, 512, 4)
+        600,
+        600,
+        8192,
+        512,
+        512,
+        4,
+    )
     assert (a.ema_decay, a.ema_warmup, a.flip, a.gp_target) == (0.999, False, True, 1.0)
     # Steps: the growing (600k at 4x4, then 1.2M a resolution, 6.6M images) at each stage's
     # global batch, then the rest of the 12M images at 32.
@@ -98,7 +146,8 @@ def test_auto_cuda_presets_by_gpu_count_and_memory():
     a = cuda("cuda:2:8", "--dataset", "celeba", "--image-size", "256")
     assert a.batch_sizes.endswith("128:8,256:4")
     assert cuda("cuda:2:16", "--dataset", "celeba", "--image-size", "256").batch_sizes.endswith(
-        "256:4")
+        "256:4"
+    )
     # 3 processes: the 2-GPU preset, the batch split and kept a multiple of the group of 4.
     a = cuda("cuda:3", "--dataset", "celeba")
     assert a.batch_sizes == "4:84,8:84,16:40,32:20,64:8"
@@ -112,11 +161,28 @@ def test_auto_cuda_cifar10_is_the_papers_run():
     128, latent 128, the stddev over the whole minibatch, gradient-norm target 750."""
     a = cuda("cuda:1", "--dataset", "cifar10")
     assert (a.image_size, a.fade_kimg, a.stable_kimg, a.batch_size, a.steps) == (
-        32, 400, 400, 16, 20_000_000 // 16)
+        32,
+        400,
+        400,
+        16,
+        20_000_000 // 16,
+    )
     assert (a.fmap_base, a.fmap_max, a.z_dim, a.mbstd_group, a.gp_target, a.lambda_gp) == (
-        4096, 128, 128, 0, 750.0, 10.0)
+        4096,
+        128,
+        128,
+        0,
+        750.0,
+        10.0,
+    )
     assert (a.lr_g, a.lr_d, a.ema_decay, a.ema_warmup, a.flip, a.lr_sizes) == (
-        1e-3, 1e-3, 0.999, False, False, "")
+        1e-3,
+        1e-3,
+        0.999,
+        False,
+        False,
+        "",
+    )
     a = cuda("cuda:8", "--dataset", "cifar10")  # the global 16 split over 8 processes
     assert (a.batch_size, a.steps) == (2, 20_000_000 // 16)
 
@@ -240,29 +306,48 @@ def test_losses_drift_and_penalty():
     assert m.gradient_penalty(critic(x_hat), x_hat).item() == pytest.approx(1.0)
     # gamma 750 (the authors' CIFAR-10 run): (||g|| - 750)^2 / 750^2, here ||g|| = 2.
     assert m.gradient_penalty(critic(x_hat), x_hat, target=750.0).item() == pytest.approx(
-        (748 / 750) ** 2)
+        (748 / 750) ** 2
+    )
     x_hat = m.interpolate(torch.zeros(8, 1, 2, 2), torch.ones(8, 1, 2, 2))
     # One eps per sample.
     assert torch.equal(x_hat.flatten(1), x_hat.flatten(1)[:, :1].expand(8, 4))
 
 
 def logged(run_dir):
-    return [{k: v for k, v in r.items() if k not in ("img_per_s", "time")}
-            for r in read_metrics(f"{run_dir}/metrics.jsonl")]
+    return [
+        {k: v for k, v in r.items() if k not in ("img_per_s", "time")}
+        for r in read_metrics(f"{run_dir}/metrics.jsonl")
+    ]
 
 
 def test_growing_run_resumes_exactly_across_a_batch_change(in_tmp, capsys):
     """Batch 16 at 4x4, 8 from 8x8 on; interrupted mid-fade, resumed: the same run."""
-    common = [*tiny_args(m), "--image-size", "16", "--batch-sizes", "8:8,16:8",
-              "--stable-kimg", "0.032", "--fade-kimg", "0.016", "--sample-every", "7",
-              "--ckpt-every", "3"]
+    common = [
+        *tiny_args(m),
+        "--image-size",
+        "16",
+        "--batch-sizes",
+        "8:8,16:8",
+        "--stable-kimg",
+        "0.032",
+        "--fade-kimg",
+        "0.016",
+        "--sample-every",
+        "7",
+        "--ckpt-every",
+        "3",
+    ]
     m.main([*common, "--out", "full"])  # --steps 0: to the end of the schedule
     full = logged("full")
     # 32 images at 4x4 (2 steps of 16), 8x8: fade 16 + stable 32 (6 steps of 8), 16x16: the
     # same (6 steps).
     assert [(r["resolution"], r["alpha"]) for r in full] == (
-        [(4, 1.0)] * 2 + [(8, 0.0), (8, 0.5)] + [(8, 1.0)] * 4 + [(16, 0.0), (16, 0.5)]
-        + [(16, 1.0)] * 4)
+        [(4, 1.0)] * 2
+        + [(8, 0.0), (8, 0.5)]
+        + [(8, 1.0)] * 4
+        + [(16, 0.0), (16, 0.5)]
+        + [(16, 1.0)] * 4
+    )
     assert full[-1]["kimg"] == pytest.approx(0.032 + 2 * 0.048) and len(full) == 14
     m.main([*common, "--steps", "3", "--out", "part"])  # stops mid-fade into 8x8
     ck = torch.load("part/checkpoints/last.pt", weights_only=True)
@@ -277,8 +362,11 @@ def test_growing_run_resumes_exactly_across_a_batch_change(in_tmp, capsys):
     for key in ("G", "D", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
     for key in ("opt_g", "opt_d"):
-        assert all(torch.equal(u, v) for k in a[key]["state"]
-                   for u, v in zip(a[key]["state"][k].values(), b[key]["state"][k].values()))
+        assert all(
+            torch.equal(u, v)
+            for k in a[key]["state"]
+            for u, v in zip(a[key]["state"][k].values(), b[key]["state"][k].values())
+        )
     generate = m.load_generator("full/checkpoints/last.pt")
     assert generate(5).shape == (5, 1, 16, 16) and generate.resolution == 16
     part2 = m.load_generator("part/checkpoints/step_000003.pt")
@@ -286,8 +374,9 @@ def test_growing_run_resumes_exactly_across_a_batch_change(in_tmp, capsys):
     assert part2.resolution == 8 and part2.alpha == 0.0
     assert torch.equal(x, F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest"))
     # A schedule given now that would take the run back to a lower resolution: one line.
-    assert_one_line_error(m, ["--resume", "auto", "--out", "part", "--stable-kimg", "1"],
-                          "back from 16x16", capsys)
+    assert_one_line_error(
+        m, ["--resume", "auto", "--out", "part", "--stable-kimg", "1"], "back from 16x16", capsys
+    )
 
 
 def test_batches_switch_batch_size_at_the_next_epoch():
@@ -314,15 +403,18 @@ def test_batches_switch_batch_size_at_the_next_epoch():
         c.set_batch_size(41)
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--mbstd-group", "3"], "--mbstd-group 3"),
-    (["--batch-sizes", "8:6"], "--batch-sizes"),
-    (["--batch-sizes", "8-6"], "RES:BATCH"),
-    (["--image-size", "24"], "power of two"),
-    (["--lr-sizes", "8:0"], "RES:LR"),
-    (["--lr-sizes", "8:x"], "--lr-sizes"),
-    (["--fade-kimg", "-1"], "--fade-kimg"),
-])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--mbstd-group", "3"], "--mbstd-group 3"),
+        (["--batch-sizes", "8:6"], "--batch-sizes"),
+        (["--batch-sizes", "8-6"], "RES:BATCH"),
+        (["--image-size", "24"], "power of two"),
+        (["--lr-sizes", "8:0"], "RES:LR"),
+        (["--lr-sizes", "8:x"], "--lr-sizes"),
+        (["--fade-kimg", "-1"], "--fade-kimg"),
+    ],
+)
 def test_bad_input(in_tmp, capsys, flags, words):
     assert_one_line_error(m, flags, words, capsys)
 

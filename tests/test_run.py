@@ -62,8 +62,21 @@ def test_run_writes_the_collapse_line_once(tmp_path, capsys):
 
     m = load_script("dcgan")
     out = str(tmp_path / "run")
-    args = m.parse_args([*tiny_args(m), "--steps", "400", "--out", out, "--log-every", "10",
-                         "--ckpt-every", "50", "--sample-every", "1000000"])
+    args = m.parse_args(
+        [
+            *tiny_args(m),
+            "--steps",
+            "400",
+            "--out",
+            out,
+            "--log-every",
+            "10",
+            "--ckpt-every",
+            "50",
+            "--sample-every",
+            "1000000",
+        ]
+    )
     run = Run("dcgan", args, 0, 1, torch.device("cpu"))
     run.start({"G": nn.Linear(2, 2), "D": nn.Linear(2, 2)}, grid=lambda g: torch.zeros(4, 1, 8, 8))
     capsys.readouterr()

@@ -4,6 +4,7 @@ u that depends on W only (so torchrun ranks agree), orthogonal init, the hinge l
 the paper's defaults and attention placement, conditional BN and the projection D, a
 grid with one row per class, --attention-map (for more images than one generated chunk),
 and the unconditional fallback."""
+
 import os
 import subprocess
 import sys
@@ -52,9 +53,13 @@ def sn_layers(module):
 def test_spectral_norm_on_every_layer_and_orthogonal_init(nc):
     args = m.parse_args(["--g-width", "4", "--d-width", "4", "--image-size", "32"])
     G, D = m.build_models(args, 1, nc)
-    cbn = {id(e) for net in (G, D) for mod in net.modules()
-           if isinstance(mod, m.ConditionalBatchNorm) and mod.num_classes
-           for e in (mod.gain, mod.bias)}
+    cbn = {
+        id(e)
+        for net in (G, D)
+        for mod in net.modules()
+        if isinstance(mod, m.ConditionalBatchNorm) and mod.num_classes
+        for e in (mod.gain, mod.bias)
+    }
     # CBN gains and their shared embedding: no SN (authors' code; BigGAN's shared embedding)
     cbn.add(id(G.shared))
     layers = [layer for net in (G, D) for layer in sn_layers(net) if id(layer) not in cbn]
@@ -96,8 +101,9 @@ def test_power_iteration_vector_is_persistent_and_depends_on_w_only():
     D2(torch.rand(8, 1, 32, 32), torch.randint(10, (8,)))
     moved = [not torch.equal(a, b) for a, b in zip(u0, m.spectral_norm_buffers(D1))]
     assert sum(moved) > 0.8 * len(moved)  # one power iteration each (a 1-row W has a constant u)
-    assert all(torch.equal(a, b)
-               for a, b in zip(m.spectral_norm_buffers(D1), m.spectral_norm_buffers(D2)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(m.spectral_norm_buffers(D1), m.spectral_norm_buffers(D2))
+    )
 
 
 def test_one_power_iteration_per_step(in_tmp, monkeypatch):
@@ -130,19 +136,36 @@ def test_one_power_iteration_per_step(in_tmp, monkeypatch):
 def test_auto_on_a_cpu_keeps_the_digits_defaults_and_widens_at_32():
     args = m.parse_args(["--assume", "cpu"])
     assert args.chosen == {} and args.image_size == 16
-    assert (args.g_width, args.d_width, args.batch_size, args.steps, args.lr_g, args.lr_d,
-            args.shared_dim, args.ema_decay, args.attention_res) == (
-        8, 16, 16, 3100, 1e-4, 4e-4, 128, 0.999, 4)
+    assert (
+        args.g_width,
+        args.d_width,
+        args.batch_size,
+        args.steps,
+        args.lr_g,
+        args.lr_d,
+        args.shared_dim,
+        args.ema_decay,
+        args.attention_res,
+    ) == (8, 16, 16, 3100, 1e-4, 4e-4, 128, 0.999, 4)
     for data in (["--dataset", "mnist"], ["--dataset", "cifar10"]):
         args = m.parse_args(["--assume", "cpu", *data])
-        assert args.image_size == 32 and args.chosen == {"g_width": 16, "d_width": 32,
-                                                         "steps": 1300}
+        assert args.image_size == 32 and args.chosen == {
+            "g_width": 16,
+            "d_width": 32,
+            "steps": 1300,
+        }
         assert (args.batch_size, args.lr_g, args.lr_d, args.shared_dim) == (16, 1e-4, 4e-4, 128)
 
 
-@pytest.mark.parametrize("assume, batch, steps", [
-    ("cuda:1", 256, 1000000), ("cuda:4", 64, 1000000), ("cuda:8", 32, 1000000),
-    ("cuda:1:16", 64, 4000000)])  # 16 GiB: the authors' 64 per GPU, 256M images all the same
+@pytest.mark.parametrize(
+    "assume, batch, steps",
+    [
+        ("cuda:1", 256, 1000000),
+        ("cuda:4", 64, 1000000),
+        ("cuda:8", 32, 1000000),
+        ("cuda:1:16", 64, 4000000),
+    ],
+)  # 16 GiB: the authors' 64 per GPU, 256M images all the same
 def test_auto_on_cuda_is_the_authors_imagenet_run(assume, batch, steps):
     """ImageNet-like folder at 128x128 (Sec. 5; model.py, train_imagenet.py, README)."""
     a = m.parse_args(["--dataset", "folder", "--image-size", "128", "--assume", assume])
@@ -156,12 +179,19 @@ def test_auto_on_cuda_cifar10():
     32x32, D 64 to 256), the paper's batch and schedule."""
     a = m.parse_args(["--dataset", "cifar10", "--assume", "cuda:1"])
     assert (a.image_size, a.g_width, a.d_width, a.batch_size, a.steps, a.attention_res) == (
-        32, 64, 64, 256, 1000000, 8)
+        32,
+        64,
+        64,
+        256,
+        1000000,
+        8,
+    )
     assert (a.lr_g, a.lr_d, a.shared_dim) == (1e-4, 4e-4, 0)
     assert m.g_widths(32, 64) == [512, 256, 128, 64] and m.d_widths(32, 64) == [64, 128, 256]
     assert m.parse_args(["--dataset", "cifar10", "--assume", "cuda:8"]).batch_size == 32
-    assert m.parse_args(["--dataset", "cifar10", "--assume", "cuda:1",
-                         "--steps", "5"]).steps == 5  # a given flag wins
+    assert (
+        m.parse_args(["--dataset", "cifar10", "--assume", "cuda:1", "--steps", "5"]).steps == 5
+    )  # a given flag wins
 
 
 def test_hinge_loss():
@@ -173,7 +203,14 @@ def test_hinge_loss():
 def test_paper_defaults_and_placement():
     a = m.parse_args(["--image-size", "32"])
     assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.z_dim, a.unconditional, a.shared_dim) == (
-        1e-4, 4e-4, 0.0, 0.9, 128, False, 128)
+        1e-4,
+        4e-4,
+        0.0,
+        0.9,
+        128,
+        False,
+        128,
+    )
     assert a.attention_res == 8
     assert m.parse_args(["--image-size", "128"]).attention_res == 32  # Sec. 5.1: feat32 at 128
     assert m.parse_args(["--image-size", "8"]).attention_res == 4
@@ -246,18 +283,39 @@ def test_conditional_run_grid_attention_map_and_errors(in_tmp, capsys):
     fig = m.attention_figure(x, beta, (31, 0))
     assert fig.shape == (4, 3, 32, 32)
     assert fig[1, :, 31, 0].tolist() == [1.0, -1.0, -1.0]  # the query marked red
-    for flags, words in ((["--attention-query", "32", "0"], "outside"), ):
+    for flags, words in ((["--attention-query", "32", "0"], "outside"),):
         capsys.readouterr()
         with pytest.raises(SystemExit):
             m.main(["--sample", "4", "--attention-map", *flags, *sample])
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and words in err
-    m.main([*tiny_args(m), "--steps", "1", "--attention-res", "0", "--unconditional",
-            "--out", "noattn"])
+    m.main(
+        [
+            *tiny_args(m),
+            "--steps",
+            "1",
+            "--attention-res",
+            "0",
+            "--unconditional",
+            "--out",
+            "noattn",
+        ]
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        m.main(["--sample", "4", "--attention-map", "--checkpoint", "noattn", "--out", "s",
-                "--device", "cpu"])
+        m.main(
+            [
+                "--sample",
+                "4",
+                "--attention-map",
+                "--checkpoint",
+                "noattn",
+                "--out",
+                "s",
+                "--device",
+                "cpu",
+            ]
+        )
     assert "no attention layer" in capsys.readouterr().err
     assert torch.load("noattn/checkpoints/last.pt", weights_only=True)["num_classes"] == 0
 
@@ -268,8 +326,21 @@ def test_unlabelled_folder_falls_back_to_unconditional(in_tmp, capsys):
     for i in range(20):
         arr = (torch.rand(16, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(arr).save(f"imgs/{i}.png")
-    m.main([*tiny_args(m), "--steps", "1", "--dataset", "folder", "--data-path", "imgs",
-            "--image-size", "16", "--out", "f"])
+    m.main(
+        [
+            *tiny_args(m),
+            "--steps",
+            "1",
+            "--dataset",
+            "folder",
+            "--data-path",
+            "imgs",
+            "--image-size",
+            "16",
+            "--out",
+            "f",
+        ]
+    )
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "unconditional" in warnings[0]
@@ -293,8 +364,19 @@ def test_torchrun_ranks_keep_equal_power_iteration_vectors(in_tmp):
     with open("driver.py", "w") as f:
         f.write(DRIVER.format(tests=os.path.join(ROOT, "tests")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "driver.py", *tiny_args(m), "--steps", "3", "--out", "ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "driver.py",
+        *tiny_args(m),
+        "--steps",
+        "3",
+        "--out",
+        "ddp",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     u0, u1 = (torch.load(f"ddp/u_rank{i}.pt", weights_only=True) for i in (0, 1))

@@ -45,8 +45,12 @@ def stopped_step(err, run):
 def test_signal_stops_at_a_step_and_resumes_exactly(sig, in_tmp):
     m = load_script("dcgan")
     cmd = [sys.executable, os.path.join(ROOT, "dcgan.py"), *tiny_args(m), *FLAGS]
-    proc = subprocess.Popen([*cmd, "--steps", "100000", "--out", "run"], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "--steps", "100000", "--out", "run"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     wait_for_step(proc, "run", 3)
     proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
@@ -82,8 +86,17 @@ def rank_pids(parent):
 
 
 def torchrun(m, *flags):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            os.path.join(ROOT, "dcgan.py"), *tiny_args(m), *FLAGS, *flags]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(ROOT, "dcgan.py"),
+        *tiny_args(m),
+        *FLAGS,
+        *flags,
+    ]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the ranks' pids in /proc")
@@ -92,8 +105,13 @@ def test_torchrun_ranks_stop_at_one_step(in_tmp):
     all-reduce), one checkpoint of it, and the resumed run equals an uninterrupted one."""
     m = load_script("dcgan")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    proc = subprocess.Popen(torchrun(m, "--steps", "100000", "--out", "ddp"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        torchrun(m, "--steps", "100000", "--out", "ddp"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_step(proc, "ddp", 3)
     ranks = rank_pids(proc.pid)
     assert sorted(ranks) == [0, 1], ranks
@@ -104,8 +122,10 @@ def test_torchrun_ranks_stop_at_one_step(in_tmp):
     assert len(torch.load("ddp/checkpoints/last.pt", weights_only=True)["rng"]) == 2
 
     total = n + 3
-    for cmd in (torchrun(m, "--resume", "ddp", "--steps", str(total)),
-                torchrun(m, "--steps", str(total), "--out", "ref")):
+    for cmd in (
+        torchrun(m, "--resume", "ddp", "--steps", str(total)),
+        torchrun(m, "--steps", str(total), "--out", "ref"),
+    ):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
     assert losses("ddp") == losses("ref")
@@ -127,8 +147,14 @@ def test_failed_save_ends_in_one_line(in_tmp, capsys, monkeypatch):
 
     monkeypatch.setattr(ck.torch, "save", full_disk)
     last = os.path.join("full", "checkpoints", "last.pt")
-    line = assert_one_line_error(m, ["--ckpt-every", "2", "--out", "full"], "No space left",
-                                 capsys, steps=4, ignore_progress=True)
+    line = assert_one_line_error(
+        m,
+        ["--ckpt-every", "2", "--out", "full"],
+        "No space left",
+        capsys,
+        steps=4,
+        ignore_progress=True,
+    )
     assert f"the last good checkpoint is {last}" in line
     monkeypatch.setattr(ck.torch, "save", real_save)
     assert torch.load(last, weights_only=True)["step"] == 2
@@ -152,8 +178,7 @@ def test_resume_auto_starts_a_run_that_has_no_checkpoint(in_tmp, capsys):
     # A folder that is not a run directory, and a named checkpoint that is missing: refused.
     os.makedirs("photos")
     open("photos/cat.jpg", "wb").close()
-    assert_one_line_error(m, ["--resume", "auto", "--out", "photos"], "not a run directory",
-                          capsys)
+    assert_one_line_error(m, ["--resume", "auto", "--out", "photos"], "not a run directory", capsys)
     assert_one_line_error(m, ["--resume", "nope/last.pt"], "not found", capsys)
 
 

@@ -1,8 +1,12 @@
-"""The design's rules for how code reads: lines of at most 100 characters in every .py file;
-every paper script in the anatomy's order with a ``train()`` that defines no function (the
-loop reads like the paper's algorithm box). No line budget: readable beats short (DESIGN.md)."""
+"""The design's rules for how code reads: ruff's lint and layout (pyproject.toml) and lines of
+at most 100 characters in every .py file; no chained conditional expressions; every paper
+script in the anatomy's order with a ``train()`` that defines no function (the loop reads
+like the paper's algorithm box). No line budget: readable beats short (DESIGN.md)."""
+
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -11,8 +15,17 @@ from conftest import ROOT, SCRIPTS
 MAX_LINE = 100
 # The paper first (flags, model, loss, train, sampling), then the shared sections the
 # training step calls (command line, distributed, mixed precision, EMA) and main.
-ORDER = ["parse_args", "build_models", "train", "load_generator", "add_common_args",
-         "setup_distributed", "autocast", "ema_update", "main"]
+ORDER = [
+    "parse_args",
+    "build_models",
+    "train",
+    "load_generator",
+    "add_common_args",
+    "setup_distributed",
+    "autocast",
+    "ema_update",
+    "main",
+]
 
 
 def python_files():
@@ -32,6 +45,28 @@ def test_lines_at_most_100_characters():
     assert not long, f"{len(long)} line(s) over {MAX_LINE} characters: {long[:20]}"
 
 
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "layout"])
+def test_ruff(command):
+    """`ruff check .` and `ruff format --check .`: the configuration is pyproject.toml's."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"ruff {' '.join(command)}:\n{done.stdout}{done.stderr}"[:3000]
+
+
+def test_no_chained_conditional_expressions():
+    """`a if p else b if q else c` (or a conditional inside another's branch) reads as a
+    puzzle: write the branches as statements."""
+    chained = []
+    for path in python_files():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for n in ast.walk(tree):
+            if isinstance(n, ast.IfExp) and ast.IfExp in (type(n.body), type(n.orelse)):
+                chained.append(f"{os.path.relpath(path, ROOT)}:{n.lineno}")
+    assert not chained, f"chained conditional expressions at {chained}"
+
+
 def script_tree(name):
     with open(os.path.join(ROOT, name + ".py"), encoding="utf-8") as f:
         text = f.read()
@@ -42,8 +77,11 @@ def script_tree(name):
 def test_train_defines_no_function(name):
     _, tree = script_tree(name)
     train = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train")
-    inner = [f"line {n.lineno}" for n in ast.walk(train) if n is not train
-             and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+    inner = [
+        f"line {n.lineno}"
+        for n in ast.walk(train)
+        if n is not train and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+    ]
     assert not inner, f"{name}.py: train() defines functions at {inner}"
 
 

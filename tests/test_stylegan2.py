@@ -3,6 +3,7 @@ demodulation, noise strengths initialised to 0, R1 and path length, the EMA half
 its buffers (w_avg), truncation and style mixing, mixed precision per resolution, sizes,
 sampling grids (constant noise maps) and evaluation (random noise inputs), and the script's
 bad input."""
+
 import functools
 import math
 import os
@@ -192,11 +193,15 @@ def test_training_logs_regularisers_and_samples(in_tmp, capsys):
     torch.testing.assert_close(x[0], x[1])
     save_grid(const(4, psi=0.7), "const.png")  # the --sample grid drew the constant maps
     save_grid(generate(4, psi=0.7), "random.png")
-    grid, (c, r) = np.asarray(Image.open(png)), (np.asarray(Image.open(f"{k}.png"))
-                                                 for k in ("const", "random"))
+    grid, (c, r) = (
+        np.asarray(Image.open(png)),
+        (np.asarray(Image.open(f"{k}.png")) for k in ("const", "random")),
+    )
     assert np.array_equal(grid, c) and not np.array_equal(grid, r)
-    for flags, words in [(["--truncation", "1.5"], "--truncation"),
-                         (["--mixing-grid", "2", "--mixing-cutoff", "99"], "--mixing-cutoff")]:
+    for flags, words in [
+        (["--truncation", "1.5"], "--truncation"),
+        (["--mixing-grid", "2", "--mixing-cutoff", "99"], "--mixing-cutoff"),
+    ]:
         capsys.readouterr()
         with pytest.raises(SystemExit):
             m.main(["--sample", "2", *flags, *sample])
@@ -204,15 +209,18 @@ def test_training_logs_regularisers_and_samples(in_tmp, capsys):
         assert len(err) == 1 and words in err[0], err
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--batch-size", "6"], "--batch-size"),
-    (["--r1-every", "0"], "--r1-every"),
-    (["--r1-gamma", "-1"], "--r1-gamma"),
-    (["--ema-kimg", "0"], "--ema-kimg"),
-    (["--image-size", "4"], "--image-size"),
-    (["--ema-decay", "1"], "--ema-decay"),
-    (["--pl-decay", "2"], "--pl-decay"),
-])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--batch-size", "6"], "--batch-size"),
+        (["--r1-every", "0"], "--r1-every"),
+        (["--r1-gamma", "-1"], "--r1-gamma"),
+        (["--ema-kimg", "0"], "--ema-kimg"),
+        (["--image-size", "4"], "--image-size"),
+        (["--ema-decay", "1"], "--ema-decay"),
+        (["--pl-decay", "2"], "--pl-decay"),
+    ],
+)
 def test_bad_input(in_tmp, capsys, flags, words):
     assert_one_line_error(m, flags, words, capsys)
 
@@ -221,18 +229,42 @@ def test_bad_input(in_tmp, capsys, flags, words):
 def ada_auto(res, gpus):
     """StyleGAN2-ADA's --cfg auto, as written in NVlabs/stylegan2-ada-pytorch train.py."""
     mb = max(min(gpus * min(4096 // res, 32), 64), gpus)
-    return {"mb": mb, "batch_gpu": mb // gpus, "mbstd": min(mb // gpus, 4),
-            "channel_base": int((1 if res >= 512 else 0.5) * 32768), "channel_max": 512,
-            "lrate": 0.002 if res >= 1024 else 0.0025, "gamma": 0.0002 * res**2 / mb,
-            "ema": mb * 10 / 32, "ramp": 0.05, "map": 2, "kimg": 25000}
+    return {
+        "mb": mb,
+        "batch_gpu": mb // gpus,
+        "mbstd": min(mb // gpus, 4),
+        "channel_base": int((1 if res >= 512 else 0.5) * 32768),
+        "channel_max": 512,
+        "lrate": 0.002 if res >= 1024 else 0.0025,
+        "gamma": 0.0002 * res**2 / mb,
+        "ema": mb * 10 / 32,
+        "ramp": 0.05,
+        "map": 2,
+        "kimg": 25000,
+    }
 
 
 def test_auto_on_a_cpu_is_todays_digits_run():
     """The digits on a CPU resolve to the values of the default run before issue 25."""
-    today = {"image_size": 16, "channel_base": 1024, "channel_max": 64, "batch_size": 16,
-             "steps": 2250, "lr_g": 0.002, "lr_d": 0.002, "r1_gamma": 10.0, "mbstd_group": 4,
-             "ema_kimg": 10.0, "ema_rampup": 0.05, "ema_decay": None, "mapping_layers": 8,
-             "pl_weight": 2.0, "style_mixing": 0.9, "z_dim": 512, "w_dim": 512}
+    today = {
+        "image_size": 16,
+        "channel_base": 1024,
+        "channel_max": 64,
+        "batch_size": 16,
+        "steps": 2250,
+        "lr_g": 0.002,
+        "lr_d": 0.002,
+        "r1_gamma": 10.0,
+        "mbstd_group": 4,
+        "ema_kimg": 10.0,
+        "ema_rampup": 0.05,
+        "ema_decay": None,
+        "mapping_layers": 8,
+        "pl_weight": 2.0,
+        "style_mixing": 0.9,
+        "z_dim": 512,
+        "w_dim": 512,
+    }
     a = m.parse_args(["--assume", "cpu"])
     assert {k: getattr(a, k) for k in today} == today
     assert a.chosen == m.CPU  # what auto set, recorded in args.json
@@ -241,12 +273,15 @@ def test_auto_on_a_cpu_is_todays_digits_run():
     assert mnist.steps == m.STEPS_32 < 2250
 
 
-@pytest.mark.parametrize("flags,res,gpus", [
-    (["--assume", "cuda:8", "--dataset", "celeba"], 64, 8),
-    (["--assume", "cuda:8", "--dataset", "folder", "--image-size", "256"], 256, 8),
-    (["--assume", "cuda:1", "--dataset", "celeba"], 64, 1),
-    (["--assume", "cuda:8", "--dataset", "folder", "--image-size", "1024"], 1024, 8),
-])
+@pytest.mark.parametrize(
+    "flags,res,gpus",
+    [
+        (["--assume", "cuda:8", "--dataset", "celeba"], 64, 8),
+        (["--assume", "cuda:8", "--dataset", "folder", "--image-size", "256"], 256, 8),
+        (["--assume", "cuda:1", "--dataset", "celeba"], 64, 1),
+        (["--assume", "cuda:8", "--dataset", "folder", "--image-size", "1024"], 1024, 8),
+    ],
+)
 def test_auto_on_gpus_is_stylegan2_ada_cfg_auto(flags, res, gpus):
     a, ada = m.parse_args(flags), ada_auto(res, gpus)
     assert a.image_size == res and a.auto["processes"] == gpus
@@ -267,8 +302,12 @@ def test_auto_celeba_and_256_numbers():
     assert a.steps == 390625  # 25,000 kimg at batch 64
     b = m.parse_args(["--assume", "cuda:8", "--dataset", "folder", "--image-size", "256"])
     assert (b.batch_size, b.mbstd_group, b.r1_gamma, b.steps) == (8, 4, 0.2048, 390625)
-    assert m.parse_args(["--dry-run", "--assume", "cuda:8", "--dataset", "celeba",
-                         "--batch-size", "4"]).batch_size == 4  # a given flag wins
+    assert (
+        m.parse_args(
+            ["--dry-run", "--assume", "cuda:8", "--dataset", "celeba", "--batch-size", "4"]
+        ).batch_size
+        == 4
+    )  # a given flag wins
 
 
 @pytest.mark.parametrize("gpus", [2, 1])

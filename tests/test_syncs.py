@@ -32,8 +32,21 @@ def syncs_per_step(module, steps):
         setattr(torch.Tensor, name, counted)
     Run.end_step = end_step
     try:
-        module.main([*tiny_args(module), "--steps", str(steps), "--log-every", "1000",
-                     "--sample-every", "1000", "--ckpt-every", "1000", "--out", "run"])
+        module.main(
+            [
+                *tiny_args(module),
+                "--steps",
+                str(steps),
+                "--log-every",
+                "1000",
+                "--sample-every",
+                "1000",
+                "--ckpt-every",
+                "1000",
+                "--out",
+                "run",
+            ]
+        )
     finally:
         for name in SYNCS:
             setattr(torch.Tensor, name, real[name])

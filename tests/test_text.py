@@ -13,8 +13,15 @@ import torch
 from common import UserError
 from conftest import ROOT, assert_one_line_error, load_script, tiny_args
 from test_scripts import losses
-from common.text import (UNKNOWN, TextBatches, TextData, js_divergence, ngrams, text_metrics,
-                         word_share)
+from common.text import (
+    UNKNOWN,
+    TextBatches,
+    TextData,
+    js_divergence,
+    ngrams,
+    text_metrics,
+    word_share,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +107,10 @@ def test_reference_is_counted_in_the_samples_alphabet(letters):
 def test_js_divergence_bounds():
     p, q = ngrams(["abab"], 1), ngrams(["cdcd"], 1)
     assert js_divergence(p, p) == 0 and math.isclose(js_divergence(p, q), 1.0)
-    assert math.isclose(js_divergence(ngrams(["aab"], 1), ngrams(["abb"], 1)),
-                        js_divergence(ngrams(["abb"], 1), ngrams(["aab"], 1)))
+    assert math.isclose(
+        js_divergence(ngrams(["aab"], 1), ngrams(["abb"], 1)),
+        js_divergence(ngrams(["abb"], 1), ngrams(["aab"], 1)),
+    )
 
 
 def test_word_share_skips_cut_words():
@@ -110,11 +119,14 @@ def test_word_share_skips_cut_words():
     assert math.isnan(word_share(["thecat"], words))  # ... and only whole words count
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"", "too few"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20, "not UTF-8"),
-    ("a" * 100, "distinct"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "too few"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20, "not UTF-8"),
+        ("a" * 100, "distinct"),
+    ],
+)
 def test_unusable_text_is_one_line(tmp_path, content, words):
     f = tmp_path / "x.txt"
     f.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -154,8 +166,20 @@ def test_text_train_resume_sample_evaluate(name, in_tmp):
     assert len(lines) == 64 and all(len(s) == 16 for s in lines)
 
     m.main(["--sample", "5", "--checkpoint", "full", "--out", "s", "--device", "cpu"])
-    m.main(["--sample", "2", "--interpolate", "3", "--checkpoint", "full", "--out", "s",
-            "--device", "cpu"])
+    m.main(
+        [
+            "--sample",
+            "2",
+            "--interpolate",
+            "3",
+            "--checkpoint",
+            "full",
+            "--out",
+            "s",
+            "--device",
+            "cpu",
+        ]
+    )
     sample, walk = sorted(os.listdir("s"), key=lambda f: not f.startswith("sample"))
     assert sample.endswith(".txt") and len(open(f"s/{sample}").read().splitlines()) == 5
     assert len([x for x in open(f"s/{walk}").read().splitlines() if x]) == 6
@@ -174,27 +198,43 @@ def test_text_bf16(name, in_tmp):
 def test_text_torchrun_two_processes(in_tmp):
     m = load_script("wgan_gp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "tests", "ddp_driver.py"), "wgan_gp", *text_args(m), "--steps",
-           "2", "--out", "ddp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(ROOT, "tests", "ddp_driver.py"),
+        "wgan_gp",
+        *text_args(m),
+        "--steps",
+        "2",
+        "--out",
+        "ddp",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     p0, p1 = (torch.load(f"ddp/params_rank{i}.pt", weights_only=True) for i in (0, 1))
     assert all(torch.allclose(p0[k], p1[k], atol=1e-6) for k in p0)
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--dataset", "text", "--data-path", "missing.txt"], "does not exist"),
-    (["--dataset", "text", "--vocab-size", "1"], "--vocab-size"),
-    (["--dataset", "text", "--seq-len", "1"], "--seq-len"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--dataset", "text", "--data-path", "missing.txt"], "does not exist"),
+        (["--dataset", "text", "--vocab-size", "1"], "--vocab-size"),
+        (["--dataset", "text", "--seq-len", "1"], "--seq-len"),
+    ],
+)
 def test_text_bad_input_one_line(flags, words, in_tmp, capsys):
     for name in TEXT:
         assert_one_line_error(load_script(name), flags, words, capsys)
 
 
 def test_images_only_scripts_refuse_text(in_tmp, capsys):
-    assert_one_line_error(load_script("dcgan"), ["--dataset", "text"], "bgan.py and wgan_gp.py",
-                          capsys)
-    assert_one_line_error(load_script("bgan"), ["--dataset", "text", "--mode", "continuous"],
-                          "discrete", capsys)
+    assert_one_line_error(
+        load_script("dcgan"), ["--dataset", "text"], "bgan.py and wgan_gp.py", capsys
+    )
+    assert_one_line_error(
+        load_script("bgan"), ["--dataset", "text", "--mode", "continuous"], "discrete", capsys
+    )

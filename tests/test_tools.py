@@ -162,8 +162,17 @@ TINY = "--g-width 4 --d-width 4 --batch-size 16 --num-workers 0 --device cpu"
 
 def run_compare(out, *flags, extra=TINY, **kw):
     """tools/compare.py on tiny models, writing to ``out``; the finished process."""
-    cmd = [sys.executable, os.path.join(TOOLS, "compare.py"), *flags, "--num-samples", "40",
-           "--extra", extra, "--out", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(TOOLS, "compare.py"),
+        *flags,
+        "--num-samples",
+        "40",
+        "--extra",
+        extra,
+        "--out",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
@@ -189,8 +198,9 @@ def test_compare_defaults_with_a_config(tmp_path):
     """--defaults runs each script with its own flags (here cut short by --extra) and passes
     --config on; the table says which config ran."""
     out = tmp_path / "cmp"
-    run_compare(out, "dcgan", "--defaults", "--config", "paper", "--show", "2",
-                extra=TINY + " --steps 2")
+    run_compare(
+        out, "dcgan", "--defaults", "--config", "paper", "--show", "2", extra=TINY + " --steps 2"
+    )
     ran = json.load(open(out / "dcgan" / "args.json"))
     assert ran["config"] == "paper" and ran["image_size"] == 64  # the paper's, not the tool's
     assert "--config paper" in (out / "results.md").read_text()
@@ -211,8 +221,17 @@ def test_compare_minutes_stops_at_the_deadline(tmp_path):
     import time
 
     out, t0 = tmp_path / "cmp", time.time()
-    run_compare(out, "dcgan", "--minutes", "0.25", "--ckpt-every", "100000", "--show", "2",
-                preexec_fn=ignore_sigint)
+    run_compare(
+        out,
+        "dcgan",
+        "--minutes",
+        "0.25",
+        "--ckpt-every",
+        "100000",
+        "--show",
+        "2",
+        preexec_fn=ignore_sigint,
+    )
     (res,) = json.load(open(out / "results.json"))
     stopped = re.search(r"stopped at step (\d+);", (out / "dcgan.log").read_text())
     # A 15 s budget; the 60 s grace is never reached.

@@ -1,5 +1,6 @@
 """wgan.py's own checks: clipping, the critic schedule, fresh batches, the losses, the
 logistic-mixture output head and the script's bad input."""
+
 import json
 import os
 
@@ -13,14 +14,23 @@ m = load_script("wgan")
 
 def strip(run_dir):
     """metrics.jsonl without the wall-clock fields."""
-    return [{k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")}
-            for line in open(f"{run_dir}/metrics.jsonl")]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")}
+        for line in open(f"{run_dir}/metrics.jsonl")
+    ]
 
 
 def test_paper_defaults():
     a = m.parse_args([])
     assert (a.batch_size, a.lr_g, a.lr_d, a.n_critic, a.clip, a.n_critic_boost, a.z_dim) == (
-        64, 5e-5, 5e-5, 5, 0.01, 0, 100)
+        64,
+        5e-5,
+        5e-5,
+        5,
+        0.01,
+        0,
+        100,
+    )
     assert a.output == "tanh"
     G, D = m.build_models(a, 1, 0)
     # the authors' DCGAN critic has batch norm
@@ -44,8 +54,9 @@ def test_critic_schedule():
 def test_clipping_fresh_batches_and_log(in_tmp):
     """After training, every critic parameter (BN gains and biases too) lies in [-c, c]; each
     critic step took its own real batch; the log carries the Wasserstein estimate."""
-    res = m.main([*tiny_args(m), "--steps", "2", "--n-critic-boost", "3", "--clip", "0.005",
-                  "--out", "run"])
+    res = m.main(
+        [*tiny_args(m), "--steps", "2", "--n-critic-boost", "3", "--clip", "0.005", "--out", "run"]
+    )
     params = list(res["D"].parameters())
     assert all(p.abs().max().item() <= 0.005 for p in params)
     assert any(p.abs().max().item() == pytest.approx(0.005) for p in params)  # clipping was active
@@ -87,8 +98,21 @@ def test_dmol_head_samples_on_the_data_grid_and_is_differentiable(channels):
 
 def test_dmol_train_resume_sample(in_tmp):
     """The head's pixel noise moves neither the resume nor the training RNG: resumes are exact."""
-    common = [*tiny_args(m), "--output", "dmol", "--mixtures", "3", "--n-critic-boost", "0",
-              "--n-critic", "2", "--ckpt-every", "2", "--sample-every", "1"]
+    common = [
+        *tiny_args(m),
+        "--output",
+        "dmol",
+        "--mixtures",
+        "3",
+        "--n-critic-boost",
+        "0",
+        "--n-critic",
+        "2",
+        "--ckpt-every",
+        "2",
+        "--sample-every",
+        "1",
+    ]
     m.main([*common, "--steps", "4", "--out", "full"])
     m.main([*common, "--steps", "2", "--out", "part"])
     m.main(["--resume", "auto", "--out", "part", "--steps", "4"])
@@ -98,19 +122,48 @@ def test_dmol_train_resume_sample(in_tmp):
     generate = m.load_generator("full/checkpoints/last.pt")
     assert torch.equal(generate(4, seed=1), generate(4, seed=1))
     assert not torch.equal(generate(4, seed=1), generate(4, seed=2))
-    m.main(["--sample", "4", "--checkpoint", "full", "--out", "s", "--device", "cpu",
-            "--temperature", "0.5"])
-    m.main(["--sample", "2", "--interpolate", "3", "--checkpoint", "full", "--out", "s",
-            "--device", "cpu", "--seed", "3"])
+    m.main(
+        [
+            "--sample",
+            "4",
+            "--checkpoint",
+            "full",
+            "--out",
+            "s",
+            "--device",
+            "cpu",
+            "--temperature",
+            "0.5",
+        ]
+    )
+    m.main(
+        [
+            "--sample",
+            "2",
+            "--interpolate",
+            "3",
+            "--checkpoint",
+            "full",
+            "--out",
+            "s",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+        ]
+    )
     assert sorted(f.split("_")[0] for f in os.listdir("s")) == ["interpolate"] * 2 + ["sample"]
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--n-critic", "0"], "--n-critic"),
-    (["--clip", "0"], "--clip"),
-    (["--clip", "-0.01"], "--clip"),
-    (["--n-critic-boost", "-1"], "--n-critic-boost"),
-    (["--output", "dmol", "--mixtures", "0"], "--mixtures"),
-])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--n-critic", "0"], "--n-critic"),
+        (["--clip", "0"], "--clip"),
+        (["--clip", "-0.01"], "--clip"),
+        (["--n-critic-boost", "-1"], "--n-critic-boost"),
+        (["--output", "dmol", "--mixtures", "0"], "--mixtures"),
+    ],
+)
 def test_bad_input(in_tmp, capsys, flags, words):
     assert_one_line_error(m, flags, words, capsys)

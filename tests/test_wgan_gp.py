@@ -2,6 +2,7 @@
 create_graph, fp16 scaling), per-sample epsilon, no batch norm in the critic, the ResNet
 of App. C, --lr-decay, --dequantize, --config auto (the authors' code on CUDA, today's runs of
 minutes on a CPU) and the script's bad input."""
+
 import json
 
 import pytest
@@ -14,8 +15,10 @@ m = load_script("wgan_gp")
 
 def strip(run_dir):
     """metrics.jsonl without the wall-clock fields."""
-    return [{k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")}
-            for line in open(f"{run_dir}/metrics.jsonl")]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")}
+        for line in open(f"{run_dir}/metrics.jsonl")
+    ]
 
 
 class Linear(torch.nn.Module):
@@ -75,7 +78,15 @@ def test_one_epsilon_per_sample():
 def test_paper_defaults_and_no_batch_norm_in_the_critic():
     a = m.parse_args([])
     assert (a.batch_size, a.lr_g, a.lr_d, a.beta1, a.beta2, a.lambda_gp, a.n_critic, a.z_dim) == (
-        64, 1e-4, 1e-4, 0.0, 0.9, 10.0, 5, 128)
+        64,
+        1e-4,
+        1e-4,
+        0.0,
+        0.9,
+        10.0,
+        5,
+        128,
+    )
     assert (a.arch, a.g_width, a.d_width) == ("dcgan", 64, 64)
     r = m.parse_args(["--arch", "resnet"])
     assert (r.g_width, r.d_width) == (128, 128)  # Table 4
@@ -89,8 +100,9 @@ def test_paper_defaults_and_no_batch_norm_in_the_critic():
 
 @pytest.mark.parametrize("size", [8, 16, 32, 64])
 def test_resnet_shapes(size):
-    args = m.parse_args(["--arch", "resnet", "--g-width", "8", "--d-width", "8",
-                         "--image-size", str(size)])
+    args = m.parse_args(
+        ["--arch", "resnet", "--g-width", "8", "--d-width", "8", "--image-size", str(size)]
+    )
     G, D = m.build_models(args, channels=3, num_classes=0)
     x = G(torch.randn(2, args.z_dim))
     assert x.shape == (2, 3, size, size) and D(x).shape == (2,)
@@ -100,8 +112,19 @@ def test_resnet_shapes(size):
 
 
 def test_resnet_lr_decay_resume(in_tmp):
-    common = [*tiny_args(m), "--arch", "resnet", "--lr-decay", "4", "--n-critic", "2",
-              "--ckpt-every", "2", "--sample-every", "2"]
+    common = [
+        *tiny_args(m),
+        "--arch",
+        "resnet",
+        "--lr-decay",
+        "4",
+        "--n-critic",
+        "2",
+        "--ckpt-every",
+        "2",
+        "--sample-every",
+        "2",
+    ]
     m.main([*common, "--steps", "4", "--out", "full"])
     m.main([*common, "--steps", "2", "--out", "part"])
     m.main(["--resume", "auto", "--out", "part", "--steps", "4"])
@@ -129,7 +152,12 @@ def test_auto_cuda_cifar10_is_the_authors_resnet(gpus):
     the penalty's 10, real images + U[0, 1/128); z of 128."""
     a = resolved("--assume", f"cuda:{gpus}", "--dataset", "cifar10")
     assert settings(a, "arch", "g_width", "d_width", "image_size", "z_dim") == {
-        "arch": "resnet", "g_width": 128, "d_width": 128, "image_size": 32, "z_dim": 128}
+        "arch": "resnet",
+        "g_width": 128,
+        "d_width": 128,
+        "image_size": 32,
+        "z_dim": 128,
+    }
     assert a.batch_size * gpus == 64 and a.steps == 100000 and a.lr_decay == 100000
     assert (a.lr_g, a.lr_d, a.beta1, a.beta2) == (2e-4, 2e-4, 0.0, 0.9)
     assert (a.n_critic, a.lambda_gp, a.dequantize) == (5, 10.0, True)
@@ -143,10 +171,21 @@ def test_auto_cuda_mnist_is_gan_mnist():
     LAMBDA 10, Adam 1e-4, betas (0.5, 0.9), no decay."""
     a = resolved("--assume", "cuda:1", "--dataset", "mnist")
     assert settings(a, "arch", "g_width", "d_width", "batch_size", "steps", "lr_decay") == {
-        "arch": "dcgan", "g_width": 64, "d_width": 64, "batch_size": 50, "steps": 200000,
-        "lr_decay": 0}
+        "arch": "dcgan",
+        "g_width": 64,
+        "d_width": 64,
+        "batch_size": 50,
+        "steps": 200000,
+        "lr_decay": 0,
+    }
     assert (a.lr_g, a.lr_d, a.beta1, a.beta2, a.n_critic, a.lambda_gp) == (
-        1e-4, 1e-4, 0.5, 0.9, 5, 10.0)
+        1e-4,
+        1e-4,
+        0.5,
+        0.9,
+        5,
+        10.0,
+    )
     assert a.image_size == 32 and not a.dequantize
 
 
@@ -155,8 +194,13 @@ def test_auto_cuda_64x64_is_gan_64x64():
     CRITIC_ITERS 5, Adam 1e-4, betas (0, 0.9)."""
     a = resolved("--assume", "cuda:8", "--dataset", "celeba")
     assert settings(a, "arch", "g_width", "d_width", "image_size", "batch_size", "steps") == {
-        "arch": "dcgan", "g_width": 64, "d_width": 64, "image_size": 64, "batch_size": 8,
-        "steps": 200000}
+        "arch": "dcgan",
+        "g_width": 64,
+        "d_width": 64,
+        "image_size": 64,
+        "batch_size": 8,
+        "steps": 200000,
+    }
     assert (a.lr_g, a.beta1, a.beta2, a.n_critic, a.lr_decay) == (1e-4, 0.0, 0.9, 5, 0)
 
 
@@ -164,20 +208,59 @@ def test_auto_cuda_text_is_gan_language():
     """gan_language.py: BATCH_SIZE 64, ITERS 200000, SEQ_LEN 32, DIM 512, CRITIC_ITERS 10,
     LAMBDA 10, Adam 1e-4, betas (0.5, 0.9); language_helpers.py's max_vocab_size 2048."""
     a = resolved("--assume", "cuda:1", "--dataset", "text")
-    assert settings(a, "batch_size", "steps", "seq_len", "g_width", "d_width", "n_critic",
-                    "lambda_gp", "lr_g", "lr_d", "beta1", "beta2", "vocab_size") == {
-        "batch_size": 64, "steps": 200000, "seq_len": 32, "g_width": 512, "d_width": 512,
-        "n_critic": 10, "lambda_gp": 10.0, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5,
-        "beta2": 0.9, "vocab_size": 2048}
+    assert settings(
+        a,
+        "batch_size",
+        "steps",
+        "seq_len",
+        "g_width",
+        "d_width",
+        "n_critic",
+        "lambda_gp",
+        "lr_g",
+        "lr_d",
+        "beta1",
+        "beta2",
+        "vocab_size",
+    ) == {
+        "batch_size": 64,
+        "steps": 200000,
+        "seq_len": 32,
+        "g_width": 512,
+        "d_width": 512,
+        "n_critic": 10,
+        "lambda_gp": 10.0,
+        "lr_g": 1e-4,
+        "lr_d": 1e-4,
+        "beta1": 0.5,
+        "beta2": 0.9,
+        "vocab_size": 2048,
+    }
     assert not a.dequantize
     paper = resolved("--config", "paper", "--dataset", "text")
     assert (paper.vocab_size, paper.seq_len, paper.n_critic) == (2048, 32, 10)
 
 
 # Today's CPU resolutions (before the rule had a CUDA branch): no default run changes.
-TODAY = ("arch", "g_width", "d_width", "batch_size", "steps", "lr_g", "lr_d", "beta1", "beta2",
-         "n_critic", "lambda_gp", "lr_decay", "z_dim", "image_size", "ema_decay", "seq_len",
-         "vocab_size")
+TODAY = (
+    "arch",
+    "g_width",
+    "d_width",
+    "batch_size",
+    "steps",
+    "lr_g",
+    "lr_d",
+    "beta1",
+    "beta2",
+    "n_critic",
+    "lambda_gp",
+    "lr_decay",
+    "z_dim",
+    "image_size",
+    "ema_decay",
+    "seq_len",
+    "vocab_size",
+)
 CPU_DIGITS = ("dcgan", 64, 64, 64, 930, 1e-4, 1e-4, 0.0, 0.9, 5, 10.0, 0, 128, 16, 0.999, 32, 96)
 CPU_TEXT = ("dcgan", 64, 64, 32, 500, 1e-3, 1e-3, 0.5, 0.9, 5, 10.0, 0, 128, 32, 0.999, 32, 96)
 
@@ -201,10 +284,18 @@ def test_auto_cpu_other_images_stay_a_run_of_minutes():
 def test_given_flags_win_over_the_authors_code():
     a = resolved("--assume", "cuda:1", "--dataset", "cifar10", "--arch", "dcgan")
     # the given --arch keeps its own widths and no dequantisation; the rest is still the code's
-    assert (a.arch, a.g_width, a.dequantize, a.batch_size, a.lr_g) == ("dcgan", 64, False, 64,
-                                                                       2e-4)
-    b = resolved("--assume", "cuda:1", "--dataset", "cifar10", "--steps", "500",
-                 "--batch-size", "32", "--no-dequantize")
+    assert (a.arch, a.g_width, a.dequantize, a.batch_size, a.lr_g) == ("dcgan", 64, False, 64, 2e-4)
+    b = resolved(
+        "--assume",
+        "cuda:1",
+        "--dataset",
+        "cifar10",
+        "--steps",
+        "500",
+        "--batch-size",
+        "32",
+        "--no-dequantize",
+    )
     assert (b.steps, b.batch_size, b.dequantize, b.lr_decay) == (500, 32, False, 100000)
 
 
@@ -230,11 +321,14 @@ def test_dequantize_follows_the_arch_and_reaches_the_critic(in_tmp, monkeypatch)
     assert len(calls) == 2 and calls[0] == (16, 1, 16, 16)  # every critic step's real batch
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--dataset", "text", "--dequantize"], "--dequantize"),
-    (["--n-critic", "0"], "--n-critic"),
-    (["--lambda-gp", "-1"], "--lambda-gp"),
-    (["--lr-decay", "-5"], "--lr-decay"),
-])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--dataset", "text", "--dequantize"], "--dequantize"),
+        (["--n-critic", "0"], "--n-critic"),
+        (["--lambda-gp", "-1"], "--lambda-gp"),
+        (["--lr-decay", "-5"], "--lr-decay"),
+    ],
+)
 def test_bad_input(in_tmp, capsys, flags, words):
     assert_one_line_error(m, flags, words, capsys)

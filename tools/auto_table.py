@@ -77,8 +77,10 @@ def table(name):
     keys = list(ALWAYS)
     for _, a in cols:
         keys += [k for k in a.chosen if k not in keys]
-    rows = [f"| `--{k.replace('_', '-')}` | " + " | ".join(fmt(getattr(a, k)) for _, a in cols)
-            + " |" for k in keys]
+    rows = [
+        f"| `--{k.replace('_', '-')}` | " + " | ".join(fmt(getattr(a, k)) for _, a in cols) + " |"
+        for k in keys
+    ]
     rows.insert(3, "| images seen | " + " | ".join(seen(a) for _, a in cols) + " |")
     head = "| flag | " + " | ".join(h for h, _ in cols) + " |"
     return "\n".join([f"## {name}.py", "", head, "|" + " --- |" * (len(cols) + 1), *rows, ""])

@@ -157,8 +157,13 @@ def main(argv=None):
 
         from tools.results_table import record_rows
 
-        rows = [{"key": f"{r['script']} {r['amp']} {args.image_size}px",
-                 **{k: v for k, v in r.items() if k != "cpu"}} for r in results]
+        rows = [
+            {
+                "key": f"{r['script']} {r['amp']} {args.image_size}px",
+                **{k: v for k, v in r.items() if k != "cpu"},
+            }
+            for r in results
+        ]
         gpu = None
         if args.device.startswith("cuda"):
             import torch

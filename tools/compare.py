@@ -106,8 +106,11 @@ def side_by_side(rows, path, show):
 def last_grid(out, name):
     """A link to the grid the run drew at its last step (relative to ``out``), or ""."""
     folder = os.path.join(out, name, "samples")
-    grids = sorted(f for f in os.listdir(folder) if f.startswith("step_")) if os.path.isdir(
-        folder) else []
+    grids = (
+        sorted(f for f in os.listdir(folder) if f.startswith("step_"))
+        if os.path.isdir(folder)
+        else []
+    )
     return f"[grid]({name}/samples/{grids[-1]})" if grids else ""
 
 
@@ -129,9 +132,12 @@ def record(table, results, argv, cuda):
         row = {"key": r["script"], **{k: v for k, v in r.items() if k != "protocol"}}
         if "protocol" in r:
             gen = r["protocol"]["generated"]
-            row.update(dataset=gen["dataset"], image_size=gen["image_size"],
-                       num_samples=gen["num_generated"],
-                       features=r["protocol"]["feature_extractor"]["name"])
+            row.update(
+                dataset=gen["dataset"],
+                image_size=gen["image_size"],
+                num_samples=gen["num_generated"],
+                features=r["protocol"]["feature_extractor"]["name"],
+            )
         rows.append(row)
     gpu = None
     if cuda:
@@ -139,8 +145,10 @@ def record(table, results, argv, cuda):
 
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     record_rows(table, rows, shlex.join(["python", "tools/compare.py", *argv]), gpu)
-    print(f"recorded {len(rows)} rows of {table!r} in {os.path.relpath(RECORD, ROOT)}; "
-          "python tools/results_table.py --write regenerates the tables")
+    print(
+        f"recorded {len(rows)} rows of {table!r} in {os.path.relpath(RECORD, ROOT)}; "
+        "python tools/results_table.py --write regenerates the tables"
+    )
 
 
 def main(argv=None):
@@ -222,8 +230,7 @@ def main(argv=None):
     for name in names:
         run = os.path.join(out, name)
         print(
-            f"{name}: training "
-            f"({budget_words(args)})",
+            f"{name}: training ({budget_words(args)})",
             flush=True,
         )
         wall, rc = train(

@@ -81,9 +81,13 @@ def main(argv=None):
         "--real", action="store_true", help="score half of the real digits (the reference point)"
     )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--record", default=None, metavar="TABLE",
-                   help="also write the first generator's scores into docs/results.json's TABLE "
-                   "(tools/results_table.py renders it), as the row --key")
+    p.add_argument(
+        "--record",
+        default=None,
+        metavar="TABLE",
+        help="also write the first generator's scores into docs/results.json's TABLE "
+        "(tools/results_table.py renders it), as the row --key",
+    )
     p.add_argument("--key", default=None, help="--record: the row's name (default: the run)")
     p.add_argument("--note", default="", help="--record: how the run was trained")
     args = p.parse_args(argv)
@@ -116,11 +120,15 @@ def main(argv=None):
             )
     if not results:
         p.error("give a checkpoint or --real")
-    print(f"{'generator':42s} {'FD':>8s} {'recall':>7s} {'within-class spread':>20s} "
-          f"{'coverage':>9s} {'confidence':>11s}")
+    print(
+        f"{'generator':42s} {'FD':>8s} {'recall':>7s} {'within-class spread':>20s} "
+        f"{'coverage':>9s} {'confidence':>11s}"
+    )
     for label, r in results:
-        print(f"{label:42s} {r['fd']:8.2f} {r['recall']:7.3f} {r['within_class_spread']:20.3f} "
-              f"{r['coverage']:6d}/10 {r['confidence']:11.3f}")
+        print(
+            f"{label:42s} {r['fd']:8.2f} {r['recall']:7.3f} {r['within_class_spread']:20.3f} "
+            f"{r['coverage']:6d}/10 {r['confidence']:11.3f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({label: r for label, r in results}, f, indent=2)
@@ -133,11 +141,16 @@ def main(argv=None):
         run = ckpt["args"]
         # the generator the run samples with (the last of --compare-ema's variants)
         row = {k: v for k, v in results[-1][1].items() if k != "class_counts"}
-        row.update(key=args.key or os.path.basename(os.path.normpath(run_dir_of(path))),
-                   script=ckpt.get("script"), dataset=run.get("dataset"),
-                   image_size=run.get("image_size"), steps=ckpt.get("step"), note=args.note,
-                   # the classifier is trained once per cache: numbers compare within one
-                   classifier=sha256(classifier_path())[:12])
+        row.update(
+            key=args.key or os.path.basename(os.path.normpath(run_dir_of(path))),
+            script=ckpt.get("script"),
+            dataset=run.get("dataset"),
+            image_size=run.get("image_size"),
+            steps=ckpt.get("step"),
+            note=args.note,
+            # the classifier is trained once per cache: numbers compare within one
+            classifier=sha256(classifier_path())[:12],
+        )
         given = argv if argv is not None else sys.argv[1:]
         cmd = "python tools/digits_metric.py " + " ".join(given)
         record_rows(args.record, [row], cmd)

@@ -113,9 +113,11 @@ def main(argv=None):
     g, r, fe = proto["generated"], proto["real"], proto["feature_extractor"]
     if g.get("dataset") == "text":
         floor = r["real_vs_real"]
-        print(f"{g['checkpoint']}: {g['num_generated']} generated sequences ({g['generator']}) "
-              f"vs the corpus {r['source']} ({r['characters']} characters); JS divergences in "
-              "bits, and beside them the same number of real windows")
+        print(
+            f"{g['checkpoint']}: {g['num_generated']} generated sequences ({g['generator']}) "
+            f"vs the corpus {r['source']} ({r['characters']} characters); JS divergences in "
+            "bits, and beside them the same number of real windows"
+        )
         for k, v in m.items():
             print(f"  {k:10s} {v:.5g}   (real {floor[k]:.5g})")
         for side in ("generated", "real"):  # the first ten of each, unpicked

@@ -59,28 +59,64 @@ def child(script, argv):
     later = [r["img_per_s"] for r in rows[1:]] or [rows[-1]["img_per_s"]]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     first = rows[0]["time"] - start  # --log-every 1: the first row is the end of step 1
-    print("CHECK " + json.dumps({"img_per_s": statistics.median(later), "peak_gib": peak,
-                                 "first_step_s": first}), flush=True)
+    print(
+        "CHECK "
+        + json.dumps(
+            {"img_per_s": statistics.median(later), "peak_gib": peak, "first_step_s": first}
+        ),
+        flush=True,
+    )
 
 
 def run_one(name, mode, args, tmp):
     amp, more, torchrun = MODES[mode]
     out = os.path.join(tmp, f"{name}-{mode}")
-    flags = ["--device", args.device, "--amp", amp, "--steps", str(args.steps),
-             "--image-size", str(SIZE.get(name, 64)), "--log-every", "1",
-             "--sample-every", str(10**9), "--ckpt-every", str(10**9), "--num-workers", "2",
-             "--out", out, *more, *args.extra.split()]
+    flags = [
+        "--device",
+        args.device,
+        "--amp",
+        amp,
+        "--steps",
+        str(args.steps),
+        "--image-size",
+        str(SIZE.get(name, 64)),
+        "--log-every",
+        "1",
+        "--sample-every",
+        str(10**9),
+        "--ckpt-every",
+        str(10**9),
+        "--num-workers",
+        "2",
+        "--out",
+        out,
+        *more,
+        *args.extra.split(),
+    ]
     me = os.path.abspath(__file__)
     cmd = [sys.executable, me, "--child", name, *flags]
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=1", me, "--child", name, *flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            me,
+            "--child",
+            name,
+            *flags,
+        ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=args.timeout)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("CHECK ")), None)
     if r.returncode != 0 or line is None:
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "it/s]" not in ln]
-        return {"script": name, "mode": mode, "passed": False,
-                "error": (lines or ["no output"])[-1][:200]}
+        return {
+            "script": name,
+            "mode": mode,
+            "passed": False,
+            "error": (lines or ["no output"])[-1][:200],
+        }
     return {"script": name, "mode": mode, "passed": True, **json.loads(line[6:])}
 
 
@@ -88,8 +124,10 @@ def row(rec):
     if not rec["passed"]:
         return f"| {rec['script']} | {rec['mode']} | failed: {rec['error']} | | | |"
     peak = "" if rec["peak_gib"] is None else f"{rec['peak_gib']:.2f}"
-    return (f"| {rec['script']} | {rec['mode']} | passed | {rec['img_per_s']:.0f} | {peak} | "
-            f"{rec['first_step_s']:.0f} |")
+    return (
+        f"| {rec['script']} | {rec['mode']} | passed | {rec['img_per_s']:.0f} | {peak} | "
+        f"{rec['first_step_s']:.0f} |"
+    )
 
 
 def main(argv=None):
@@ -97,8 +135,9 @@ def main(argv=None):
         return child(sys.argv[2], sys.argv[3:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("scripts", nargs="*", help="scripts to check (default: all)")
-    p.add_argument("--modes", nargs="+", default=["bf16", "fp16", "compile", "torchrun"],
-                   choices=list(MODES))
+    p.add_argument(
+        "--modes", nargs="+", default=["bf16", "fp16", "compile", "torchrun"], choices=list(MODES)
+    )
     p.add_argument("--steps", type=int, default=200, help="training steps per check")
     p.add_argument("--device", default="cuda", help="cuda (cpu runs the harness, for tests)")
     p.add_argument("--extra", default="", help="more flags for every script")
@@ -116,12 +155,19 @@ def main(argv=None):
         p.error(f"unknown script(s): {', '.join(unknown)}")
     cuda = args.device.startswith("cuda")
     gpu = torch.cuda.get_device_name() if cuda else "none (CPU)"
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    print(f"gpu_check: {gpu}, torch {torch.__version__}, commit {commit or '?'}, "
-          f"{args.steps} steps per check", flush=True)
-    print("| script | mode | result | img/s | peak GiB | s to first step |\n"
-          "| --- | --- | --- | --- | --- | --- |", flush=True)
+    commit = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"gpu_check: {gpu}, torch {torch.__version__}, commit {commit or '?'}, "
+        f"{args.steps} steps per check",
+        flush=True,
+    )
+    print(
+        "| script | mode | result | img/s | peak GiB | s to first step |\n"
+        "| --- | --- | --- | --- | --- | --- |",
+        flush=True,
+    )
     results, tmp = [], tempfile.mkdtemp(prefix="gpu_check_")
     try:
         for name in names:
@@ -133,9 +179,18 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": gpu, "torch": torch.__version__, "commit": commit,
-                       "date": datetime.date.today().isoformat(), "steps": args.steps,
-                       "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "gpu": gpu,
+                    "torch": torch.__version__,
+                    "commit": commit,
+                    "date": datetime.date.today().isoformat(),
+                    "steps": args.steps,
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
     return 0 if all(r["passed"] for r in results) else 1
 
 
