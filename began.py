@@ -336,6 +336,43 @@ def stalled(window_mean, best, tol=0.01):
     return window_mean > (1 - tol) * best
 
 
+class Equilibrium:
+    """BEGAN's equilibrium controller (Sec. 3.4) with the learning-rate decay on M (Sec. 4.1):
+    the paper's state, which a resumed run restores (the run saves it like a model).
+
+    ``k``: k_t (k_0 = 0, Sec. 3.4), a tensor on the device; ``m_sum``: M_global summed over
+    the current decay window; ``m_best``: the lowest window mean so far; ``lr_scale``: the
+    product of the halvings, which multiplies --lr-g and --lr-d."""
+
+    def __init__(self, gamma, lambda_k, patience, device):
+        self.gamma, self.lambda_k, self.patience = gamma, lambda_k, patience
+        self.k = torch.zeros((), device=device)
+        self.m_sum = torch.zeros((), device=device)
+        self.m_best, self.lr_scale = math.inf, 1.0
+
+    def update(self, l_real, l_fake, step):
+        """k_{t+1} and M_global from this step's L(x) and L(G(z)); at the end of each window
+        of ``patience`` steps, halve ``lr_scale`` if M has stalled. Returns M_global."""
+        self.k = update_k(self.k, l_real, l_fake, self.gamma, self.lambda_k)
+        m = convergence_measure(l_real, l_fake, self.gamma)
+        self.m_sum += m
+        if self.patience and (step + 1) % self.patience == 0:
+            window = self.m_sum.item() / self.patience  # one host sync per window
+            if stalled(window, self.m_best):
+                self.lr_scale /= 2
+            self.m_best = min(self.m_best, window)
+            self.m_sum.zero_()
+        return m
+
+    def state_dict(self):
+        return {"k": self.k, "m_sum": self.m_sum, "m_best": self.m_best, "lr_scale": self.lr_scale}
+
+    def load_state_dict(self, state):
+        self.k.copy_(state["k"])
+        self.m_sum.copy_(state["m_sum"])
+        self.m_best, self.lr_scale = float(state["m_best"]), float(state["lr_scale"])
+
+
 def set_lr(args, opt_g, opt_d, scale):
     """Both learning rates: the base rate (--lr-g, --lr-d) times the decay's factor."""
     for opt, lr in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
@@ -374,14 +411,7 @@ def train(args):
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    # The paper's state: k_t (k_0 = 0, Sec. 3.4), M summed over the current lr-decay window,
-    # the lowest window mean so far and the product of the halvings (Sec. 4.1).
-    eq = {
-        "k": torch.zeros((), device=device),
-        "m_sum": torch.zeros((), device=device),
-        "m_best": torch.tensor(math.inf, dtype=torch.float64),
-        "lr_scale": torch.tensor(1.0, dtype=torch.float64),
-    }
+    eq = Equilibrium(args.gamma, args.lambda_k, args.lr_decay_patience, device)  # k_t, M
     grid = fixed_inputs(64, args.z_dim, 0, 1234, device, latent=latents)[:1]
     calibrate = [
         fixed_inputs(256, args.z_dim, 0, 4321 + i, device, latent=latents)[:1] for i in range(4)
@@ -403,7 +433,7 @@ def train(args):
         info={"channels": data.channels, "num_classes": 0},
         note=f"gamma {args.gamma:g}, lambda_k {args.lambda_k:g}",
     )
-    set_lr(args, opt_g, opt_d, eq["lr_scale"].item())  # a rate given on resume is the new base
+    set_lr(args, opt_g, opt_d, eq.lr_scale)  # a rate given on resume is the new base
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
 
     stream = iter(batches)
@@ -416,7 +446,7 @@ def train(args):
         with autocast(device, args.amp):
             fake = G_step(z)
             real_l, fake_l = D_step(real), D_step(fake.detach())
-            loss_d = d_loss(real_l, fake_l, eq["k"])
+            loss_d = d_loss(real_l, fake_l, eq.k)
         optimizer_step(loss_d, opt_d, scaler_d, D, world)
 
         # G step: make fakes that D reconstructs well. D's weights need no grads.
@@ -434,17 +464,8 @@ def train(args):
         l_real, l_fake = all_ranks_mean(
             torch.stack([real_l.detach().float().mean(), fake_l.detach().float().mean()]), world
         )
-        eq["k"].copy_(update_k(eq["k"], l_real, l_fake, args.gamma, args.lambda_k))
-        m = convergence_measure(l_real, l_fake, args.gamma)
-        eq["m_sum"] += m
-        # Sec. 4.1: halve both learning rates when M, averaged over a window, stalls.
-        if args.lr_decay_patience and (run.step + 1) % args.lr_decay_patience == 0:
-            window = eq["m_sum"].item() / args.lr_decay_patience  # one host sync per window
-            if stalled(window, eq["m_best"].item()):
-                eq["lr_scale"] /= 2
-                set_lr(args, opt_g, opt_d, eq["lr_scale"].item())
-            eq["m_best"].fill_(min(eq["m_best"].item(), window))
-            eq["m_sum"].zero_()
+        m = eq.update(l_real, l_fake, run.step)  # k_{t+1} and M_global (Sec. 3.4, 3.4.1)
+        set_lr(args, opt_g, opt_d, eq.lr_scale)  # halved when M stalls (Sec. 4.1)
 
         run.end_step(
             d_loss=loss_d,
@@ -452,8 +473,8 @@ def train(args):
             l_real=l_real,
             l_fake=l_fake,
             M=m,
-            k=eq["k"],
-            lr_g=args.lr_g * eq["lr_scale"],
+            k=eq.k,
+            lr_g=args.lr_g * eq.lr_scale,
         )
     if rank == 0:
         draw_convergence(run.out, args.gamma)

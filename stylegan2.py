@@ -704,6 +704,28 @@ def path_length_penalty(lengths, pl_mean, decay, world):
     return (lengths - pl_mean).square(), pl_mean
 
 
+class PathLengthMean:
+    """Eq. 4's a, the running mean of the path lengths: the paper's state, which a resumed
+    run restores (the run saves it like a model). ``last``: the last penalty, for the log."""
+
+    def __init__(self, decay, device):
+        self.decay = decay
+        self.a = torch.zeros((), device=device)
+        self.last = torch.zeros((), device=device)
+
+    def penalty(self, lengths, world):
+        """(||J_w^T y|| - a)^2 per sample; a moves towards the lengths' mean."""
+        penalty, self.a = path_length_penalty(lengths, self.a, self.decay, world)
+        return penalty
+
+    def state_dict(self):
+        return {"pl_mean": self.a, "last": self.last}
+
+    def load_state_dict(self, state):
+        self.a.copy_(state["pl_mean"])
+        self.last.copy_(state["last"])
+
+
 def logged(penalty, amp):
     """A penalty for the log; under fp16, inf from a step the scaler skips is no divergence."""
     return penalty.detach().nan_to_num(0.0, 0.0, 0.0) if amp == "fp16" else penalty.detach()
@@ -764,10 +786,8 @@ def train(args):
     opt_g, _ = lazy_adam(G.parameters(), args.lr_g, betas, args.pl_every if pl_on else 0)
     opt_d, _ = lazy_adam(D.parameters(), args.lr_d, betas, args.r1_every if r1_on else 0)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    reg = {
-        "pl_mean": torch.zeros((), device=device),  # Eq. 4's running mean a
-        "last": torch.zeros(2, device=device),
-    }  # the last R1 and path-length penalties
+    pl_mean = PathLengthMean(args.pl_decay, device)  # Eq. 4's a
+    r1_last = torch.zeros((), device=device)  # the last R1 penalty, for the log
     grid = functools.partial(grid_images, fixed_inputs(64, args.z_dim, 0, 1234, device)[0])
     if args.compile and rank == 0:
         print(
@@ -783,7 +803,7 @@ def train(args):
             "scaler_g": scaler_g,
             "scaler_d": scaler_d,
             "batches": batches,
-            "regularizers": reg,
+            "path_length": pl_mean,
         },
         grid,
         info={"channels": data.channels, "num_classes": 0},
@@ -810,11 +830,10 @@ def train(args):
             with autocast(device, args.amp):
                 img, ws = G(z, mixing=args.style_mixing, return_ws=True)
             lengths = path_lengths(img, ws, scaler_g.scale(one))
-            penalty, a = path_length_penalty(lengths, reg["pl_mean"], args.pl_decay, world)
-            reg["pl_mean"].copy_(a)
+            penalty = pl_mean.penalty(lengths, world)
             loss_pl = penalty.mean() * args.pl_weight * args.pl_every
             optimizer_step(loss_pl, opt_g, scaler_g, G, world)
-            reg["last"][1] = logged(penalty.mean(), args.amp)
+            pl_mean.last.copy_(logged(penalty.mean(), args.amp))
         D.requires_grad_(True)
 
         # D step: fakes from fresh latents (they also update w_avg), reals.
@@ -833,7 +852,7 @@ def train(args):
                 logits = D(aug(real_))
             r1 = r1_penalty(logits, real_, scaler_d.scale(one)).mean()
             optimizer_step(r1 * (args.r1_gamma / 2) * args.r1_every, opt_d, scaler_d, D, world)
-            reg["last"][0] = logged(r1, args.amp)
+            r1_last.copy_(logged(r1, args.amp))
         if ema is not None:  # after the D step (official), so the copied w_avg is the latest
             half_life = args.ema_decay is None  # App. B's, with its own ramp-up (--ema-rampup)
             decay = (
@@ -848,9 +867,9 @@ def train(args):
             g_loss=loss_g,
             d_real=torch.sigmoid(real_logits.detach().float()).mean(),
             d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
-            r1=reg["last"][0],
-            pl_penalty=reg["last"][1],
-            pl_mean=reg["pl_mean"],
+            r1=r1_last,
+            pl_penalty=pl_mean.last,
+            pl_mean=pl_mean.a,
         )
     return run.finish()
 

@@ -299,8 +299,8 @@ class Run:
         """Restore or seed, create the run directory, and begin; returns the step.
 
         ``state``: name -> what goes into every checkpoint: modules (``G``, ``D``, ``ema``,
-        which may be None), optimizers, scalers, the batch stream, and dicts of paper state
-        (tensors and numbers, updated in place by the script). On resume each is restored;
+        which may be None), optimizers, scalers, the batch stream, and the paper's state
+        (an object with ``state_dict`` and ``load_state_dict``, e.g. BEGAN's equilibrium). On resume each is restored;
         optimizers keep the learning rate they were built with (a flag given now wins).
         ``grid``: G's inputs for the sample grids, or a function ``grid(generator)``.
         ``calibrate``: input tuples that recompute the EMA generator's batch-norm statistics
@@ -425,13 +425,7 @@ class Run:
                 obj.load_state_dict(ckpt[name])
                 for g, lr in zip(obj.param_groups, lrs):
                     g["lr"] = lr
-            elif isinstance(obj, dict):  # tensors in place: the script may hold them
-                for k, v in ckpt[name].items():
-                    if torch.is_tensor(obj.get(k)):
-                        obj[k].copy_(v)
-                    else:
-                        obj[k] = v
-            else:
+            else:  # the batch stream, a scaler, paper state (BEGAN's k_t, ...)
                 obj.load_state_dict(ckpt[name])
         self.step = ckpt["step"]
         rngs = ckpt["rng"]
@@ -612,9 +606,7 @@ class Run:
             "log": [r["log"] for r in ranks],
         }
         for name, obj in self.state.items():
-            ckpt[name] = (
-                None if obj is None else dict(obj) if isinstance(obj, dict) else obj.state_dict()
-            )
+            ckpt[name] = None if obj is None else obj.state_dict()
         folder = os.path.join(self.out, "checkpoints")
         save_checkpoint(
             os.path.join(folder, "last.pt"),

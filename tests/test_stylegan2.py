@@ -164,12 +164,12 @@ def test_training_logs_regularisers_and_samples(in_tmp, capsys):
     log = read_metrics("run/metrics.jsonl")
     assert all(r["r1"] > 0 and r["pl_penalty"] >= 0 and r["pl_mean"] > 0 for r in log)
     ckpt = torch.load("run/checkpoints/last.pt", weights_only=True)
-    assert ckpt["regularizers"]["pl_mean"].item() == pytest.approx(log[-1]["pl_mean"])
+    assert ckpt["path_length"]["pl_mean"].item() == pytest.approx(log[-1]["pl_mean"])
     assert torch.equal(ckpt["ema"]["mapping.w_avg"], res["G"].mapping.w_avg)
     # the lazy-regularisation correction survives resume: the run keeps the lr Adam was built with
     m.main(["--resume", "run/checkpoints/step_000003.pt", "--steps", "6"])
     ckpt = torch.load("run/checkpoints/last.pt", weights_only=True)
-    assert ckpt["step"] == 6 and ckpt["regularizers"]["pl_mean"].item() > 0
+    assert ckpt["step"] == 6 and ckpt["path_length"]["pl_mean"].item() > 0
     assert ckpt["opt_d"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 2 / 3)
     assert ckpt["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 2 / 3)
 
