@@ -3,8 +3,9 @@
 Every number the docs quote is a row of docs/results.json: which table it belongs to, what
 it measured, and where it came from (commit, date, the CPU's `lscpu` model name or the GPU,
 the command). The measuring tools write their rows themselves (`tools/compare.py --record
-TABLE`, `tools/bench.py --record TABLE`); this tool renders the tables into the pages
-between marker comments (`<!-- results:VIEW -->` ... `<!-- /results:VIEW -->`):
+TABLE`, `tools/bench.py --record TABLE`, `tools/digits_metric.py RUN --record TABLE`); this
+tool renders the tables into the pages between marker comments (`<!-- results:VIEW -->` ...
+`<!-- /results:VIEW -->`):
 
     python tools/results_table.py            # print every generated table
     python tools/results_table.py --write    # rewrite the tables in README.md and docs/*.md
