@@ -60,41 +60,94 @@ COMPARE = [
 ]
 # view -> (table, columns (header, key, format); a key "=..." is a template of the row)
 VIEWS = {
-    "defaults": ("defaults", [*COMPARE, ("commit", "commit", str),
-                              ("grid", "=[grid]({script}_digits.png)", None)]),
-    "readme-defaults": ("defaults", [
-        ("default run", "=`python {script}.py`", None),
-        ("steps", "step", str),
-        ("wall time", "wall_s", _minutes),
-        ("FID", "fid", _f1),
-        ("classes", "={coverage}/10", None),
-        ("grid", "=[grid](docs/{script}_digits.png)", None),
-    ]),
+    "defaults": (
+        "defaults",
+        [*COMPARE, ("commit", "commit", str), ("grid", "=[grid]({script}_digits.png)", None)],
+    ),
+    "readme-defaults": (
+        "defaults",
+        [
+            ("default run", "=`python {script}.py`", None),
+            ("steps", "step", str),
+            ("wall time", "wall_s", _minutes),
+            ("FID", "fid", _f1),
+            ("classes", "={coverage}/10", None),
+            ("grid", "=[grid](docs/{script}_digits.png)", None),
+        ],
+    ),
     "minutes3": ("minutes3", COMPARE),
-    "sweeps": ("sweeps", [("script", "script", str), ("run", "run", str),
-                          ("FD on the way (steps)", "on_the_way", str),
-                          ("at the end", "end", str)]),
-    "speed-dcgan": ("speed-dcgan", [("CPU", "cpu", str), ("date", "date", str),
-                                    ("commit", "commit", str), ("precision", "amp", str),
-                                    ("img/s", "img_per_s", _int),
-                                    ("peak RSS", "peak_rss_mb", lambda v: f"{v:.0f} MiB")]),
-    "speed-16": ("speed-16", [("script", "script", str), ("image size", "image_size", str),
-                              ("img/s", "img_per_s", _int), ("date", "date", str),
-                              ("commit", "commit", str)]),
-    "fused-adam": ("fused-adam", [("script", "script", str),
-                                  ("img/s before (4b561bd)", "before", _int),
-                                  ("after (4d773a0)", "after", _int)]),
-    "text": ("text", [("", "key", str), ("js1", "js1", str), ("js2", "js2", str),
-                      ("js3", "js3", str), ("js4", "js4", str),
-                      ("words in the corpus", "words", str)]),
-    "off-bench": ("off-bench", [("run", "key", str), ("steps", "steps", str),
-                                ("FD", "fd", _f1), ("recall", "recall", _g4),
-                                ("within-class spread", "within_class_spread", _g4),
-                                ("classes", "={coverage}/10", None),
-                                ("classifier", "classifier", str), ("trained by", "note", str)]),
-    "suite": ("suite", [("date", "date", str), ("commit", "commit", str),
-                        ("tests", "tests", str), ("result", "result", str),
-                        ("wall time", "minutes", lambda v: f"{v} min")]),
+    "sweeps": (
+        "sweeps",
+        [
+            ("script", "script", str),
+            ("run", "run", str),
+            ("FD on the way (steps)", "on_the_way", str),
+            ("at the end", "end", str),
+        ],
+    ),
+    "speed-dcgan": (
+        "speed-dcgan",
+        [
+            ("CPU", "cpu", str),
+            ("date", "date", str),
+            ("commit", "commit", str),
+            ("precision", "amp", str),
+            ("img/s", "img_per_s", _int),
+            ("peak RSS", "peak_rss_mb", lambda v: f"{v:.0f} MiB"),
+        ],
+    ),
+    "speed-16": (
+        "speed-16",
+        [
+            ("script", "script", str),
+            ("image size", "image_size", str),
+            ("img/s", "img_per_s", _int),
+            ("date", "date", str),
+            ("commit", "commit", str),
+        ],
+    ),
+    "fused-adam": (
+        "fused-adam",
+        [
+            ("script", "script", str),
+            ("img/s before (4b561bd)", "before", _int),
+            ("after (4d773a0)", "after", _int),
+        ],
+    ),
+    "text": (
+        "text",
+        [
+            ("", "key", str),
+            ("js1", "js1", str),
+            ("js2", "js2", str),
+            ("js3", "js3", str),
+            ("js4", "js4", str),
+            ("words in the corpus", "words", str),
+        ],
+    ),
+    "off-bench": (
+        "off-bench",
+        [
+            ("run", "key", str),
+            ("steps", "steps", str),
+            ("FD", "fd", _f1),
+            ("recall", "recall", _g4),
+            ("within-class spread", "within_class_spread", _g4),
+            ("classes", "={coverage}/10", None),
+            ("classifier", "classifier", str),
+            ("trained by", "note", str),
+        ],
+    ),
+    "suite": (
+        "suite",
+        [
+            ("date", "date", str),
+            ("commit", "commit", str),
+            ("tests", "tests", str),
+            ("result", "result", str),
+            ("wall time", "minutes", lambda v: f"{v} min"),
+        ],
+    ),
 }
 
 
@@ -121,8 +174,9 @@ def render(view, record=None):
         if "error" in r:
             lines.append(f"| {r['key']} | failed: {r['error']} |" + " |" * (len(cols) - 2))
             continue
-        cells = [k[1:].format(**r) if k.startswith("=") else fmt(r.get(k, ""))
-                 for _, k, fmt in cols]
+        cells = [
+            k[1:].format(**r) if k.startswith("=") else fmt(r.get(k, "")) for _, k, fmt in cols
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -159,8 +213,9 @@ def differences(root=ROOT, record=None):
 
 def _git(*args):
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
 
@@ -171,8 +226,7 @@ def cpu_model():
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         out = ""
-    names = [ln.split(":", 1)[1].strip() for ln in out.splitlines()
-             if ln.startswith("Model name")]
+    names = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")]
     return names[0] if names else "unknown"
 
 
@@ -181,8 +235,13 @@ def provenance(command, gpu=None):
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
     if _git("status", "--porcelain", "--untracked-files=no"):
         commit += "+dirty"
-    return {"commit": commit, "date": datetime.date.today().isoformat(), "cpu": cpu_model(),
-            "gpu": gpu, "command": command}
+    return {
+        "commit": commit,
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_model(),
+        "gpu": gpu,
+        "command": command,
+    }
 
 
 def record_rows(table, rows, command, gpu=None, path=None):
@@ -194,8 +253,9 @@ def record_rows(table, rows, command, gpu=None, path=None):
     meta = provenance(command, gpu)
     new = [{"table": table, **meta, **r} for r in rows]
     keys = {r["key"] for r in new}
-    record["measurements"] = [r for r in record["measurements"]
-                              if r["table"] != table or r["key"] not in keys] + new
+    record["measurements"] = [
+        r for r in record["measurements"] if r["table"] != table or r["key"] not in keys
+    ] + new
     with open(path, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, ensure_ascii=False)
         f.write("\n")
@@ -217,8 +277,10 @@ def main(argv=None):
                     text, _ = update(f.read(), record)
                 with open(os.path.join(ROOT, page), "w", encoding="utf-8") as f:
                     f.write(text)
-            print(f"{page}: {'rewrote' if args.write else 'differs from the record in'} "
-                  f"{', '.join(views)}")
+            print(
+                f"{page}: {'rewrote' if args.write else 'differs from the record in'} "
+                f"{', '.join(views)}"
+            )
         if args.check and diff:
             sys.exit(1)
         return
