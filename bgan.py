@@ -18,7 +18,7 @@ Usage:
     torchrun --nproc_per_node=8 bgan.py --dataset folder --data-path ~/data/celeba16  # K colours
     python bgan.py --mode continuous                  # the boundary-seeking loss, grey digits
     python bgan.py --dataset text                     # characters (common/text.py)
-    python bgan.py --sample 8 --interpolate 10 --checkpoint runs/bgan/<run>   # drawn samples
+    python bgan.py --sample 8 --interpolate 10 --checkpoint auto   # drawn samples
 
 Based on dcgan.py; differs in G's output (``G.logits(z)``), Algorithm 1, the data, the flags.
 --config paper: the authors' code (rdevon/BGAN main_discrete.py; text: old/BILLION-WORD/main.py)
@@ -189,7 +189,12 @@ def parse_args(argv=None):
         help="binarized "
         "images or a quantized folder; auto: quantized when --data-path holds palette.json",
     )
-    a("--n-mc-samples", type=int, default=20, help="M, samples per latent (the authors': 20)")
+    a(
+        "--n-mc-samples",
+        type=in_range(int, "[2, inf)"),
+        default=20,
+        help="M, samples per latent (the authors': 20)",
+    )
     a(
         "--log-lik",
         default="sum",
@@ -206,20 +211,20 @@ def parse_args(argv=None):
     )
     a(
         "--binarize-threshold",
-        type=float,
+        type=in_range(float, "(0, 1]"),
         default=0.5,
         help="binary data: a pixel is 1 where its intensity in [0, 1] is >= this",
     )
     a(
         "--g-width",
-        type=int,
+        type=in_range(int, "[1, inf)"),
         default=32,
         help="channels of G's last hidden layer, doubled per "
         "resolution step (as dcgan.py; 64 for CelebA)",
     )
     a(
         "--d-width",
-        type=int,
+        type=in_range(int, "[1, inf)"),
         default=16,
         help="channels of D's first layer (D reads M times the batch; 64 for CelebA)",
     )
@@ -253,29 +258,29 @@ def parse_args(argv=None):
     )
     a(
         "--d-noise",
-        type=float,
+        type=in_range(float, "[0, inf)"),
         default=None,
         help="std of Gaussian noise on D's inputs (not in "
         "the paper, docs/bgan.md); None: 1.5, or 0 with --mode continuous or text; 0: off",
     )
-    a("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN's)")
-    a("--beta2", type=float, default=0.999, help="Adam beta2 (Adam's default)")
+    a("--beta1", type=in_range(float, "[0, 1)"), default=0.5, help="Adam beta1 (DCGAN's)")
+    a("--beta2", type=in_range(float, "[0, 1)"), default=0.999, help="Adam beta2 (Adam's default)")
     a(
         "--seq-len",
-        type=int,
+        type=in_range(int, "[2, inf)"),
         default=32,
         help="--dataset text: characters per sequence (the authors' BILLION-WORD code's)",
     )
     a(
         "--vocab-size",
-        type=int,
+        type=in_range(int, "[2, inf)"),
         default=96,
         help="--dataset text: the most frequent characters "
         "kept, the rest one unknown symbol (the authors' BILLION-WORD code: 192)",
     )
     a(
         "--text-blocks",
-        type=int,
+        type=in_range(int, "[1, inf)"),
         default=3,
         help="--dataset text: residual blocks in G and D (the authors' BILLION-WORD code)",
     )
@@ -516,65 +521,113 @@ def build_models(args, channels, num_classes=0, num_colors=0):
     return g, d
 
 
-# ============================================================ discrete pixels
-def draw(logits, m, kind, generator=None):
-    """M samples per latent from G's per-pixel distribution, without gradient.
+# ============================================================ discrete data
+# Algorithm 1 on three kinds of discrete data. Each says how a real batch becomes samples,
+# how M samples are drawn from G's logits, their log g(x | z) and what D reads of them.
+def uniform(shape, device, generator=None):
+    """U[0, 1) numbers: from ``generator`` (a CPU torch.Generator: a reproducible draw that
+    leaves the global RNG alone, for grids and sampling) or the device's RNG."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator).to(device)
 
-    binary: (N, M, C, S, S) floats in {0, 1}, x ~ Bernoulli(sigmoid(l)); quantized:
-    (N, M, S, S) int64 palette indices by inverse-CDF sampling (one uniform per pixel and
-    sample, located in the cumulative softmax: K times fewer random numbers than the
-    Gumbel-max trick). ``generator`` (a CPU torch.Generator) makes the draw reproducible
-    without touching the global RNG (grids, sampling)."""
-    with torch.no_grad():
+
+class BinaryPixels:
+    """Binarized images: one Bernoulli variable per pixel and channel (the paper's discrete
+    MNIST; the authors' main_discrete.py), x ~ Bernoulli(sigmoid(l)). D reads {0, 1} as
+    {-1, 1}."""
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def as_samples(self, real):
+        """A real batch in [-1, 1] as one sample per image: pixels >= the threshold."""
+        from common.data import binarize
+
+        return binarize(real, self.threshold)
+
+    def draw(self, logits, m, generator=None):
+        """M samples per latent, (N, M, C, S, S) floats in {0, 1}, without gradient."""
         a = logits.detach().float()
-        n, c, h, w = a.shape
-        shape = (n, m, c, h, w) if kind == "binary" else (n, h, w, m)
-        u = (
-            torch.rand(shape, generator=generator).to(a.device)
-            if generator is not None
-            else torch.rand(shape, device=a.device)
-        )
-        if kind == "binary":
-            return (u < torch.sigmoid(a)[:, None]).float()
+        u = uniform((a.shape[0], m, *a.shape[1:]), a.device, generator)
+        return (u < torch.sigmoid(a)[:, None]).float()
+
+    def log_prob(self, logits, samples):
+        """log g(x | z) of each pixel and channel of the samples, (N, M, C*S*S), in fp32."""
+        a = logits.float()[:, None].expand_as(samples)
+        return -F.binary_cross_entropy_with_logits(a, samples, reduction="none").flatten(2)
+
+    def d_input(self, samples, dtype=torch.float32):
+        return (samples * 2 - 1).to(dtype)
+
+    def decode(self, samples):
+        """Samples as images in {-1, 1}."""
+        return samples.float() * 2 - 1
+
+
+class PalettePixels:
+    """Quantized images: one index into a palette of K colours per pixel (the paper's
+    quantized CelebA), x ~ Categorical(softmax(l)). D reads one-hot planes."""
+
+    def __init__(self, palette):
+        self.colours = palette.float().div(127.5).sub(1)  # (K, 3) uint8 -> [-1, 1]
+        self.k = len(palette)
+
+    def as_samples(self, real):
+        """A real batch (palette colours in [-1, 1]) as one sample per image: (N, S, S)
+        palette indices."""
+        from common.data import to_indices
+
+        return to_indices(real)
+
+    def draw(self, logits, m, generator=None):
+        """M samples per latent, (N, M, S, S) int64 indices, without gradient, by inverse-CDF
+        sampling: one uniform per pixel and sample, located in the cumulative softmax (K
+        times fewer random numbers than the Gumbel-max trick)."""
+        a = logits.detach().float()
+        n, k, h, w = a.shape
+        u = uniform((n, h, w, m), a.device, generator)
         cdf = torch.softmax(a, 1).cumsum(1).permute(0, 2, 3, 1).contiguous()  # (N, S, S, K)
-        idx = torch.searchsorted(cdf, u, right=True).clamp_max_(c - 1)  # cdf[k-1] <= u < cdf[k]
+        idx = torch.searchsorted(cdf, u, right=True).clamp_max_(k - 1)  # cdf[k-1] <= u < cdf[k]
         return idx.permute(0, 3, 1, 2)
 
+    def log_prob(self, logits, samples):
+        """log g(x | z) of each pixel of the samples, (N, M, S*S), in fp32."""
+        return torch.log_softmax(logits.float(), 1).gather(1, samples).flatten(2)
 
-def log_likelihood(logits, samples, kind, reduce="sum"):
+    def d_input(self, samples, dtype=torch.float32):
+        """(B, S, S) indices -> (B, K, S, S) one-hot planes."""
+        onehot = samples[..., None] == torch.arange(self.k, device=samples.device)
+        return onehot.to(dtype).permute(0, 3, 1, 2)  # channels-last planes
+
+    def decode(self, samples):
+        """Samples as images: each index's palette colour."""
+        return self.colours.to(samples.device)[samples].permute(0, 3, 1, 2)
+
+
+class Characters(PalettePixels):
+    """Text: a sequence of L characters is a 1 x L image whose palette is the vocabulary
+    (the authors' old/BILLION-WORD/main.py). Samples decode to indices."""
+
+    def __init__(self, vocab_size):
+        self.k = vocab_size
+
+    def as_samples(self, real):
+        """(N, L) character indices as one 1 x L sample per sequence."""
+        return real[:, None]
+
+    def decode(self, samples):
+        """(N, 1, L) samples -> (N, L) character indices (common.kinds.Text writes them)."""
+        return samples.flatten(1)
+
+
+def log_likelihood(logits, samples, pixels, reduce="sum"):
     """log g(x^(m) | z) of the drawn samples, (N, M), in fp32, differentiable in the logits.
 
-    A sum over pixels (and channels) is the log-probability of the whole image (the paper's);
-    reduce="mean" divides it by the number of discrete variables."""
-    a = logits.float()
-    if kind == "binary":
-        ll = -F.binary_cross_entropy_with_logits(
-            a[:, None].expand_as(samples), samples, reduction="none"
-        )
-    else:
-        ll = torch.log_softmax(a, 1).gather(1, samples)  # (N, K, S, S) gathered at (N, M, S, S)
-    ll = ll.flatten(2)
+    A sum over the discrete variables is the log-probability of the whole sample (the
+    paper's); reduce="mean" divides it by their number."""
+    ll = pixels.log_prob(logits, samples)
     return ll.mean(2) if reduce == "mean" else ll.sum(2)
-
-
-def as_samples(real, kind, threshold):
-    """A batch of real data in the samples' form: binarized pixels, palette indices, or (text)
-    one sample of L characters per sequence."""
-    from common.data import binarize, to_indices
-
-    if kind == "binary":
-        return binarize(real, threshold)
-    if kind == "text":
-        return real[:, None]  # 1 x L
-    return to_indices(real)
-
-
-def d_input(samples, kind, num_colors=0, dtype=torch.float32):
-    """What D reads: binary {0, 1} -> {-1, 1} images; indices (B, S, S) -> one-hot (B, K, S, S)."""
-    if kind == "binary":
-        return (samples * 2 - 1).to(dtype)
-    onehot = samples[..., None] == torch.arange(num_colors, device=samples.device)  # (B, S, S, K)
-    return onehot.to(dtype).permute(0, 3, 1, 2)  # channels-last planes
 
 
 def d_view(x, std):
@@ -584,14 +637,6 @@ def d_view(x, std):
         return x
     noise = torch.randn(x.shape[0], *x.shape[2:], x.shape[1], device=x.device, dtype=x.dtype)
     return x.add(noise.permute(0, 3, 1, 2), alpha=std)
-
-
-def decode(samples, kind, palette=None):
-    """Drawn samples as images in [-1, 1]: binary {0, 1} -> {-1, 1}; indices -> RGB through
-    the palette ((K, 3) floats in [-1, 1])."""
-    if kind == "binary":
-        return samples.float() * 2 - 1
-    return palette.to(samples.device)[samples].permute(0, 3, 1, 2)
 
 
 # ============================================================ loss
@@ -607,18 +652,20 @@ def importance_weights(fake_logits, m):
     return torch.softmax(fake_logits.detach().float().view(-1, m), dim=1)
 
 
-def g_loss(fake_logits, log_lik=None, baseline=False):
-    """G's loss. Discrete (``log_lik`` (N, M), Algorithm 1): the weighted negative
-    log-likelihood -1/N sum_n sum_m w~(x^(m|n)) log g(x^(m|n) | z_n), whose gradient is the
-    importance-weighted policy gradient (``fake_logits``: D's on the N x M samples, (n, m)
-    order). Continuous (``log_lik`` None): the boundary-seeking loss 1/2 (log D(G(z)) -
-    log(1 - D(G(z))))^2 = 1/2 logit^2, which is 0 on D's decision boundary."""
-    if log_lik is None:
-        return 0.5 * fake_logits.float().pow(2).mean()
+def g_loss(fake_logits, log_lik, baseline=False):
+    """Algorithm 1, G's step: the weighted negative log-likelihood -1/N sum_n sum_m
+    w~(x^(m|n)) log g(x^(m|n) | z_n), whose gradient is the importance-weighted policy
+    gradient. ``log_lik``: (N, M); ``fake_logits``: D's on the N x M samples, (n, m) order."""
     w = importance_weights(fake_logits, log_lik.shape[1])
     if baseline:  # minus the uniform weight 1/M: E[grad log g] = 0, so only the variance falls
         w = w - 1.0 / log_lik.shape[1]
     return -(w * log_lik).sum(1).mean()
+
+
+def boundary_seeking_loss(fake_logits):
+    """Continuous data (Sec. 2): 1/2 (log D(G(z)) - log(1 - D(G(z))))^2 = 1/2 logit^2, which
+    is 0 on D's decision boundary."""
+    return 0.5 * fake_logits.float().pow(2).mean()
 
 
 def effective_sample_size(fake_logits, m):
@@ -661,16 +708,16 @@ def check_args(args):
         )
 
 
-def load_data(args, run):
-    """(data, kind, palette): palette, for quantized data, is a (K, 3) uint8 tensor."""
+def load_data(args, resumed):
+    """The data for ``Run.dataset(load=...)`` where it is not the shared flags' images: the
+    corpus (text) or a quantized folder; None for the others."""
     from common import UserError
     from common.data import QuantizedFolderData
+    from common.text import load_text
 
     kind = data_kind(args)
     if kind == "text":
-        return run.text(args.seq_len, args.vocab_size), kind, None
-    if kind != "quantized":
-        return run.dataset(), kind, None
+        return load_text(args, resumed)
     if args.dataset != "folder" or not args.data_path:
         raise UserError(
             "--data-mode quantized reads a folder written by "
@@ -680,17 +727,35 @@ def load_data(args, run):
         raise UserError("--download does not apply to --dataset folder")
     if args.color_jitter:
         raise UserError("--color-jitter would move quantized pixels off the palette; drop it")
-    run.data = QuantizedFolderData(args.data_path, args.image_size)  # the banner reads it
-    return run.data, kind, torch.from_numpy(run.data.palette)
+    return QuantizedFolderData(args.data_path, args.image_size)
 
 
-def grid_images(gen, z, kind, palette):
-    """The grid: one drawn sample per latent, the same pixel noise each time (or tanh image)."""
-    logits = gen.logits(z)
-    if kind in ("continuous", "text"):  # text: the likeliest characters, as the authors' code
-        return logits.argmax(1).flatten(1) if kind == "text" else torch.tanh(logits.float())
-    pixels = draw(logits, 1, kind, generator=torch.Generator().manual_seed(99))
-    return decode(pixels[:, 0], kind, palette)
+def discrete_data(kind, args, palette, vocab_size):
+    """Algorithm 1's view of the data (``BinaryPixels``, ``PalettePixels``, ``Characters``);
+    None in --mode continuous."""
+    if kind == "binary":
+        return BinaryPixels(args.binarize_threshold)
+    if kind == "quantized":
+        return PalettePixels(palette)
+    if kind == "text":
+        return Characters(vocab_size)
+    return None
+
+
+def shown(logits, pixels, generator):
+    """What a sample of G shows: one sample drawn per latent (pixel noise from
+    ``generator``), decoded; a tanh image in --mode continuous (``pixels`` None); text: the
+    likeliest characters, as the authors' code samples."""
+    if pixels is None:
+        return torch.tanh(logits.float())
+    if isinstance(pixels, Characters):
+        return logits.argmax(1).flatten(1)
+    return pixels.decode(pixels.draw(logits, 1, generator)[:, 0])
+
+
+def grid_images(gen, z, pixels):
+    """The grid: a sample per latent, with the same pixel noise each time."""
+    return shown(gen.logits(z), pixels, torch.Generator().manual_seed(99))
 
 
 def train(args):
@@ -698,8 +763,11 @@ def train(args):
 
     rank, world, device = setup_distributed(args.device)
     run = Run(SCRIPT, args, rank, world, device, check_args)
-    data, kind, palette = load_data(args, run)
+    kind = data_kind(args)  # binary, quantized, text or continuous
+    data = run.dataset(load=load_data if kind in ("text", "quantized") else None)
+    palette = torch.from_numpy(data.palette) if kind == "quantized" else None
     K, M = (len(palette) if palette is not None else data.channels), args.n_mc_samples
+    pixels = discrete_data(kind, args, palette, data.channels)  # None: continuous
     batches = run.batches(data)
 
     G, D, ema = run.models(build_models, data.channels, 0, K)
@@ -707,9 +775,8 @@ def train(args):
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=True)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    colours = palette.float().div(127.5).sub(1).to(device) if palette is not None else None
     grid = functools.partial(
-        grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0], kind=kind, palette=colours
+        grid_images, z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0], pixels=pixels
     )
     calibrate = [fixed_inputs(256, args.z_dim, 0, 4321 + i, device) for i in range(4)]
     what = {
@@ -739,51 +806,69 @@ def train(args):
         if args.compile
         else (G.logits, G, D)
     )
+    nets = (G, D, G_step, D_step, opt_g, opt_d, scaler_g, scaler_d)  # continuous_step's
 
     stream = iter(batches)
     while run.step < args.steps:
         real, _ = next(stream)
         z = torch.randn(real.shape[0], args.z_dim, device=device)
-        if kind == "continuous":  # G(z) is an image, as in dcgan.py
-            with autocast(device, args.amp):
-                fake = G_step(z)
-            fake_in = fake.detach()
-        else:  # Algorithm 1: M samples x^(m|n) ~ g(x | z_n) per latent, without gradient
-            real = d_input(as_samples(real, kind, args.binarize_threshold), kind, K)
+        if pixels is None:  # Sec. 2's continuous BGAN: its own step, below
+            values = continuous_step(nets, real, z, args, world)
+        else:
+            # Algorithm 1: M samples x^(m|n) ~ g(x | z_n) per latent, without gradient.
+            real = pixels.d_input(pixels.as_samples(real))
             with autocast(device, args.amp):
                 logits = G_logits(z)
-            samples = draw(logits, M, kind)
-            fake_in = d_input(samples.flatten(0, 1), kind, K)
+            samples = pixels.draw(logits, M)
+            fake = pixels.d_input(samples.flatten(0, 1))
 
-        # D step: the GAN loss on the real batch and every fake (on samples, logit = log w).
-        with autocast(device, args.amp):
-            real_logits = D_step(d_view(real, args.d_noise))
-            fake_logits = D_step(d_view(fake_in, args.d_noise))
-            loss_d = d_loss(real_logits, fake_logits)
-        optimizer_step(loss_d, opt_d, scaler_d, D, world)
-
-        if kind == "continuous":  # G step: the boundary-seeking loss 1/2 logit^2 (Sec. 2)
-            D.requires_grad_(False)
+            # D step: the GAN loss on the real batch and every sample (logit = log w).
             with autocast(device, args.amp):
-                loss_g = g_loss(D_step(d_view(fake, args.d_noise)))
-            optimizer_step(loss_g, opt_g, scaler_g, G, world)
-            D.requires_grad_(True)
-            extra = {}
-        else:  # G step: w~ from D before its update (Algorithm 1), detached inside g_loss
-            log_lik = log_likelihood(logits, samples, kind, args.log_lik)
+                real_logits = D_step(d_view(real, args.d_noise))
+                fake_logits = D_step(d_view(fake, args.d_noise))
+                loss_d = d_loss(real_logits, fake_logits)
+            optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+            # G step: w~ from D before its update (Algorithm 1), detached inside g_loss.
+            log_lik = log_likelihood(logits, samples, pixels, args.log_lik)
             loss_g = g_loss(fake_logits, log_lik, args.baseline)
             optimizer_step(loss_g, opt_g, scaler_g, G, world)
-            extra = {"ess": effective_sample_size(fake_logits, M)}
+            values = {
+                "d_loss": loss_d,
+                "g_loss": loss_g,
+                "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
+                "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
+                "ess": effective_sample_size(fake_logits, M),
+            }
         if ema is not None:
             ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-        run.end_step(
-            d_loss=loss_d,
-            g_loss=loss_g,
-            d_real=torch.sigmoid(real_logits.detach().float()).mean(),
-            d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
-            **extra,
-        )
+        run.end_step(**values)
     return run.finish()
+
+
+def continuous_step(nets, real, z, args, world):
+    """One step of BGAN on continuous data (Sec. 2): G(z) is an image, as in dcgan.py; D's
+    step is the GAN loss, G's the boundary-seeking loss. ``nets``: G, D, their compiled
+    forms, optimizers and scalers. Returns the step's numbers for the log."""
+    G, D, G_step, D_step, opt_g, opt_d, scaler_g, scaler_d = nets
+    with autocast(real.device, args.amp):
+        fake = G_step(z)
+        real_logits = D_step(d_view(real, args.d_noise))
+        fake_logits = D_step(d_view(fake.detach(), args.d_noise))
+        loss_d = d_loss(real_logits, fake_logits)
+    optimizer_step(loss_d, opt_d, scaler_d, D, world)
+
+    D.requires_grad_(False)  # G step: D's weights need no grads
+    with autocast(real.device, args.amp):
+        loss_g = boundary_seeking_loss(D_step(d_view(fake, args.d_noise)))
+    optimizer_step(loss_g, opt_g, scaler_g, G, world)
+    D.requires_grad_(True)
+    return {
+        "d_loss": loss_d,
+        "g_loss": loss_g,
+        "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
+        "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
+    }
 
 
 # ============================================================ sampling
@@ -794,13 +879,15 @@ class Generated:
 
     def __init__(self, path, device="cpu", use_ema=True):
         from common.checkpoints import load_checkpoint, load_state
+        from common.kinds import kind_of
 
         ckpt = load_checkpoint(path, SCRIPT, device)
         self.run, self.device = argparse.Namespace(**ckpt["args"]), device
-        self.kind, self.palette = ckpt.get("kind", "binary"), ckpt.get("palette")
-        k = len(self.palette) if self.palette is not None else 0
-        self.colours = self.palette.float().div(127.5).sub(1) if k else None
-        self.z_dim, self.num_classes, self.vocab = self.run.z_dim, 0, ckpt.get("vocab")
+        palette = ckpt.get("palette")
+        k = len(palette) if palette is not None else 0
+        self.pixels = discrete_data(ckpt.get("kind", "binary"), self.run, palette, ckpt["channels"])
+        self.kind = kind_of(ckpt)  # how the sampling command writes them: images or text
+        self.z_dim, self.num_classes = self.run.z_dim, 0
         self.used_ema = use_ema and ckpt.get("ema") is not None
         self.model = build_models(self.run, ckpt["channels"], 0, k)[0].to(device).eval()
         load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
@@ -810,22 +897,15 @@ class Generated:
         if z is None:
             z = torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed))
             z = z * temperature
-        pixels, out = torch.Generator().manual_seed(seed + 1), []
+        noise, out = torch.Generator().manual_seed(seed + 1), []
         for zc in z.split(256):
             a = self.model.logits(zc.to(self.device)).float()
-            if self.kind in ("continuous", "text"):  # text: (n, L) likeliest characters
-                out.append((a.argmax(1).flatten(1) if self.vocab else torch.tanh(a)).cpu())
-                continue
             if shared_noise:  # a fresh pixel generator per image: the same uniforms for each
-                s = torch.cat(
-                    [
-                        draw(r, 1, self.kind, torch.Generator().manual_seed(seed + 1))
-                        for r in a.split(1)
-                    ]
-                )
+                rows = a.split(1)
+                x = [shown(r, self.pixels, torch.Generator().manual_seed(seed + 1)) for r in rows]
+                out.append(torch.cat(x).cpu())
             else:
-                s = draw(a, 1, self.kind, generator=pixels)
-            out.append(decode(s[:, 0], self.kind, self.colours).float().cpu())
+                out.append(shown(a, self.pixels, noise).cpu())
         return torch.cat(out)
 
 
@@ -855,6 +935,23 @@ DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def in_range(kind, rule):
+    """An argparse type: a number of ``kind`` (int or float) within ``rule``, an interval
+    such as "[1, inf)" ("[" closed, "(" open), so that a value outside it ends in one line."""
+    lo, hi = (float(s) for s in rule[1:-1].split(","))
+
+    def number(text):
+        value = kind(text)  # not a number: argparse says "invalid int value"
+        above = lo <= value if rule[0] == "[" else lo < value
+        below = value <= hi if rule[-1] == "]" else value < hi
+        if not (above and below):  # nan is neither
+            raise argparse.ArgumentTypeError(f"must be in {rule}, not {text}")
+        return value
+
+    number.__name__, number.rule = kind.__name__, rule
+    return number
+
+
 def add_common_args(
     p,
     *,
@@ -872,6 +969,8 @@ def add_common_args(
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
+    # a mistyped flag ends like every other mistake: one line and status 1, no usage dump
+    p.error = lambda message: p.exit(1, f"{p.prog}: error: {message}\n")
     a = p.add_argument_group("common (the same in every script)").add_argument
     a(
         "--config",
@@ -904,20 +1003,51 @@ def add_common_args(
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a(
         "--image-size",
-        type=int,
+        type=in_range(int, "[4, inf)"),
         default=image_size,
         help="training resolution (a power of two; "
         "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
     )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
-    a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
-    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
-    a("--steps", type=int, default=steps, help="number of generator updates")
-    a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
-    a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
-    a("--z-dim", type=int, default=z_dim, help="latent size" + paper.get("z_dim", ""))
-    a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
+    a(
+        "--color-jitter",
+        type=in_range(float, "[0, 1]"),
+        default=0.0,
+        help="augment with colour jitter (0.1-0.3)",
+    )
+    a(
+        "--batch-size",
+        type=in_range(int, "[1, inf)"),
+        default=batch_size,
+        help="per rank" + paper.get("batch_size", ""),
+    )
+    fewest = "[0, inf)" if steps == 0 else "[1, inf)"  # 0: to the end of progan's schedule
+    a("--steps", type=in_range(int, fewest), default=steps, help="number of generator updates")
+    a(
+        "--lr-g",
+        type=in_range(float, "(0, inf)"),
+        default=lr_g,
+        help="G's learning rate" + paper.get("lr_g", ""),
+    )
+    a(
+        "--lr-d",
+        type=in_range(float, "(0, inf)"),
+        default=lr_d,
+        help="D's learning rate" + paper.get("lr_d", ""),
+    )
+    a(
+        "--z-dim",
+        type=in_range(int, "[1, inf)"),
+        default=z_dim,
+        help="latent size" + paper.get("z_dim", ""),
+    )
+    a(
+        "--seed",
+        type=in_range(int, "[0, 2147483647]"),
+        default=0,
+        help="random seed (rank r draws latents with seed + r)",
+    )
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a(
@@ -926,7 +1056,12 @@ def add_common_args(
         choices=["auto", "off", "bf16", "fp16"],
         help="mixed precision; auto: bf16 where the hardware has it natively, else off",
     )
-    a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
+    a(
+        "--ema-decay",
+        type=in_range(float, "[0, 1)"),
+        default=ema_decay,
+        help="EMA of G per G step; 0: no EMA",
+    )
     a(
         "--ema-warmup",
         action=argparse.BooleanOptionalAction,
@@ -934,11 +1069,31 @@ def add_common_args(
         help="cap the EMA "
         "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
     )
-    a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
-    a("--sample-every", type=int, default=100, help="steps between sample grids")
-    a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
-    a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
+    a(
+        "--log-every",
+        type=in_range(int, "[1, inf)"),
+        default=25,
+        help="steps between logs (each syncs the device)",
+    )
+    a(
+        "--sample-every",
+        type=in_range(int, "[1, inf)"),
+        default=100,
+        help="steps between sample grids",
+    )
+    a("--ckpt-every", type=in_range(int, "[1, inf)"), default=500, help="steps between checkpoints")
+    a(
+        "--eval-every",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        help="steps between evaluations (best.pt); 0: off",
+    )
+    a(
+        "--eval-samples",
+        type=in_range(int, "[10, inf)"),
+        default=1000,
+        help="generated images per evaluation",
+    )
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
@@ -949,11 +1104,33 @@ def add_common_args(
         help="CUDA: TF32 matmuls "
         "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
     )
-    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
-    a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
+    a(
+        "--num-workers",
+        type=in_range(int, "[0, inf)"),
+        default=min(4, os.cpu_count() or 1),
+        help="loader processes",
+    )
+    a(
+        "--sample",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="N",
+        help="generate N images from --checkpoint",
+    )
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
-    a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
-    a("--interpolate", type=int, default=0, metavar="K", help="--sample: N walks of K steps")
+    a(
+        "--temperature",
+        type=in_range(float, "(0, inf)"),
+        default=1.0,
+        help="--sample: scale of the latent",
+    )
+    a(
+        "--interpolate",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="K",
+        help="--sample: N walks of K steps",
+    )
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 

@@ -15,7 +15,7 @@ Usage:
     python progan.py                  # digits grown 4x4 -> 16x16 in minutes on a CPU (auto)
     python progan.py --config paper --dataset celeba --data-path ~/data --image-size 128
     python progan.py --resume auto            # continue the latest run: stage, alpha, images seen
-    python progan.py --sample 64 --checkpoint runs/progan/<run>   # grid from the EMA generator
+    python progan.py --sample 64 --checkpoint auto   # grid from the EMA generator
 
 --steps 0 (the default) trains to the end of the growing schedule, which counts real images
 shown to D on all processes; a positive --steps stops after that many G updates.
@@ -221,14 +221,14 @@ def parse_args(argv=None):
     )
     m.add_argument(
         "--fade-kimg",
-        type=float,
+        type=in_range(float, "[0, inf)"),
         default=None,
         help="kimg per fade-in (Sec. A.1: "
         "800); None: PHASE_EPOCHS passes over the data, at most 800",
     )
     m.add_argument(
         "--stable-kimg",
-        type=float,
+        type=in_range(float, "[0, inf)"),
         default=None,
         help="kimg to stabilise (Sec. A.1: "
         "800); None: PHASE_EPOCHS passes over the data, at most 800",
@@ -247,19 +247,29 @@ def parse_args(argv=None):
     )
     m.add_argument(
         "--mbstd-group",
-        type=int,
+        type=in_range(int, "[0, inf)"),
         default=4,
         help="minibatch stddev group (official code); 0: the whole minibatch (Sec. 3)",
     )
     m.add_argument(
         "--fmap-base",
-        type=int,
+        type=in_range(int, "[1, inf)"),
         default=128,
         help="feature maps at 2^r: "
         "min(fmap_base / 2^(r-1), fmap_max) (Table 2, official code: 8192)",
     )
-    m.add_argument("--fmap-max", type=int, default=64, help="most feature maps (Table 2: 512)")
-    m.add_argument("--lambda-gp", type=float, default=10.0, help="WGAN-GP weight (Sec. A.1)")
+    m.add_argument(
+        "--fmap-max",
+        type=in_range(int, "[1, inf)"),
+        default=64,
+        help="most feature maps (Table 2: 512)",
+    )
+    m.add_argument(
+        "--lambda-gp",
+        type=in_range(float, "[0, inf)"),
+        default=10.0,
+        help="WGAN-GP weight (Sec. A.1)",
+    )
     m.add_argument(
         "--gp-target",
         type=positive_float,
@@ -268,9 +278,18 @@ def parse_args(argv=None):
         "norm target gamma, lambda (||g|| - gamma)^2 / gamma^2 (WGAN-GP, Sec. A.1: 1; "
         "the authors' CIFAR-10 run: 750)",
     )
-    m.add_argument("--eps-drift", type=float, default=0.001, help="drift term weight (Sec. A.1)")
-    m.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (Sec. A.1)")
-    m.add_argument("--beta2", type=float, default=0.99, help="Adam beta2 (Sec. A.1)")
+    m.add_argument(
+        "--eps-drift",
+        type=in_range(float, "[0, inf)"),
+        default=0.001,
+        help="drift term weight (Sec. A.1)",
+    )
+    m.add_argument(
+        "--beta1", type=in_range(float, "[0, 1)"), default=0.0, help="Adam beta1 (Sec. A.1)"
+    )
+    m.add_argument(
+        "--beta2", type=in_range(float, "[0, 1)"), default=0.99, help="Adam beta2 (Sec. A.1)"
+    )
     return parse_with_resume(p, argv)
 
 
@@ -444,6 +463,27 @@ def schedule(images, fade, stable, n_stages):
     return stage, 1.0, 2 * stage
 
 
+class Growth:
+    """Where the growing stands (Sec. 3): the real images shown to D so far (all processes),
+    the phase (fade-in or stabilising), and the last step's stage (4 << stage pixels) and
+    fade-in alpha. The paper's state, which a resumed run restores (saved like a model)."""
+
+    def __init__(self, images=0, phase=0, stage=0, alpha=1.0):
+        self.images, self.phase, self.stage, self.alpha = images, phase, stage, alpha
+
+    def state_dict(self):
+        return {
+            "images": self.images,
+            "phase": self.phase,
+            "stage": self.stage,
+            "alpha": self.alpha,
+        }
+
+    def load_state_dict(self, state):
+        self.images, self.phase = state["images"], state["phase"]
+        self.stage, self.alpha = state["stage"], state["alpha"]
+
+
 def schedule_steps(fade, stable, n_stages, batch_of_stage):
     """Steps to the end of the schedule (the final stage stabilised), with a batch of
     ``batch_of_stage(s)`` images (all processes) per step in stage s."""
@@ -470,7 +510,7 @@ def fade_reals(x, res, alpha):
 
 def grid_images(gen, z, sched, size):
     """``gen``'s images at the schedule's (stage, alpha), upscaled (nearest) to ``size``."""
-    x = gen(z, sched["stage"], sched["alpha"])
+    x = gen(z, sched.stage, sched.alpha)
     return x if x.shape[-1] == size else F.interpolate(x.float(), size=(size, size), mode="nearest")
 
 
@@ -611,8 +651,7 @@ def train(args):
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, eps=1e-8, fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, eps=1e-8, fused=True)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
-    # Real images shown to D (all processes), the phase, and the last step's (stage, alpha).
-    sched = {"images": 0, "phase": 0, "stage": 0, "alpha": 1.0}
+    sched = Growth()  # images shown, phase, (stage, alpha)
     grid = functools.partial(
         grid_images,
         z=fixed_inputs(64, args.z_dim, 0, 1234, device)[0],
@@ -648,14 +687,14 @@ def train(args):
 
     stream = iter(batches)
     while run.step < total:
-        stage, alpha, phase = schedule(sched["images"], fade_img, stable_img, n_stages)
+        stage, alpha, phase = schedule(sched.images, fade_img, stable_img, n_stages)
         res = 4 << stage
-        if phase != sched["phase"]:  # a fade or a stabilising phase starts: fresh Adam moments
+        if phase != sched.phase:  # a fade or a stabilising phase starts: fresh Adam moments
             opt_g.state.clear()  # (official reset_opt_for_new_lod)
             opt_d.state.clear()
-            sched["phase"] = phase
+            sched.phase = phase
             run.write(
-                f"step {run.step}, {sched['images'] / 1000:g} kimg: {res}x{res}, "
+                f"step {run.step}, {sched.images / 1000:g} kimg: {res}x{res}, "
                 f"{'fading in' if alpha < 1 else 'stabilising'}"
             )
         opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = rates[stage]
@@ -687,7 +726,7 @@ def train(args):
         D.requires_grad_(True)
         if ema is not None:
             ema_update(ema, G, args.ema_decay, run.step, args.ema_warmup)
-        sched.update(images=sched["images"] + b * world, stage=stage, alpha=alpha)
+        sched.images, sched.stage, sched.alpha = sched.images + b * world, stage, alpha
 
         # Under fp16 an overflowing loss scale makes gp inf in a step GradScaler skips: no NaN.
         gp = penalty.detach().float()
@@ -704,11 +743,11 @@ def train(args):
             drift=r.square().mean(),
             resolution=res,
             alpha=alpha,
-            kimg=sched["images"] / 1000,
+            kimg=sched.images / 1000,
         )
     return run.finish(
-        f", {sched['images'] / 1000:g} kimg, at {4 << sched['stage']}x"
-        f"{4 << sched['stage']} (alpha {sched['alpha']:.2f})"
+        f", {sched.images / 1000:g} kimg, at {4 << sched.stage}x"
+        f"{4 << sched.stage} (alpha {sched.alpha:.2f})"
     )
 
 
@@ -730,9 +769,9 @@ def load_generator(path, device="cpu", use_ema=True):
     from common.run import Generate, load_checkpoint
 
     generate = Generate(SCRIPT, path, device, use_ema, build_models)
-    s = load_checkpoint(path, SCRIPT)["schedule"]
+    s = Growth(**load_checkpoint(path, SCRIPT)["schedule"])
     generate.model = Grown(generate.model, s, generate.run.image_size)
-    generate.resolution, generate.alpha = 4 << s["stage"], s["alpha"]
+    generate.resolution, generate.alpha = 4 << s.stage, s.alpha
     return generate
 
 
@@ -748,6 +787,23 @@ KNOWN_DATA = {
 }
 DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "text"]
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def in_range(kind, rule):
+    """An argparse type: a number of ``kind`` (int or float) within ``rule``, an interval
+    such as "[1, inf)" ("[" closed, "(" open), so that a value outside it ends in one line."""
+    lo, hi = (float(s) for s in rule[1:-1].split(","))
+
+    def number(text):
+        value = kind(text)  # not a number: argparse says "invalid int value"
+        above = lo <= value if rule[0] == "[" else lo < value
+        below = value <= hi if rule[-1] == "]" else value < hi
+        if not (above and below):  # nan is neither
+            raise argparse.ArgumentTypeError(f"must be in {rule}, not {text}")
+        return value
+
+    number.__name__, number.rule = kind.__name__, rule
+    return number
 
 
 def add_common_args(
@@ -767,6 +823,8 @@ def add_common_args(
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
+    # a mistyped flag ends like every other mistake: one line and status 1, no usage dump
+    p.error = lambda message: p.exit(1, f"{p.prog}: error: {message}\n")
     a = p.add_argument_group("common (the same in every script)").add_argument
     a(
         "--config",
@@ -799,20 +857,51 @@ def add_common_args(
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a(
         "--image-size",
-        type=int,
+        type=in_range(int, "[4, inf)"),
         default=image_size,
         help="training resolution (a power of two; "
         "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
     )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
-    a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
-    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
-    a("--steps", type=int, default=steps, help="number of generator updates")
-    a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
-    a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
-    a("--z-dim", type=int, default=z_dim, help="latent size" + paper.get("z_dim", ""))
-    a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
+    a(
+        "--color-jitter",
+        type=in_range(float, "[0, 1]"),
+        default=0.0,
+        help="augment with colour jitter (0.1-0.3)",
+    )
+    a(
+        "--batch-size",
+        type=in_range(int, "[1, inf)"),
+        default=batch_size,
+        help="per rank" + paper.get("batch_size", ""),
+    )
+    fewest = "[0, inf)" if steps == 0 else "[1, inf)"  # 0: to the end of progan's schedule
+    a("--steps", type=in_range(int, fewest), default=steps, help="number of generator updates")
+    a(
+        "--lr-g",
+        type=in_range(float, "(0, inf)"),
+        default=lr_g,
+        help="G's learning rate" + paper.get("lr_g", ""),
+    )
+    a(
+        "--lr-d",
+        type=in_range(float, "(0, inf)"),
+        default=lr_d,
+        help="D's learning rate" + paper.get("lr_d", ""),
+    )
+    a(
+        "--z-dim",
+        type=in_range(int, "[1, inf)"),
+        default=z_dim,
+        help="latent size" + paper.get("z_dim", ""),
+    )
+    a(
+        "--seed",
+        type=in_range(int, "[0, 2147483647]"),
+        default=0,
+        help="random seed (rank r draws latents with seed + r)",
+    )
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a(
@@ -821,7 +910,12 @@ def add_common_args(
         choices=["auto", "off", "bf16", "fp16"],
         help="mixed precision; auto: bf16 where the hardware has it natively, else off",
     )
-    a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
+    a(
+        "--ema-decay",
+        type=in_range(float, "[0, 1)"),
+        default=ema_decay,
+        help="EMA of G per G step; 0: no EMA",
+    )
     a(
         "--ema-warmup",
         action=argparse.BooleanOptionalAction,
@@ -829,11 +923,31 @@ def add_common_args(
         help="cap the EMA "
         "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
     )
-    a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
-    a("--sample-every", type=int, default=100, help="steps between sample grids")
-    a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
-    a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
+    a(
+        "--log-every",
+        type=in_range(int, "[1, inf)"),
+        default=25,
+        help="steps between logs (each syncs the device)",
+    )
+    a(
+        "--sample-every",
+        type=in_range(int, "[1, inf)"),
+        default=100,
+        help="steps between sample grids",
+    )
+    a("--ckpt-every", type=in_range(int, "[1, inf)"), default=500, help="steps between checkpoints")
+    a(
+        "--eval-every",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        help="steps between evaluations (best.pt); 0: off",
+    )
+    a(
+        "--eval-samples",
+        type=in_range(int, "[10, inf)"),
+        default=1000,
+        help="generated images per evaluation",
+    )
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
@@ -844,11 +958,33 @@ def add_common_args(
         help="CUDA: TF32 matmuls "
         "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
     )
-    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
-    a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
+    a(
+        "--num-workers",
+        type=in_range(int, "[0, inf)"),
+        default=min(4, os.cpu_count() or 1),
+        help="loader processes",
+    )
+    a(
+        "--sample",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="N",
+        help="generate N images from --checkpoint",
+    )
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
-    a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
-    a("--interpolate", type=int, default=0, metavar="K", help="--sample: N walks of K steps")
+    a(
+        "--temperature",
+        type=in_range(float, "(0, inf)"),
+        default=1.0,
+        help="--sample: scale of the latent",
+    )
+    a(
+        "--interpolate",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="K",
+        help="--sample: N walks of K steps",
+    )
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 

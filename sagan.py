@@ -17,7 +17,7 @@ Usage:
     python sagan.py --config paper --dataset folder --data-path ~/imagenet   # Sec. 5
     python sagan.py --dataset folder --data-path ~/cats --image-size 64 --attention-res 32
     torchrun --nproc_per_node=8 sagan.py --dataset cifar10 --data-path ~/data --amp bf16
-    python sagan.py --sample 40 --checkpoint runs/sagan/<run>   # one row per class
+    python sagan.py --sample 40 --checkpoint auto   # one row per class
     python sagan.py --sample 10 --attention-map --attention-query 8 20 --checkpoint <run>
 
 On CUDA --config auto is the authors' ImageNet run (brain-research/self-attention-gan).
@@ -127,28 +127,28 @@ def parse_args(argv=None):
     m = p.add_argument_group("SAGAN")
     m.add_argument(
         "--g-width",
-        type=int,
+        type=in_range(int, "[1, inf)"),
         default=8,
         help="G's channels at the image resolution "
         "(the authors' gf_dim), x16 at 4x4 for 128x128 (the paper's model: 64)",
     )
     m.add_argument(
         "--d-width",
-        type=int,
+        type=in_range(int, "[1, inf)"),
         default=16,
         help="D's channels after its first block "
         "(the authors' df_dim), doubling per halving (the paper's model: 64)",
     )
     m.add_argument(
         "--attention-res",
-        type=int,
+        type=in_range(int, "[0, inf)"),
         default=None,
         help="side of the feature maps that get self-attention in G and D; default "
         "image_size/4 (32x32 maps at 128x128, Table 1's feat32); 0: none",
     )
     m.add_argument(
         "--shared-dim",
-        type=int,
+        type=in_range(int, "[0, inf)"),
         default=128,
         help="conditional G: CBN gains and biases as linear maps of one shared class "
         "embedding of this size (BigGAN's); 0: per-class gains (the authors' code)",
@@ -158,10 +158,12 @@ def parse_args(argv=None):
         action="store_true",
         help="ignore labels: plain batch norm in G, no projection in D",
     )
-    m.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (Sec. 5)")
+    m.add_argument(
+        "--beta1", type=in_range(float, "[0, 1)"), default=0.0, help="Adam beta1 (Sec. 5)"
+    )
     m.add_argument(
         "--beta2",
-        type=float,
+        type=in_range(float, "[0, 1)"),
         default=0.9,
         help="Adam beta2 (Sec. 5; the authors' code: TF's default 0.999)",
     )
@@ -173,7 +175,7 @@ def parse_args(argv=None):
     )
     m.add_argument(
         "--attention-query",
-        type=int,
+        type=in_range(int, "[0, inf)"),
         nargs=2,
         default=None,
         metavar=("ROW", "COL"),
@@ -629,6 +631,23 @@ DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def in_range(kind, rule):
+    """An argparse type: a number of ``kind`` (int or float) within ``rule``, an interval
+    such as "[1, inf)" ("[" closed, "(" open), so that a value outside it ends in one line."""
+    lo, hi = (float(s) for s in rule[1:-1].split(","))
+
+    def number(text):
+        value = kind(text)  # not a number: argparse says "invalid int value"
+        above = lo <= value if rule[0] == "[" else lo < value
+        below = value <= hi if rule[-1] == "]" else value < hi
+        if not (above and below):  # nan is neither
+            raise argparse.ArgumentTypeError(f"must be in {rule}, not {text}")
+        return value
+
+    number.__name__, number.rule = kind.__name__, rule
+    return number
+
+
 def add_common_args(
     p,
     *,
@@ -646,6 +665,8 @@ def add_common_args(
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
+    # a mistyped flag ends like every other mistake: one line and status 1, no usage dump
+    p.error = lambda message: p.exit(1, f"{p.prog}: error: {message}\n")
     a = p.add_argument_group("common (the same in every script)").add_argument
     a(
         "--config",
@@ -678,20 +699,51 @@ def add_common_args(
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a(
         "--image-size",
-        type=int,
+        type=in_range(int, "[4, inf)"),
         default=image_size,
         help="training resolution (a power of two; "
         "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
     )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
-    a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
-    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
-    a("--steps", type=int, default=steps, help="number of generator updates")
-    a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
-    a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
-    a("--z-dim", type=int, default=z_dim, help="latent size" + paper.get("z_dim", ""))
-    a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
+    a(
+        "--color-jitter",
+        type=in_range(float, "[0, 1]"),
+        default=0.0,
+        help="augment with colour jitter (0.1-0.3)",
+    )
+    a(
+        "--batch-size",
+        type=in_range(int, "[1, inf)"),
+        default=batch_size,
+        help="per rank" + paper.get("batch_size", ""),
+    )
+    fewest = "[0, inf)" if steps == 0 else "[1, inf)"  # 0: to the end of progan's schedule
+    a("--steps", type=in_range(int, fewest), default=steps, help="number of generator updates")
+    a(
+        "--lr-g",
+        type=in_range(float, "(0, inf)"),
+        default=lr_g,
+        help="G's learning rate" + paper.get("lr_g", ""),
+    )
+    a(
+        "--lr-d",
+        type=in_range(float, "(0, inf)"),
+        default=lr_d,
+        help="D's learning rate" + paper.get("lr_d", ""),
+    )
+    a(
+        "--z-dim",
+        type=in_range(int, "[1, inf)"),
+        default=z_dim,
+        help="latent size" + paper.get("z_dim", ""),
+    )
+    a(
+        "--seed",
+        type=in_range(int, "[0, 2147483647]"),
+        default=0,
+        help="random seed (rank r draws latents with seed + r)",
+    )
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a(
@@ -700,7 +752,12 @@ def add_common_args(
         choices=["auto", "off", "bf16", "fp16"],
         help="mixed precision; auto: bf16 where the hardware has it natively, else off",
     )
-    a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
+    a(
+        "--ema-decay",
+        type=in_range(float, "[0, 1)"),
+        default=ema_decay,
+        help="EMA of G per G step; 0: no EMA",
+    )
     a(
         "--ema-warmup",
         action=argparse.BooleanOptionalAction,
@@ -708,11 +765,31 @@ def add_common_args(
         help="cap the EMA "
         "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
     )
-    a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
-    a("--sample-every", type=int, default=100, help="steps between sample grids")
-    a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
-    a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
+    a(
+        "--log-every",
+        type=in_range(int, "[1, inf)"),
+        default=25,
+        help="steps between logs (each syncs the device)",
+    )
+    a(
+        "--sample-every",
+        type=in_range(int, "[1, inf)"),
+        default=100,
+        help="steps between sample grids",
+    )
+    a("--ckpt-every", type=in_range(int, "[1, inf)"), default=500, help="steps between checkpoints")
+    a(
+        "--eval-every",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        help="steps between evaluations (best.pt); 0: off",
+    )
+    a(
+        "--eval-samples",
+        type=in_range(int, "[10, inf)"),
+        default=1000,
+        help="generated images per evaluation",
+    )
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
@@ -723,11 +800,33 @@ def add_common_args(
         help="CUDA: TF32 matmuls "
         "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
     )
-    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
-    a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
+    a(
+        "--num-workers",
+        type=in_range(int, "[0, inf)"),
+        default=min(4, os.cpu_count() or 1),
+        help="loader processes",
+    )
+    a(
+        "--sample",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="N",
+        help="generate N images from --checkpoint",
+    )
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
-    a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
-    a("--interpolate", type=int, default=0, metavar="K", help="--sample: N walks of K steps")
+    a(
+        "--temperature",
+        type=in_range(float, "(0, inf)"),
+        default=1.0,
+        help="--sample: scale of the latent",
+    )
+    a(
+        "--interpolate",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="K",
+        help="--sample: N walks of K steps",
+    )
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 

@@ -22,7 +22,7 @@ Usage:
     torchrun --nproc_per_node=8 stylegan2.py --dataset folder --data-path ~/ffhq \\
         --image-size 256 --channel-base 32768 --channel-max 512 --amp fp16   # config F
     python stylegan2.py --resume auto                     # continue the latest run
-    python stylegan2.py --sample 64 --checkpoint runs/stylegan2/<run> --truncation 0.7
+    python stylegan2.py --sample 64 --checkpoint auto --truncation 0.7
     python stylegan2.py --sample 1 --mixing-grid 5 --checkpoint auto   # style-mixing grid
 
 Based on dcgan.py; differs in the networks, the lazy regularisers, style mixing, the EMA's
@@ -242,42 +242,133 @@ def parse_args(argv=None):
     # TF32 off, as the official training_loop.py sets it ("improves numerical accuracy").
     p.set_defaults(tf32=False)
     a = p.add_argument_group("StyleGAN2").add_argument
-    a("--w-dim", type=int, default=512, help="dimension of w (StyleGAN Sec. 2)")
-    a("--mapping-layers", type=int, default=8, help="layers of z -> w (StyleGAN Sec. 2)")
-    a("--mapping-lr-mul", type=float, default=0.01, help="its lr multiplier (StyleGAN App. C)")
+    a(
+        "--w-dim",
+        type=in_range(int, "[1, inf)"),
+        default=512,
+        help="dimension of w (StyleGAN Sec. 2)",
+    )
+    a(
+        "--mapping-layers",
+        type=in_range(int, "[1, inf)"),
+        default=8,
+        help="layers of z -> w (StyleGAN Sec. 2)",
+    )
+    a(
+        "--mapping-lr-mul",
+        type=in_range(float, "(0, inf)"),
+        default=0.01,
+        help="its lr multiplier (StyleGAN App. C)",
+    )
     a(
         "--channel-base",
-        type=int,
+        type=in_range(int, "[1, inf)"),
         default=1024,
         help="width at r: min(base / r, --channel-max); "
         "config F: 32768 (the default is a CPU-sized model)",
     )
-    a("--channel-max", type=int, default=64, help="channels per layer at most; config F: 512")
-    a("--style-mixing", type=float, default=0.9, help="mixing probability (StyleGAN Sec. 3.1)")
-    a("--r1-gamma", type=float, default=10.0, help="R1 weight gamma (App. B, FFHQ); 0: off")
-    a("--r1-every", type=int, default=16, help="lazy R1: every k D steps (Sec. 3.1)")
-    a("--pl-weight", type=float, default=2.0, help="path-length weight (config F); 0: off")
-    a("--pl-every", type=int, default=4, help="lazy path length: every k G steps (Sec. 3.1)")
-    a("--pl-decay", type=float, default=0.01, help="decay of its running mean a (official)")
-    a("--pl-batch-shrink", type=int, default=2, help="path length on batch / k (official)")
-    a("--mbstd-group", type=int, default=4, help="minibatch stddev group (ProGAN Sec. 3)")
-    a("--beta1", type=float, default=0.0, help="Adam beta1 (App. B)")
-    a("--beta2", type=float, default=0.99, help="Adam beta2 (App. B)")
-    a("--ema-kimg", type=float, default=10.0, help="EMA half-life in kimg (App. B); or --ema-decay")
+    a(
+        "--channel-max",
+        type=in_range(int, "[1, inf)"),
+        default=64,
+        help="channels per layer at most; config F: 512",
+    )
+    a(
+        "--style-mixing",
+        type=in_range(float, "[0, 1]"),
+        default=0.9,
+        help="mixing probability (StyleGAN Sec. 3.1)",
+    )
+    a(
+        "--r1-gamma",
+        type=in_range(float, "[0, inf)"),
+        default=10.0,
+        help="R1 weight gamma (App. B, FFHQ); 0: off",
+    )
+    a(
+        "--r1-every",
+        type=in_range(int, "[1, inf)"),
+        default=16,
+        help="lazy R1: every k D steps (Sec. 3.1)",
+    )
+    a(
+        "--pl-weight",
+        type=in_range(float, "[0, inf)"),
+        default=2.0,
+        help="path-length weight (config F); 0: off",
+    )
+    a(
+        "--pl-every",
+        type=in_range(int, "[1, inf)"),
+        default=4,
+        help="lazy path length: every k G steps (Sec. 3.1)",
+    )
+    a(
+        "--pl-decay",
+        type=in_range(float, "[0, 1]"),
+        default=0.01,
+        help="decay of its running mean a (official)",
+    )
+    a(
+        "--pl-batch-shrink",
+        type=in_range(int, "[1, inf)"),
+        default=2,
+        help="path length on batch / k (official)",
+    )
+    a(
+        "--mbstd-group",
+        type=in_range(int, "[1, inf)"),
+        default=4,
+        help="minibatch stddev group (ProGAN Sec. 3)",
+    )
+    a("--beta1", type=in_range(float, "[0, 1)"), default=0.0, help="Adam beta1 (App. B)")
+    a("--beta2", type=in_range(float, "[0, 1)"), default=0.99, help="Adam beta2 (App. B)")
+    a(
+        "--ema-kimg",
+        type=in_range(float, "(0, inf)"),
+        default=10.0,
+        help="EMA half-life in kimg (App. B); or --ema-decay",
+    )
     a(
         "--ema-rampup",
-        type=float,
+        type=in_range(float, "[0, inf)"),
         default=0.05,
         help="half-life <= this x images seen "
         "(StyleGAN2-ADA's cfg auto/cifar; config F has no ramp-up: 0); the half-life's ramp-up, "
         "--ema-warmup is a constant --ema-decay's",
     )
     a("--augment", action="store_true", help="DiffAugment (Zhao et al. 2020) on D's inputs")
-    a("--fp16-res", type=int, default=4, help="--amp in the k top resolutions (StyleGAN2-ADA)")
-    a("--conv-clamp", type=float, default=256.0, help="with --amp: clamp to +-this (StyleGAN2-ADA)")
-    a("--truncation", type=float, default=1.0, help="--sample: psi (StyleGAN Sec. 3.2); 1: none")
-    a("--mixing-grid", type=int, default=0, metavar="K", help="--sample: a K x K mixing grid too")
-    a("--mixing-cutoff", type=int, default=None, help="--mixing-grid: coarse w's (None: half)")
+    a(
+        "--fp16-res",
+        type=in_range(int, "[0, inf)"),
+        default=4,
+        help="--amp in the k top resolutions (StyleGAN2-ADA)",
+    )
+    a(
+        "--conv-clamp",
+        type=in_range(float, "[0, inf)"),
+        default=256.0,
+        help="with --amp: clamp to +-this (StyleGAN2-ADA)",
+    )
+    a(
+        "--truncation",
+        type=in_range(float, "[0, 1]"),
+        default=1.0,
+        help="--sample: psi (StyleGAN Sec. 3.2); 1: none",
+    )
+    a(
+        "--mixing-grid",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="K",
+        help="--sample: a K x K mixing grid too",
+    )
+    a(
+        "--mixing-cutoff",
+        type=in_range(int, "[1, inf)"),
+        default=None,
+        help="--mixing-grid: coarse w's (None: half)",
+    )
     return parse_with_resume(p, argv)
 
 
@@ -706,12 +797,11 @@ def path_length_penalty(lengths, pl_mean, decay, world):
 
 class PathLengthMean:
     """Eq. 4's a, the running mean of the path lengths: the paper's state, which a resumed
-    run restores (the run saves it like a model). ``last``: the last penalty, for the log."""
+    run restores (the run saves it like a model)."""
 
     def __init__(self, decay, device):
         self.decay = decay
         self.a = torch.zeros((), device=device)
-        self.last = torch.zeros((), device=device)
 
     def penalty(self, lengths, world):
         """(||J_w^T y|| - a)^2 per sample; a moves towards the lengths' mean."""
@@ -719,11 +809,26 @@ class PathLengthMean:
         return penalty
 
     def state_dict(self):
-        return {"pl_mean": self.a, "last": self.last}
+        return {"pl_mean": self.a}
 
     def load_state_dict(self, state):
         self.a.copy_(state["pl_mean"])
-        self.last.copy_(state["last"])
+
+
+class LastPenalties:
+    """The last R1 and path-length penalties: lazy regularization (Sec. 3.1) computes them
+    every few steps, the log shows the last ones at every step, a resumed run too."""
+
+    def __init__(self, device):
+        self.r1 = torch.zeros((), device=device)
+        self.pl = torch.zeros((), device=device)
+
+    def state_dict(self):
+        return {"r1": self.r1, "pl": self.pl}
+
+    def load_state_dict(self, state):
+        self.r1.copy_(state["r1"])
+        self.pl.copy_(state["pl"])
 
 
 def logged(penalty, amp):
@@ -787,7 +892,7 @@ def train(args):
     opt_d, _ = lazy_adam(D.parameters(), args.lr_d, betas, args.r1_every if r1_on else 0)
     scaler_g, scaler_d = make_scaler(device, args.amp), make_scaler(device, args.amp)
     pl_mean = PathLengthMean(args.pl_decay, device)  # Eq. 4's a
-    r1_last = torch.zeros((), device=device)  # the last R1 penalty, for the log
+    last = LastPenalties(device)  # for the log
     grid = functools.partial(grid_images, fixed_inputs(64, args.z_dim, 0, 1234, device)[0])
     if args.compile and rank == 0:
         print(
@@ -804,6 +909,7 @@ def train(args):
             "scaler_d": scaler_d,
             "batches": batches,
             "path_length": pl_mean,
+            "last_penalties": last,
         },
         grid,
         info={"channels": data.channels, "num_classes": 0},
@@ -833,7 +939,7 @@ def train(args):
             penalty = pl_mean.penalty(lengths, world)
             loss_pl = penalty.mean() * args.pl_weight * args.pl_every
             optimizer_step(loss_pl, opt_g, scaler_g, G, world)
-            pl_mean.last.copy_(logged(penalty.mean(), args.amp))
+            last.pl.copy_(logged(penalty.mean(), args.amp))
         D.requires_grad_(True)
 
         # D step: fakes from fresh latents (they also update w_avg), reals.
@@ -852,7 +958,7 @@ def train(args):
                 logits = D(aug(real_))
             r1 = r1_penalty(logits, real_, scaler_d.scale(one)).mean()
             optimizer_step(r1 * (args.r1_gamma / 2) * args.r1_every, opt_d, scaler_d, D, world)
-            r1_last.copy_(logged(r1, args.amp))
+            last.r1.copy_(logged(r1, args.amp))
         if ema is not None:  # after the D step (official), so the copied w_avg is the latest
             half_life = args.ema_decay is None  # App. B's, with its own ramp-up (--ema-rampup)
             decay = (
@@ -867,8 +973,8 @@ def train(args):
             g_loss=loss_g,
             d_real=torch.sigmoid(real_logits.detach().float()).mean(),
             d_fake=torch.sigmoid(fake_logits.detach().float()).mean(),
-            r1=r1_last,
-            pl_penalty=pl_mean.last,
+            r1=last.r1,
+            pl_penalty=last.pl,
             pl_mean=pl_mean.a,
         )
     return run.finish()
@@ -940,6 +1046,23 @@ DATASETS = ["digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder", "
 IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def in_range(kind, rule):
+    """An argparse type: a number of ``kind`` (int or float) within ``rule``, an interval
+    such as "[1, inf)" ("[" closed, "(" open), so that a value outside it ends in one line."""
+    lo, hi = (float(s) for s in rule[1:-1].split(","))
+
+    def number(text):
+        value = kind(text)  # not a number: argparse says "invalid int value"
+        above = lo <= value if rule[0] == "[" else lo < value
+        below = value <= hi if rule[-1] == "]" else value < hi
+        if not (above and below):  # nan is neither
+            raise argparse.ArgumentTypeError(f"must be in {rule}, not {text}")
+        return value
+
+    number.__name__, number.rule = kind.__name__, rule
+    return number
+
+
 def add_common_args(
     p,
     *,
@@ -957,6 +1080,8 @@ def add_common_args(
     ``configs``: --config's settings, name -> {flag: value} or a rule args -> {flag: value}."""
     paper = {k: f"; paper: {v}" for k, v in (sources or {}).items()}
     p.configs = {"auto": {}, **(configs or {})}
+    # a mistyped flag ends like every other mistake: one line and status 1, no usage dump
+    p.error = lambda message: p.exit(1, f"{p.prog}: error: {message}\n")
     a = p.add_argument_group("common (the same in every script)").add_argument
     a(
         "--config",
@@ -989,20 +1114,51 @@ def add_common_args(
     a("--download", action="store_true", help="download the dataset into --data-path first")
     a(
         "--image-size",
-        type=int,
+        type=in_range(int, "[4, inf)"),
         default=image_size,
         help="training resolution (a power of two; "
         "--config auto: the data's own side, at least 16 and at most 32 on a CPU, 64 on CUDA)",
     )
     a("--channels", type=int, default=None, choices=[1, 3], help="image channels (the data's)")
     a("--flip", action="store_true", help="augment with random horizontal flips")
-    a("--color-jitter", type=float, default=0.0, help="augment with colour jitter (0.1-0.3)")
-    a("--batch-size", type=int, default=batch_size, help="per rank" + paper.get("batch_size", ""))
-    a("--steps", type=int, default=steps, help="number of generator updates")
-    a("--lr-g", type=float, default=lr_g, help="G's learning rate" + paper.get("lr_g", ""))
-    a("--lr-d", type=float, default=lr_d, help="D's learning rate" + paper.get("lr_d", ""))
-    a("--z-dim", type=int, default=z_dim, help="latent size" + paper.get("z_dim", ""))
-    a("--seed", type=int, default=0, help="random seed (rank r draws latents with seed + r)")
+    a(
+        "--color-jitter",
+        type=in_range(float, "[0, 1]"),
+        default=0.0,
+        help="augment with colour jitter (0.1-0.3)",
+    )
+    a(
+        "--batch-size",
+        type=in_range(int, "[1, inf)"),
+        default=batch_size,
+        help="per rank" + paper.get("batch_size", ""),
+    )
+    fewest = "[0, inf)" if steps == 0 else "[1, inf)"  # 0: to the end of progan's schedule
+    a("--steps", type=in_range(int, fewest), default=steps, help="number of generator updates")
+    a(
+        "--lr-g",
+        type=in_range(float, "(0, inf)"),
+        default=lr_g,
+        help="G's learning rate" + paper.get("lr_g", ""),
+    )
+    a(
+        "--lr-d",
+        type=in_range(float, "(0, inf)"),
+        default=lr_d,
+        help="D's learning rate" + paper.get("lr_d", ""),
+    )
+    a(
+        "--z-dim",
+        type=in_range(int, "[1, inf)"),
+        default=z_dim,
+        help="latent size" + paper.get("z_dim", ""),
+    )
+    a(
+        "--seed",
+        type=in_range(int, "[0, 2147483647]"),
+        default=0,
+        help="random seed (rank r draws latents with seed + r)",
+    )
     a("--out", default=None, help="run directory (default runs/<script>/<time>)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a(
@@ -1011,7 +1167,12 @@ def add_common_args(
         choices=["auto", "off", "bf16", "fp16"],
         help="mixed precision; auto: bf16 where the hardware has it natively, else off",
     )
-    a("--ema-decay", type=float, default=ema_decay, help="EMA of G per G step; 0: no EMA")
+    a(
+        "--ema-decay",
+        type=in_range(float, "[0, 1)"),
+        default=ema_decay,
+        help="EMA of G per G step; 0: no EMA",
+    )
     a(
         "--ema-warmup",
         action=argparse.BooleanOptionalAction,
@@ -1019,11 +1180,31 @@ def add_common_args(
         help="cap the EMA "
         "decay at (1 + t) / (10 + t) at step t; --no-ema-warmup: --ema-decay from step 0",
     )
-    a("--log-every", type=int, default=25, help="steps between logs (each syncs the device)")
-    a("--sample-every", type=int, default=100, help="steps between sample grids")
-    a("--ckpt-every", type=int, default=500, help="steps between checkpoints")
-    a("--eval-every", type=int, default=0, help="steps between evaluations (best.pt); 0: off")
-    a("--eval-samples", type=int, default=1000, help="generated images per evaluation")
+    a(
+        "--log-every",
+        type=in_range(int, "[1, inf)"),
+        default=25,
+        help="steps between logs (each syncs the device)",
+    )
+    a(
+        "--sample-every",
+        type=in_range(int, "[1, inf)"),
+        default=100,
+        help="steps between sample grids",
+    )
+    a("--ckpt-every", type=in_range(int, "[1, inf)"), default=500, help="steps between checkpoints")
+    a(
+        "--eval-every",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        help="steps between evaluations (best.pt); 0: off",
+    )
+    a(
+        "--eval-samples",
+        type=in_range(int, "[10, inf)"),
+        default=1000,
+        help="generated images per evaluation",
+    )
     a("--tensorboard", action="store_true", help="also write TensorBoard events")
     a("--resume", default=None, help="continue a run: a .pt file, a run directory, or auto")
     a("--compile", action="store_true", help="torch.compile the models")
@@ -1034,11 +1215,33 @@ def add_common_args(
         help="CUDA: TF32 matmuls "
         "and convolutions (fp32 with a 10-bit mantissa, on Ampere and newer); --no-tf32: full fp32",
     )
-    a("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="loader processes")
-    a("--sample", type=int, default=0, metavar="N", help="generate N images from --checkpoint")
+    a(
+        "--num-workers",
+        type=in_range(int, "[0, inf)"),
+        default=min(4, os.cpu_count() or 1),
+        help="loader processes",
+    )
+    a(
+        "--sample",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="N",
+        help="generate N images from --checkpoint",
+    )
     a("--checkpoint", default=None, help="--sample's checkpoint: .pt, run directory, or auto")
-    a("--temperature", type=float, default=1.0, help="--sample: scale of the latent")
-    a("--interpolate", type=int, default=0, metavar="K", help="--sample: N walks of K steps")
+    a(
+        "--temperature",
+        type=in_range(float, "(0, inf)"),
+        default=1.0,
+        help="--sample: scale of the latent",
+    )
+    a(
+        "--interpolate",
+        type=in_range(int, "[0, inf)"),
+        default=0,
+        metavar="K",
+        help="--sample: N walks of K steps",
+    )
     a("--no-ema", action="store_true", help="--sample: the raw generator, not the EMA one")
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from common import UserError
+from common.kinds import Images
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "celeba", "folder")
 IMAGE_EXTENSIONS = (
@@ -42,18 +43,44 @@ IMAGE_EXTENSIONS = (
 CELEBA_CROP = 108  # centre crop of the 178x218 aligned faces, as in DCGAN's CelebA experiments
 
 
-class MemoryData:
+class ImageData:
+    """What every image dataset brings to a run (common/kinds.py): its kind of samples, a line
+    for the run's banner, and its batches."""
+
+    kind = Images()
+
+    def describe(self):
+        s = self.image_size
+        return f"{self.name} {s}x{s}x{self.channels}, {len(self)} images"
+
+    def stream(self, batch_size, device, rank, world, args):
+        """This rank's endless, resumable ``Batches`` (the shared flags: seed, workers, flips,
+        colour jitter)."""
+        return Batches(
+            self,
+            batch_size,
+            device,
+            args.seed,
+            rank,
+            world,
+            args.num_workers,
+            args.flip,
+            args.color_jitter,
+        )
+
+
+class MemoryData(ImageData):
     """A dataset held as one uint8 tensor (N, C, H, W) plus optional int64 labels."""
 
     def __init__(self, images, labels=None, num_classes=0, name=""):
         self.images, self.labels, self.num_classes, self.name = images, labels, num_classes, name
-        self.channels = images.shape[1]
+        self.channels, self.image_size = images.shape[1], images.shape[-1]
 
     def __len__(self):
         return self.images.shape[0]
 
 
-class FolderData(torch.utils.data.Dataset):
+class FolderData(ImageData, torch.utils.data.Dataset):
     """Image files under ``root``, decoded on demand to uint8 (C, size, size).
 
     Images directly in ``root`` (a flat folder such as a cat-faces download) are
@@ -290,6 +317,11 @@ def default_channels(name):
 
 def load_dataset(name, data_path=None, image_size=32, channels=None):
     """Load a training set by name: returns ``MemoryData`` or ``FolderData``."""
+    if name == "text":
+        raise UserError(
+            "--dataset text is a corpus: bgan.py and wgan_gp.py model text; this "
+            "script models images"
+        )
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     channels = channels or default_channels(name)

@@ -460,6 +460,14 @@ def real_images(dataset, data_path, image_size, channels, n, seed):
     }
 
 
+def prepare(dataset):
+    """Fail now, in one line, if scoring samples of ``dataset`` needs weights this machine
+    lacks (the FID Inception offline), rather than at a run's first evaluation. The digits
+    classifier trains itself; text needs no network."""
+    if dataset not in ("digits", "text"):
+        extractor("inception", None)
+
+
 def evaluate(
     source,
     dataset=None,

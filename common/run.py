@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from common import UserError
-from common.flags import check_ranges
+from common.kinds import Images, kind_of
 from common.checkpoints import (  # noqa: F401 - find_checkpoint, read_metrics: for the tools
     find_checkpoint,
     last_good,
@@ -177,12 +177,6 @@ def cuda_habits(device, tf32):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
 
 
-def check_common_args(script, args):
-    """The range of every numeric flag (``common.flags``: one table for every script); the
-    script's own ``check_args`` checks what depends on several of its flags."""
-    check_ranges(script, args)
-
-
 class Run:
     """One training run of one script (see the module docstring for the protocol).
 
@@ -223,7 +217,6 @@ class Run:
                 if k not in args.explicit and k not in ("resume", "explicit"):
                     setattr(args, k, v)
             args.out = run_dir_of(path)
-        check_common_args(script, args)
         args.amp = resolve_amp(args.amp, device, rank)  # args.json records what ran
         cuda_habits(device, args.tf32)
         if check is not None:
@@ -232,16 +225,17 @@ class Run:
         self.saved_step, self.signum, self.agreed = -1, None, False
 
     # ------------------------------------------------------------------ data
-    def dataset(self, labels=False):
-        """The dataset the shared flags name (downloaded first on rank 0 with --download);
-        ``labels``: a conditional model's, which needs classes."""
+    def dataset(self, labels=False, load=None):
+        """The dataset the shared flags name (downloaded first on rank 0 with --download), or
+        ``load(args, resumed)``'s: the script's own data (text, a quantized folder), which
+        brings its kind like any dataset (``common.kinds``). ``labels``: a conditional
+        model's, which needs classes. ``resumed`` is the checkpoint a run continues from."""
         from common.data import download_dataset, load_dataset
 
         a = self.args
-        if a.dataset == "text":
-            raise UserError(
-                f"{self.script}.py models images; --dataset text is for bgan.py and wgan_gp.py"
-            )
+        if load is not None:
+            self.data = load(a, self.resumed)
+            return self.data
         if a.download:
             if self.rank == 0:
                 download_dataset(a.dataset, a.data_path)
@@ -255,36 +249,11 @@ class Run:
             )
         return self.data
 
-    def text(self, seq_len, vocab_size):
-        """``--dataset text``: the corpus in windows of ``seq_len`` characters over its
-        ``vocab_size`` most frequent ones (a resumed run keeps its vocabulary);
-        ``common.text.TextData``."""
-        from common.text import TextData
-
-        vocab = self.resumed.get("vocab") if self.resumed is not None else None
-        self.data = TextData(self.args.data_path, seq_len, vocab_size, vocab)
-        return self.data
-
     def batches(self, data, batch_size=None):
-        """This rank's endless, resumable stream of batches (``common.data.Batches``; for
-        text, ``common.text.TextBatches`` of random windows)."""
-        from common.data import Batches
-        from common.text import TextBatches, TextData
-
+        """This rank's endless, resumable stream of batches, as the data makes it
+        (``data.stream``: ``common.data.Batches`` of images, ``common.text.TextBatches``)."""
         a = self.args
-        if isinstance(data, TextData):
-            return TextBatches(data, batch_size or a.batch_size, self.device, a.seed, self.rank)
-        return Batches(
-            data,
-            batch_size or a.batch_size,
-            self.device,
-            a.seed,
-            self.rank,
-            self.world,
-            a.num_workers,
-            a.flip,
-            a.color_jitter,
-        )
+        return data.stream(batch_size or a.batch_size, self.device, self.rank, self.world, a)
 
     def models(self, build, *inputs, memory_format=torch.channels_last):
         """``build(args, *inputs)`` -> (G, D): seeded alike on every rank and moved to the
@@ -300,8 +269,9 @@ class Run:
 
         ``state``: name -> what goes into every checkpoint: modules (``G``, ``D``, ``ema``,
         which may be None), optimizers, scalers, the batch stream, and the paper's state
-        (an object with ``state_dict`` and ``load_state_dict``, e.g. BEGAN's equilibrium). On resume each is restored;
-        optimizers keep the learning rate they were built with (a flag given now wins).
+        (an object with ``state_dict`` and ``load_state_dict``, e.g. BEGAN's equilibrium). On
+        resume each is restored; optimizers keep the learning rate they were built with (a
+        flag given now wins).
         ``grid``: G's inputs for the sample grids, or a function ``grid(generator)``.
         ``calibrate``: input tuples that recompute the EMA generator's batch-norm statistics
         before it is used. ``info``: plain values for ``load_generator`` (channels, ...).
@@ -309,8 +279,9 @@ class Run:
         """
         self.state, self.grid, self.calibrate = state, grid, calibrate
         self.info = dict(info or {})
-        if hasattr(self.data, "vocab"):  # text: sampling and evaluation decode with it
-            self.info["vocab"] = self.data.vocab
+        if self.data is not None:  # what the kind of samples needs later (a vocabulary, ...)
+            self.info.update(self.data.kind.state())
+        self.kind = kind_of(self.info)
         self.total = total or self.args.steps
         if self.total < 1:
             raise UserError("--steps must be at least 1")
@@ -347,6 +318,7 @@ class Run:
                 resume_step=since,
                 tensorboard=a.tensorboard,
                 evaluate_dataset=a.dataset if a.eval_every else None,
+                best_metric=self.kind.best_metric,
             )
             if a.config == "auto" and (a.auto or {}).get("device") == "cpu":
                 print(
@@ -446,13 +418,7 @@ class Run:
             for n in ("G", "D")
             if isinstance(self.state.get(n), nn.Module)
         )
-        data = (
-            ""
-            if d is None
-            else f"{d.describe()}; "
-            if hasattr(d, "describe")
-            else f"{a.dataset} {a.image_size}x{a.image_size}x{d.channels}, {len(d)} images; "
-        )
+        data = "" if d is None else f"{d.describe()}; "
         return (
             f"{self.script}: {data}batch {a.batch_size} x {self.world} process(es) = "
             f"{a.batch_size * self.world}; {params} params; {note + '; ' if note else ''}"
@@ -567,24 +533,17 @@ class Run:
         return x
 
     def write_samples(self):
-        """``samples/step_N.png`` and ``progress.gif`` (rank 0); text: ``step_N.txt``."""
-        from common.images import progress_gif, save_grid
+        """``samples/step_N.png`` and ``progress.gif`` (rank 0), as the kind writes them
+        (text: ``step_N.txt``, one sequence per line)."""
+        from common.images import progress_gif
 
         samples = os.path.join(self.out, "samples")
-        if "vocab" in self.info:  # one sequence per line
-            from common.text import to_text, write_lines
-
-            return write_lines(
-                os.path.join(samples, f"step_{self.step:06d}.txt"),
-                to_text(self.images(self.generator()), self.info["vocab"]),
-            )
-        png = save_grid(
-            self.images(self.generator()),
-            os.path.join(samples, f"step_{self.step:06d}.png"),
-            nrow=8,
-        )
-        self.metrics.image("samples", self.step, png)
-        progress_gif(samples, os.path.join(self.out, "progress.gif"))
+        x = self.kind.decode(self.images(self.generator()))
+        row = 8 if self.kind.picture else None  # 8 per row: a row per class when conditional
+        path = self.kind.write(x, os.path.join(samples, f"step_{self.step:06d}"), row=row)
+        if self.kind.picture:
+            self.metrics.image("samples", self.step, path)
+            progress_gif(samples, os.path.join(self.out, "progress.gif"))
 
     def save(self):
         """``checkpoints/last.pt`` and ``step_N.pt`` (a collective: every rank calls it)."""
@@ -708,7 +667,9 @@ class Metrics:
     checkpoints) are dropped first, so the file reads as one uninterrupted run.
     """
 
-    def __init__(self, out, resume_step=None, tensorboard=False, evaluate_dataset=None):
+    def __init__(
+        self, out, resume_step=None, tensorboard=False, evaluate_dataset=None, best_metric="fid"
+    ):
         self.out, self.path = out, os.path.join(out, "metrics.jsonl")
         if resume_step is not None and os.path.exists(self.path):
             keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
@@ -724,10 +685,11 @@ class Metrics:
                 ) from None
             purge = resume_step + 1 if resume_step is not None else None
             self.writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=purge)
-        if evaluate_dataset not in (None, "digits", "text"):  # fail now, not at the first one
-            from common.evaluation import extractor
+        self.best_metric = best_metric
+        if evaluate_dataset is not None:  # fail now (no weights), not at the first evaluation
+            from common.evaluation import prepare
 
-            extractor("inception", None)
+            prepare(evaluate_dataset)
         self.file = open(self.path, "a")
 
     def log(self, **values):
@@ -788,7 +750,7 @@ class Metrics:
         m = {f"eval_{k}": v for k, v in res["metrics"].items() if k in names}
         best_file = os.path.join(self.out, "checkpoints", "best.json")
         best = json.load(open(best_file)) if os.path.exists(best_file) else None
-        key = "eval_fid" if "eval_fid" in m else "eval_js4"  # images, or text
+        key = f"eval_{self.best_metric}"  # the kind's: lower is better
         if best is None or m[key] < best[key]:
             best = {
                 "step": step,
@@ -841,7 +803,7 @@ class Generate:
         ckpt = load_checkpoint(path, script, device)
         self.run, self.device, self.latent = argparse.Namespace(**ckpt["args"]), device, latent
         self.z_dim, self.num_classes = self.run.z_dim, ckpt.get("num_classes", 0)
-        self.vocab = ckpt.get("vocab")  # text: __call__ returns character indices
+        self.kind = kind_of(ckpt)  # text: __call__ returns character indices
         self.used_ema = use_ema and ckpt.get("ema") is not None
         self.model = build(self.run, ckpt["channels"], self.num_classes)[0].to(device)
         load_state(self.model, ckpt["ema"] if self.used_ema else ckpt["G"], "generator")
@@ -860,7 +822,7 @@ class Generate:
                 inputs = [z[i : i + 256]] + ([labels[i : i + 256]] if self.num_classes else [])
                 out.append(self.model(*(t.to(self.device) for t in inputs), **kw).float().cpu())
         out = torch.cat(out)
-        return out.argmax(1).flatten(1) if self.vocab else out  # text: common.text.to_text
+        return self.kind.decode(out)
 
 
 def sample_device(name):
@@ -890,43 +852,33 @@ class Sampling:
         self.out = args.out or os.path.join(run_dir_of(self.path), "samples")
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
 
-    def file(self, kind, ext="png"):
-        return os.path.join(self.out, f"{kind}_{self.stamp}.{ext}")
+        self.kind = getattr(self.generate, "kind", Images())  # how its samples are written
+
+    def stem(self, name):
+        """``<out>/<name>_<time>``: the kind's ``write`` adds the extension."""
+        return os.path.join(self.out, f"{name}_{self.stamp}")
+
+    def file(self, name, ext="png"):
+        return f"{self.stem(name)}.{ext}"
 
     def grid(self, nrow=None, note="", **kw):
-        """``--sample N``: N images in one grid (conditional: one row per class)."""
-        from common.images import save_grid
-
+        """``--sample N``: N samples in one file (a grid; conditional: one row per class)."""
         a, nc = self.args, getattr(self.generate, "num_classes", 0)
         n = a.sample
-        y = (torch.arange(n) % nc).sort().values if nc else None
         if nc:
-            kw["labels"] = y
+            kw["labels"] = (torch.arange(n) % nc).sort().values
+            nrow = nrow or int(math.ceil(n / nc))
         x = self.generate(n, seed=a.seed, temperature=a.temperature, **kw)
-        if getattr(self.generate, "vocab", None):  # text: one sequence per line
-            return self.lines(x, "sample", f"{n} sequences{note}")
-        nrow = nrow or (int(math.ceil(n / nc)) if nc else None)
-        png = save_grid(x, self.file("sample"), nrow=nrow)
+        path = self.kind.write(x, self.stem("sample"), row=nrow)
         print(
-            f"wrote {png} ({n} images, {self.which} generator, temperature {a.temperature}{note})"
+            f"wrote {path} ({n} {self.kind.unit}, {self.which} generator, "
+            f"temperature {a.temperature}{note})"
         )
-        return png
-
-    def lines(self, x, kind, what, every=0):
-        """Text samples (character indices) to ``<kind>_<time>.txt``, one per line (a blank
-        line after every ``every``)."""
-        from common.text import to_text, write_lines
-
-        rows = to_text(x, self.generate.vocab)
-        if every:
-            rows = [r + ("\n" if (i + 1) % every == 0 else "") for i, r in enumerate(rows)]
-        path = write_lines(self.file(kind, "txt"), rows)
-        print(f"wrote {path} ({what}, {self.which} generator, temperature {self.args.temperature})")
         return path
 
     def interpolation(self, note="", **kw):
         """``--interpolate K``: N latent walks of K steps (slerp), a grid and a GIF."""
-        from common.images import make_grid, save_gif, save_grid
+        from common.images import make_grid, save_gif
 
         a, nc = self.args, getattr(self.generate, "num_classes", 0)
         n, k = a.sample, a.interpolate
@@ -938,13 +890,15 @@ class Sampling:
         if nc:
             kw["labels"] = torch.randint(nc, (n,), generator=gen).repeat_interleave(k)
         x = self.generate(z=z, seed=a.seed, **kw)
-        if getattr(self.generate, "vocab", None):
-            return self.lines(x, "interpolate", f"{n} walks of {k} steps{note}", every=k)
-        png = save_grid(x, self.file("interpolate"), nrow=k)
+        path = self.kind.write(x, self.stem("interpolate"), row=k)  # a walk per row
+        what = f"{n} walks of {k} steps, {self.which} generator{note}"
+        if not self.kind.picture:
+            print(f"wrote {path} ({what}, temperature {a.temperature})")
+            return path
         frames = [make_grid(x[i::k], nrow=int(math.ceil(math.sqrt(n)))) for i in range(k)]
         gif = save_gif(frames + frames[::-1], self.file("interpolate", "gif"), last_ms=120)
-        print(f"wrote {png} and {gif} ({n} walks of {k} steps, {self.which} generator{note})")
-        return png
+        print(f"wrote {path} and {gif} ({what})")
+        return path
 
 
 def sample(script, args, load_generator):
@@ -958,7 +912,6 @@ def main(script, args, train, load_generator, own_sample=None):
     extra modes). A user's mistake ends in one line and status 1; a stop by a signal in one
     line that says how to continue, and status 128 + the signal."""
     try:
-        check_ranges(script, args)
         if args.sample:
             return (own_sample or sample)(script, args, load_generator)
         return train(args)

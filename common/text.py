@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from common import UserError
+from common.kinds import Text
 
 UNKNOWN = "\ufffd"  # shown for any character outside the vocabulary
 WORD = re.compile(r"[A-Za-z]{2,}")  # a word: two or more letters
@@ -117,6 +118,15 @@ class TextData:
     def __len__(self):
         return len(self.ids) - self.seq_len + 1  # windows
 
+    @property
+    def kind(self):
+        """Its samples are text in this vocabulary (common/kinds.py)."""
+        return Text(self.vocab)
+
+    def stream(self, batch_size, device, rank, world, args):
+        """This rank's endless, resumable ``TextBatches`` of random windows."""
+        return TextBatches(self, batch_size, device, args.seed, rank)
+
     def describe(self):
         return (
             f"text {self.source}: {len(self.text)} characters, vocabulary {self.channels} "
@@ -159,6 +169,14 @@ class TextData:
         if "words" not in self._reference:
             self._reference["words"] = set(WORD.findall(self.in_vocabulary(self.text)))
         return self._reference["words"]
+
+
+def load_text(args, resumed=None):
+    """``--dataset text`` for ``Run.dataset(load=...)``: the corpus at --data-path (or the
+    embedded one) in windows of --seq-len over its --vocab-size most frequent characters; a
+    resumed run keeps its checkpoint's vocabulary."""
+    vocab = resumed.get("vocab") if resumed is not None else None
+    return TextData(args.data_path, args.seq_len, args.vocab_size, vocab)
 
 
 class TextBatches:

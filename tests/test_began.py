@@ -1,6 +1,6 @@
 """BEGAN-specific checks: L1 loss, k_t (clipped, no gradient, updated from one forward of one D),
 M_global, the learning-rate halving when M stalls (and its exact resume), the M curve,
-the architecture options and the bad input; plus common.images.save_curve."""
+the architecture options and the bad input."""
 
 import math
 import os
@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from conftest import load_script, tiny_args
-from common.images import save_curve
 from common.run import read_metrics
 
 m = load_script("began")
@@ -294,15 +293,3 @@ def test_bad_gamma_one_line(gamma, in_tmp, capsys):
         m.main([*tiny_args(m), "--steps", "1", "--gamma", gamma])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert e.value.code == 1 and len(err) == 1 and "--gamma" in err[0], err
-
-
-def test_save_curve(tmp_path):
-    path = save_curve(
-        str(tmp_path / "sub" / "c.png"), [1, 2, 3, 4], [0.5, 0.3, float("nan"), 0.2], "title"
-    )
-    img = Image.open(path).convert("RGB")
-    assert img.size == (640, 360)
-    assert (31, 119, 180) in {c for _, c in img.getcolors(1 << 16)}  # the curve is drawn
-    save_curve(str(tmp_path / "one.png"), [5], [1.0])  # a single point, and no points at all
-    save_curve(str(tmp_path / "none.png"), [], [])
-    assert os.path.exists(tmp_path / "one.png") and os.path.exists(tmp_path / "none.png")

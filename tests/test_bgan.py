@@ -12,20 +12,19 @@ import torch
 from PIL import Image
 
 from conftest import assert_one_line_error, load_script, tiny_args
-from common import UserError
 from common.data import Batches, QuantizedFolderData, binarize, to_indices
 from common.quantize import (
-    dequantize,
-    learn_palette,
     load_palette,
     load_png,
-    quantize,
-    sample_pixels,
-    save_palette,
-    save_png,
 )
 
 m = load_script("bgan")
+BINARY = m.BinaryPixels(threshold=0.5)  # Algorithm 1's view of binarized images
+
+
+def colours(k):
+    """Algorithm 1's view of images over a palette of k colours (which colours: no matter)."""
+    return m.PalettePixels(torch.zeros(k, 3))
 
 
 def load_tool():
@@ -75,7 +74,7 @@ def test_no_gradient_through_the_weights():
 
 def test_continuous_loss_is_half_the_squared_logit_and_discrete_is_not():
     logits = torch.tensor([2.0, -1.0, 0.0, 3.0])
-    assert m.g_loss(logits).item() == pytest.approx(0.5 * (4 + 1 + 0 + 9) / 4)
+    assert m.boundary_seeking_loss(logits).item() == pytest.approx(0.5 * (4 + 1 + 0 + 9) / 4)
     ll = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
     discrete = m.g_loss(logits, ll)
     w = torch.softmax(logits.view(2, 2), 1)
@@ -97,13 +96,13 @@ def test_baseline_keeps_the_expected_gradient():
 def test_log_likelihood_of_the_drawn_values():
     torch.manual_seed(0)
     a = torch.randn(2, 1, 4, 4)
-    s = m.draw(a, 5, "binary")
+    s = BINARY.draw(a, 5)
     assert s.shape == (2, 5, 1, 4, 4) and set(s.unique().tolist()) <= {0.0, 1.0}
     ref = torch.distributions.Bernoulli(logits=a[:, None]).log_prob(s).flatten(2).sum(2)
-    assert torch.allclose(m.log_likelihood(a, s, "binary"), ref, atol=1e-5)
-    assert torch.allclose(m.log_likelihood(a, s, "binary", "mean"), ref / 16, atol=1e-6)
+    assert torch.allclose(m.log_likelihood(a, s, BINARY), ref, atol=1e-5)
+    assert torch.allclose(m.log_likelihood(a, s, BINARY, "mean"), ref / 16, atol=1e-6)
     k = torch.randn(2, 6, 4, 4, requires_grad=True)  # K = 6 colours
-    idx = m.draw(k, 3, "quantized")
+    idx = colours(6).draw(k, 3)
     assert idx.shape == (2, 3, 4, 4) and idx.dtype == torch.int64 and not idx.requires_grad
     ref = (
         torch.distributions.Categorical(logits=k.detach().permute(0, 2, 3, 1)[:, None])
@@ -111,7 +110,7 @@ def test_log_likelihood_of_the_drawn_values():
         .flatten(2)
         .sum(2)
     )
-    ll = m.log_likelihood(k, idx, "quantized")
+    ll = m.log_likelihood(k, idx, colours(6))
     assert torch.allclose(ll, ref, atol=1e-5)
     ll.sum().backward()
     assert k.grad is not None and k.grad.abs().sum() > 0  # the gradient reaches G's logits
@@ -119,16 +118,14 @@ def test_log_likelihood_of_the_drawn_values():
 
 def test_draw_matches_the_distribution():
     a = torch.tensor([2.0, 0.0, -1.0, 0.5]).view(1, 4, 1, 1).expand(1, 4, 20, 20)
-    idx = m.draw(a, 50, "quantized", generator=torch.Generator().manual_seed(0))  # 20000 draws
+    idx = colours(4).draw(a, 50, torch.Generator().manual_seed(0))  # 20000 draws
     freq = torch.bincount(idx.flatten(), minlength=4).float() / idx.numel()
     assert torch.allclose(freq, torch.softmax(a[0, :, 0, 0], 0), atol=0.01)
     b = torch.full((1, 1, 20, 20), 1.0)
-    assert m.draw(b, 50, "binary").mean().item() == pytest.approx(
+    assert BINARY.draw(b, 50).mean().item() == pytest.approx(
         torch.sigmoid(torch.tensor(1.0)).item(), abs=0.01
     )
-    g1, g2 = (
-        m.draw(a, 2, "quantized", generator=torch.Generator().manual_seed(3)) for _ in range(2)
-    )
+    g1, g2 = (colours(4).draw(a, 2, torch.Generator().manual_seed(3)) for _ in range(2))
     assert torch.equal(g1, g2)  # a private generator makes grids reproducible
 
 
@@ -144,10 +141,10 @@ def test_what_g_returns():
     assert (
         D(p).shape == (3,) and D.net[0].in_channels == 7
     )  # D reads one-hot planes over the palette
-    onehot = m.d_input(m.draw(G.logits(z), 2, "quantized").flatten(0, 1), "quantized", 7)
+    onehot = colours(7).d_input(colours(7).draw(G.logits(z), 2).flatten(0, 1))
     assert onehot.shape == (6, 7, 16, 16) and torch.equal(onehot.sum(1), torch.ones(6, 16, 16))
-    pal = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 0.0, -1.0]])
-    img = m.decode(torch.tensor([[[0, 1]]]), "quantized", pal)
+    pal = torch.tensor([[0, 0, 0], [255, 127.5, 0]])  # uint8 values -> [-1, 1]
+    img = m.PalettePixels(pal).decode(torch.tensor([[[0, 1]]]))
     assert img.shape == (1, 3, 1, 2) and img[0, :, 0, 1].tolist() == [1.0, 0.0, -1.0]
     cont = m.parse_args([*m.SMOKE_ARGS, "--mode", "continuous"])
     G, _ = m.build_models(cont, 1, 0)
@@ -202,9 +199,8 @@ def drawn(kind, n, samples, colours, seed):
         "quantized": (n, colours, 16, 16),
         "text": (n, colours, 1, 16),
     }[kind]
-    draw_kind = "binary" if kind == "binary" else "quantized"
-    x = m.draw(torch.randn(shape), samples, draw_kind).flatten(0, 1)
-    return m.d_input(x, draw_kind, colours)
+    pixels = BINARY if kind == "binary" else m.PalettePixels(torch.zeros(colours, 3))
+    return pixels.d_input(pixels.draw(torch.randn(shape), samples).flatten(0, 1))
 
 
 @pytest.mark.parametrize("kind", ["binary", "quantized", "text"])
@@ -392,8 +388,8 @@ def test_mean_and_sum_agree_under_adam():
         opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
         torch.manual_seed(1)
         a = G.logits(torch.randn(4, args.z_dim))
-        s = m.draw(a, 5, "binary")
-        loss = m.g_loss(torch.randn(20), m.log_likelihood(a, s, "binary", reduce))
+        s = BINARY.draw(a, 5)
+        loss = m.g_loss(torch.randn(20), m.log_likelihood(a, s, BINARY, reduce))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -415,35 +411,6 @@ def test_bad_input_one_line(in_tmp, capsys):
 
 
 # ----------------------------------------------------------------------------- palettes
-def test_palette_learning_and_png_roundtrip(tmp_path):
-    rng = np.random.default_rng(0)
-    centres = np.array([[250, 10, 10], [10, 200, 20], [20, 20, 240]])
-    pixels = np.clip(
-        centres[rng.integers(3, size=3000)] + rng.integers(-4, 5, (3000, 3)), 0, 255
-    ).astype(np.uint8)
-    pal = learn_palette(pixels, 3, seed=0)
-    assert pal.shape == (3, 3) and pal.dtype == np.uint8
-    assert all(np.abs(pal.astype(int) - c).sum(1).min() <= 6 for c in centres)
-    assert (
-        len(learn_palette(np.array([[1, 2, 3], [4, 5, 6]] * 50), 16)) == 2
-    )  # fewer distinct colours than asked: no duplicates
-    img = pixels[:64].reshape(8, 8, 3)
-    idx = quantize(img, pal)
-    d = ((img[:, :, None].astype(int) - pal[None, None].astype(int)) ** 2).sum(-1)
-    assert np.array_equal(idx, d.argmin(-1))
-    save_png(str(tmp_path / "a.png"), idx, pal)
-    idx2, pal2 = load_png(str(tmp_path / "a.png"))
-    assert np.array_equal(idx, idx2) and np.array_equal(pal, pal2[: len(pal)])
-    assert Image.open(tmp_path / "a.png").mode == "P"
-    assert np.array_equal(dequantize(idx2, pal), pal[idx])
-    save_palette(str(tmp_path), pal)
-    assert np.array_equal(load_palette(str(tmp_path)), pal)
-    (tmp_path / "palette.json").write_text("{not json")
-    with pytest.raises(UserError, match="not a palette"):
-        load_palette(str(tmp_path))
-    with pytest.raises(UserError):
-        learn_palette(pixels, 300)
-    assert sample_pixels([img], 10, seed=1).shape == (10, 3)
 
 
 def colour_folder(root, n=12, size=40):

@@ -30,8 +30,10 @@ PAGES = sorted(
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 # a command starts at python/torchrun (after env settings, timeout, nice or a prompt)
-START = re.compile(r"(?:^|[;&|(]\s*|\$\s+|^\s*(?:\w+=\S+\s+|timeout \S+\s+|nice\s+)*)"
-                   r"((?:python3?|torchrun)\s.*)$")
+START = re.compile(
+    r"(?:^|[;&|(]\s*|\$\s+|^\s*(?:\w+=\S+\s+|timeout \S+\s+|nice\s+)*)"
+    r"((?:python3?|torchrun)\s.*)$"
+)
 
 
 def read(page):
@@ -88,8 +90,7 @@ def parse_tool(path, argv, monkeypatch):
         raise _Parsed
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_and_stop)
-    spec = importlib.util.spec_from_file_location("doc_tool_" + os.path.basename(path)[:-3],
-                                                  path)
+    spec = importlib.util.spec_from_file_location("doc_tool_" + os.path.basename(path)[:-3], path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     with pytest.raises(_Parsed):
@@ -104,8 +105,9 @@ def test_the_pages_show_commands():
 def test_command_parses(page, line, cmd, monkeypatch, capsys):
     where = f"{page}:{line}: {cmd}"
     words = shlex.split(cmd, comments=True)
-    assert not any(c in w for w in words for c in "<>"), f"{where}: a placeholder a shell " \
-        "cannot paste"
+    assert not any(c in w for w in words for c in "<>"), (
+        f"{where}: a placeholder a shell cannot paste"
+    )
     assert "..." not in words, f"{where}: ... is not a flag"
     if words[0] == "torchrun":  # torchrun's own options, then the script and its flags
         words = words[1:]
@@ -197,5 +199,7 @@ def test_record_rows_replaces_a_row_and_states_its_provenance(tmp_path):
     rt.record_rows("t", [{"key": "a", "x": 3.0}], "python y", path=path)
     rows = rt.rows_of(rt.load(path), "t")
     assert [(r["key"], r["x"], r["command"]) for r in rows] == [
-        ("b", 2.0, "python x"), ("a", 3.0, "python y")]
+        ("b", 2.0, "python x"),
+        ("a", 3.0, "python y"),
+    ]
     assert rows[0]["commit"] and rows[0]["date"] and rows[0]["cpu"]

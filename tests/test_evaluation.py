@@ -1,6 +1,7 @@
 """common/evaluation.py's measures of diversity within each class (recall, within-class
 spread): they see the collapse that FD and coverage miss (every sample of a digit the same
-image, all ten digits covered), in the digits metric, the protocol and --eval-every."""
+image, all ten digits covered), in the digits metric, the protocol and --eval-every; and the
+digits metric's own sanity (real digits against real digits)."""
 
 import math
 import os
@@ -109,3 +110,39 @@ def test_protocol_and_eval_every_log_the_spread(tmp_path, monkeypatch):
     )
     evals = [r for r in read_metrics("ev/metrics.jsonl") if "eval_fid" in r]
     assert len(evals) == 1 and evals[0]["eval_within_class_spread"] >= 0, evals
+
+
+def test_digits_metric_sanity():
+    """Real digits score near zero; a generator stuck on one digit scores badly."""
+    from common import evaluation as dm
+
+    net = dm.classifier()
+    x, y = dm.real_digits()
+    ref = dm.features_and_probs(net, x)[0]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    real = dm.score(x[perm[:900]], net, ref)
+    ones = dm.score(x[y == 1][torch.arange(900) % int((y == 1).sum())], net, ref)
+    noise = dm.score(torch.rand(900, 1, 32, 32) * 2 - 1, net, ref)
+    assert real["fd"] < 10 and real["coverage"] == 10 and real["confidence"] > 0.95
+    assert (
+        ones["coverage"] <= 2
+        and ones["class_counts"][1] > 0.8 * 900
+        and ones["fd"] > 10 * real["fd"]
+    )
+    assert noise["fd"] > ones["fd"] or noise["coverage"] < 10
+
+
+def test_digits_reference_is_at_the_runs_size():
+    """A run at 16x16 is scored against real digits at 16x16: real against real is then
+    near 0, where against the 32x32 reference the resizing alone costs an FD over 10."""
+    from common import evaluation as dm
+
+    from common.scripts import load_script
+
+    net = dm.classifier()
+    module = load_script("dcgan")
+    x16 = dm.real_digits(16)[0]
+    assert torch.equal(dm.digits_reference(module, {"image_size": 16}), x16)
+    ref16 = dm.features_and_probs(net, dm.digits_reference(module, {"image_size": 16}))[0]
+    ref32 = dm.features_and_probs(net, dm.real_digits(32)[0])[0]
+    assert dm.score(x16, net, ref16)["fd"] < 1e-3 < 10 < dm.score(x16, net, ref32)["fd"]

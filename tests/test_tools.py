@@ -1,6 +1,7 @@
 """tools/: evaluate (torch-fidelity with the digits classifier or a local Inception), compare,
 bench, plot, color_digits and quantize_celeba's resume check, each on tiny runs so that
-nothing is downloaded and the suite stays short."""
+nothing is downloaded and the suite stays short; and check_shared, the shared-section
+checker."""
 
 import json
 import os
@@ -337,3 +338,27 @@ def test_quantize_celeba_records_size_and_crop_and_refuses_others(tmp_path, caps
         quantize_celeba.main(["--size", "16", *common])
     assert "made with --size 8, not --size 16" in capsys.readouterr().err
     assert quantize_celeba.main(["--size", "8", *common])["skipped_done"] == 4
+
+
+def test_shared_sections_are_identical():
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "check_shared.py")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout
+
+
+def test_shared_checker_finds_and_fixes_a_difference(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import check_shared
+
+    src = open(os.path.join(ROOT, "dcgan.py")).read()
+    (tmp_path / "dcgan.py").write_text(src)
+    (tmp_path / "other.py").write_text(src.replace("flat.div_(world)", "flat.div(world)"))
+    problems = check_shared.check(str(tmp_path))
+    assert len(problems) == 1 and "other.py" in problems[0] and "distributed" in problems[0]
+    check_shared.check(str(tmp_path), fix=True)
+    assert check_shared.check(str(tmp_path)) == [] and (tmp_path / "other.py").read_text() == src
+    (tmp_path / "third.py").write_text("print('no sections')\n")
+    assert any("missing shared section" in p for p in check_shared.check(str(tmp_path)))

@@ -1,21 +1,19 @@
-"""Unit tests of common/ and tools/ on fixtures made in temporary folders."""
+"""common/data.py: the named datasets read from their files (fixtures written here: IDX,
+CIFAR pickles, image folders, CelebA's layout), the errors that say how to fix a missing or
+unreadable dataset, the resumable batch stream split across ranks, and augmentation."""
 
 import gzip
 import os
 import pickle
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
 from common import UserError
 from common.data import Batches, FolderData, MemoryData, augment, load_dataset, read_idx
-from common.images import make_grid, progress_gif, save_grid
 
 
 def write_idx(path, array, gz=False):
@@ -150,40 +148,6 @@ def test_augment_flip_and_jitter():
     )  # zero strength is identity
 
 
-def test_grid_and_gif(tmp_path):
-    x = torch.linspace(-1, 1, 10 * 3 * 8 * 8).view(10, 3, 8, 8)
-    grid = make_grid(x, nrow=5, min_size=0)
-    assert grid.shape == (2 * 10 + 2, 5 * 10 + 2, 3) and grid.dtype == np.uint8
-    for s in (100, 200):
-        save_grid(x[:4, :1] * s / 200, str(tmp_path / "samples" / f"step_{s:06d}.png"))
-    gif = progress_gif(str(tmp_path / "samples"), str(tmp_path / "p.gif"))
-    assert Image.open(gif).n_frames == 2
-
-
-def test_shared_sections_are_identical():
-    r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "check_shared.py")],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stdout
-
-
-def test_shared_checker_finds_and_fixes_a_difference(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import check_shared
-
-    src = open(os.path.join(ROOT, "dcgan.py")).read()
-    (tmp_path / "dcgan.py").write_text(src)
-    (tmp_path / "other.py").write_text(src.replace("flat.div_(world)", "flat.div(world)"))
-    problems = check_shared.check(str(tmp_path))
-    assert len(problems) == 1 and "other.py" in problems[0] and "distributed" in problems[0]
-    check_shared.check(str(tmp_path), fix=True)
-    assert check_shared.check(str(tmp_path)) == [] and (tmp_path / "other.py").read_text() == src
-    (tmp_path / "third.py").write_text("print('no sections')\n")
-    assert any("missing shared section" in p for p in check_shared.check(str(tmp_path)))
-
-
 def test_celeba_layout_with_face_crop(tmp_path):
     d = tmp_path / "celeba" / "img_align_celeba"
     d.mkdir(parents=True)
@@ -194,39 +158,3 @@ def test_celeba_layout_with_face_crop(tmp_path):
     data = load_dataset("celeba", str(tmp_path), image_size=16)
     x, _ = data[0]
     assert data.num_classes == 0 and x.shape == (3, 16, 16) and x.float().mean() > 190
-
-
-def test_digits_metric_sanity():
-    """Real digits score near zero; a generator stuck on one digit scores badly."""
-    from common import evaluation as dm
-
-    net = dm.classifier()
-    x, y = dm.real_digits()
-    ref = dm.features_and_probs(net, x)[0]
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    real = dm.score(x[perm[:900]], net, ref)
-    ones = dm.score(x[y == 1][torch.arange(900) % int((y == 1).sum())], net, ref)
-    noise = dm.score(torch.rand(900, 1, 32, 32) * 2 - 1, net, ref)
-    assert real["fd"] < 10 and real["coverage"] == 10 and real["confidence"] > 0.95
-    assert (
-        ones["coverage"] <= 2
-        and ones["class_counts"][1] > 0.8 * 900
-        and ones["fd"] > 10 * real["fd"]
-    )
-    assert noise["fd"] > ones["fd"] or noise["coverage"] < 10
-
-
-def test_digits_reference_is_at_the_runs_size():
-    """A run at 16x16 is scored against real digits at 16x16: real against real is then
-    near 0, where against the 32x32 reference the resizing alone costs an FD over 10."""
-    from common import evaluation as dm
-
-    from common.scripts import load_script
-
-    net = dm.classifier()
-    module = load_script("dcgan")
-    x16 = dm.real_digits(16)[0]
-    assert torch.equal(dm.digits_reference(module, {"image_size": 16}), x16)
-    ref16 = dm.features_and_probs(net, dm.digits_reference(module, {"image_size": 16}))[0]
-    ref32 = dm.features_and_probs(net, dm.real_digits(32)[0])[0]
-    assert dm.score(x16, net, ref16)["fd"] < 1e-3 < 10 < dm.score(x16, net, ref32)["fd"]
