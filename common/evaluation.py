@@ -649,5 +649,5 @@ def evaluate_text(path, num_samples, seed, use_ema, device):
     return {
         "metrics": text_metrics(texts, data),
         "protocol": protocol,
-        "samples": {"generated": texts[:10], "real": real[:10]},
+        "samples": {"generated": texts[:20], "real": real[:20]},
     }  # the first, unpicked

@@ -362,3 +362,29 @@ def test_shared_checker_finds_and_fixes_a_difference(tmp_path):
     assert check_shared.check(str(tmp_path)) == [] and (tmp_path / "other.py").read_text() == src
     (tmp_path / "third.py").write_text("print('no sections')\n")
     assert any("missing shared section" in p for p in check_shared.check(str(tmp_path)))
+
+
+def test_compare_text_scores_ngrams_beside_the_real_floor(tmp_path):
+    """--dataset text: the n-gram JS and word share of each script beside real windows, the
+    first --show sequences of each in samples.txt; --record keys the rows with --label."""
+    import shutil
+
+    from tools.results_table import RECORD
+
+    out = tmp_path / "cmp"
+    record = tmp_path / "results.json"
+    shutil.copy(RECORD, record)
+    text = TINY + " --seq-len 16"
+    env = {**os.environ, "GAN_ZOO_RECORD": str(record)}
+    flags = ["wgan_gp", "bgan", "--dataset", "text", "--steps", "2", "--show", "3"]
+    run_compare(out, *flags, "--record", "t", "--label", "tiny", extra=text, env=env)
+    table = (out / "results.md").read_text()
+    assert "| js4 | words in the corpus |" in table and "| real windows | | | |" in table
+    assert "| wgan_gp | 2 |" in table and "| bgan | 2 |" in table
+    blocks = (out / "samples.txt").read_text(encoding="utf-8").strip().split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == ["wgan_gp:", "bgan:", "real windows:"]
+    assert all(len(b.splitlines()) == 4 for b in blocks)  # the name and 3 sequences of 16
+    assert all(len(s) == 18 for b in blocks for s in b.splitlines()[1:])  # |...|
+    rows = [r for r in json.load(open(record))["measurements"] if r["table"] == "t"]
+    assert [r["key"] for r in rows] == ["wgan_gp (tiny)", "bgan (tiny)", "real windows (tiny)"]
+    assert all(0 <= r["js4"] <= 1 and 0 <= r["words"] <= 1 for r in rows)

@@ -7,6 +7,7 @@ way, and write one table and one side-by-side image: a comparison without cherry
     python tools/compare.py dcgan wgan_gp began --steps 500  # the same number of G steps
     python tools/compare.py --minutes 30 --dataset celeba --data-path ~/data --image-size 64 \\
         --extra "--amp bf16"
+    python tools/compare.py --minutes 5 --dataset text wgan_gp bgan   # text: n-gram JS, words
 
 Each script runs with its own defaults (``--config auto``, or the --config given), in a fresh
 process, with the given data flags and budget; --defaults runs each to its own end. A
@@ -18,11 +19,16 @@ the digits classifier; otherwise the FID Inception), and the first --show sample
 generator from one fixed seed go into one row of the image, in the order of the table:
 nothing is picked by hand.
 
-Output (--out, default runs/compare/<time>): results.md, results.json, samples.png and
-each script's run directory. ``--record TABLE`` also writes each script's row into the docs'
-record, docs/results.json (with the commit, date, CPU model and this command), as a row of
-TABLE (``defaults`` is the table that README.md and docs/results.md show); then
-``python tools/results_table.py --write`` regenerates the pages' tables.
+On ``--dataset text`` the scores are the character n-gram JS divergences and the share of
+corpus words (common/text.py), with a row of real windows against the corpus (the floor a
+sample of that size sets), and the first --show sequences of each go into samples.txt.
+
+Output (--out, default runs/compare/<time>): results.md, results.json, samples.png (text:
+samples.txt) and each script's run directory. ``--record TABLE`` also writes each script's
+row into the docs' record, docs/results.json (with the commit, date, CPU model and this
+command), as a row of TABLE (``defaults`` is the table that README.md and docs/results.md
+show), keyed by the script's name (with ``--label L``: "script (L)", e.g. the budget or the
+config); then ``python tools/results_table.py --write`` regenerates the pages' tables.
 """
 
 import argparse
@@ -40,7 +46,14 @@ if ROOT not in sys.path:
 from common.scripts import load_script, paper_scripts  # noqa: E402
 
 # the table's column headers, where they are not the metric's name
-HEADERS = {"fid": "FID", "kid": "KID", "is": "IS", "within_class_spread": "within-class spread"}
+HEADERS = {
+    "fid": "FID",
+    "kid": "KID",
+    "is": "IS",
+    "within_class_spread": "within-class spread",
+    "words": "words in the corpus",
+}
+REAL = "real windows"  # text: the row of real windows against the corpus
 
 
 def train(name, out, flags, minutes, log):
@@ -120,7 +133,15 @@ def budget_words(args):
     return f"{args.steps} generator steps each" if args.steps else f"{args.minutes:g} minutes each"
 
 
-def record(table, results, argv, cuda):
+def write_text_samples(rows, path):
+    """samples.txt: each script's name, then its sequences, one per line."""
+    with open(path, "w", encoding="utf-8") as f:
+        for label, lines in rows:
+            f.write(f"{label}:\n" + "".join(f"|{s}|\n" for s in lines) + "\n")
+    return path
+
+
+def record(table, results, argv, cuda, label=None):
     """Each script's row into docs/results.json as a row of ``table``."""
     import shlex
 
@@ -129,12 +150,13 @@ def record(table, results, argv, cuda):
     argv = sys.argv[1:] if argv is None else argv
     rows = []
     for r in results:
-        row = {"key": r["script"], **{k: v for k, v in r.items() if k != "protocol"}}
+        key = f"{r['script']} ({label})" if label else r["script"]
+        row = {"key": key, **{k: v for k, v in r.items() if k != "protocol"}}
         if "protocol" in r:
             gen = r["protocol"]["generated"]
             row.update(
                 dataset=gen["dataset"],
-                image_size=gen["image_size"],
+                image_size=gen.get("image_size"),
                 num_samples=gen["num_generated"],
                 features=r["protocol"]["feature_extractor"]["name"],
             )
@@ -193,6 +215,11 @@ def main(argv=None):
         default=None,
         help="also write the rows into docs/results.json as TABLE (e.g. defaults)",
     )
+    p.add_argument(
+        "--label",
+        default=None,
+        help="--record's rows are keyed 'script (LABEL)' (e.g. '5 min', 'config paper')",
+    )
     args = p.parse_args(argv)
     names = args.scripts or paper_scripts()
     unknown = sorted(set(names) - set(paper_scripts()))
@@ -226,7 +253,7 @@ def main(argv=None):
             "--sample-every",
             str(10 * args.ckpt_every),
         ]
-    results, rows = [], []
+    results, rows, real_row, real_samples = [], [], None, []
     for name in names:
         run = os.path.join(out, name)
         print(
@@ -263,7 +290,14 @@ def main(argv=None):
                 protocol=res["protocol"],
             )
             generate = load_script(name).load_generator(ckpt)
-            rows.append((name, generate(args.show, seed=args.seed)))
+            x = generate(args.show, seed=args.seed)
+            if args.dataset == "text":  # sequences, and the real windows' floor
+                from common.text import to_text
+
+                x = to_text(x, generate.kind.vocab)
+                real_row = {"script": REAL, **res["protocol"]["real"]["real_vs_real"]}
+                real_samples = res["samples"]["real"][: args.show]
+            rows.append((name, x))
         except Exception as e:  # noqa: BLE001 - one failing script does not end the comparison
             rec["error"] = str(e).splitlines()[-1] if str(e) else type(e).__name__
             print(f"{name}: failed: {rec['error']}", file=sys.stderr)
@@ -277,9 +311,11 @@ def main(argv=None):
             ),
             flush=True,
         )
-    cols = ["fid", "kid", "is", "precision", "recall"] + (
-        ["within_class_spread", "coverage", "confidence"] if args.dataset == "digits" else []
-    )
+    cols = ["fid", "kid", "is", "precision", "recall"]
+    if args.dataset == "digits":
+        cols += ["within_class_spread", "coverage", "confidence"]
+    if args.dataset == "text":
+        cols = ["js1", "js2", "js3", "js4", "words"]
     budget = budget_words(args)
     fe = next(
         (r["protocol"]["feature_extractor"]["name"] for r in results if "protocol" in r), "n/a"
@@ -288,7 +324,7 @@ def main(argv=None):
         f"Each script with --config {args.config or 'auto'} on {args.dataset}"
         f"{f' at {args.image_size}x{args.image_size}' if args.image_size else ''}, {budget}"
         f"{f' ({args.extra})' if args.extra else ''}; {args.num_samples} samples of the EMA "
-        "generator against the whole training set,"
+        f"generator against the whole {'corpus' if args.dataset == 'text' else 'training set'},"
         f" features: {fe}; device: "
         f"{'CUDA' if 'cuda' in args.extra else f'CPU, {os.cpu_count()} cores'}.",
         "",
@@ -297,7 +333,13 @@ def main(argv=None):
         + " | grid |",
         "| --- " * (5 + len(cols)) + "|",
     ]
+    if real_row is not None:  # text: real windows against the corpus, no run
+        results.append(real_row)
     for r in results:
+        if r["script"] == REAL:
+            vals = [f"{r[c]:.4g}" for c in cols]
+            lines.append(f"| {REAL} | | | | " + " | ".join(vals) + " | |")
+            continue
         if "error" in r:
             lines.append(f"| {r['script']} | failed: {r['error']} |" + " |" * (3 + len(cols)))
             continue
@@ -311,13 +353,17 @@ def main(argv=None):
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    if rows:
-        side_by_side(rows, os.path.join(out, "samples.png"), args.show)
+    shown = ""
+    if rows and args.dataset == "text":
+        shown = write_text_samples(rows + [(REAL, real_samples)], os.path.join(out, "samples.txt"))
+    elif rows:
+        shown = side_by_side(rows, os.path.join(out, "samples.png"), args.show)
     if args.record:
-        record(args.record, results, argv, "cuda" in args.extra)
+        record(args.record, results, argv, "cuda" in args.extra, args.label)
     print("\n".join(lines))
     print(
-        f"wrote {os.path.join(out, 'results.md')}, results.json{' and samples.png' if rows else ''}"
+        f"wrote {os.path.join(out, 'results.md')}, results.json"
+        f"{f' and {os.path.basename(shown)}' if shown else ''}"
     )
     return results
 
