@@ -95,3 +95,49 @@ def test_anatomy_order(name):
     assert where == sorted(where), f"{name}.py: {ORDER} out of order: {top}"
     docstring = ast.get_docstring(tree, clean=False)
     assert docstring and docstring.count("\n") <= 45, f"{name}.py: docstring of about 40 lines"
+
+
+def imports_of(path):
+    """(module-level imports, imports anywhere) of a .py file, as dotted module names."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+
+    def names(nodes):
+        out = set()
+        for n in nodes:
+            if isinstance(n, ast.Import):
+                out |= {a.name for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+                out |= {n.module} | {f"{n.module}.{a.name}" for a in n.names}
+        return out
+
+    return names(tree.body), names(ast.walk(tree))
+
+
+def test_the_house_of_imports():
+    """Scripts use common/; nothing in common/ imports a paper script (the tools load one by
+    name, common.scripts.load_script); common/'s modules import each other without a circle
+    at module level (a lazy import inside a function is how one waits for another)."""
+    folder = os.path.join(ROOT, "common")
+    modules = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py"))
+    graph = {}
+    for mod in modules:
+        top, anywhere = imports_of(os.path.join(folder, mod + ".py"))
+        assert not anywhere & set(SCRIPTS), f"common/{mod}.py imports {anywhere & set(SCRIPTS)}"
+        graph[mod] = {m.split(".")[1] for m in top if m.startswith("common.")} & set(modules)
+    done, stack = set(), []
+
+    def visit(mod):
+        assert mod not in stack, f"import circle: {' -> '.join(stack + [mod])}"
+        if mod not in done:
+            stack.append(mod)
+            for dep in sorted(graph[mod]):
+                visit(dep)
+            stack.pop()
+            done.add(mod)
+
+    for mod in modules:
+        visit(mod)
+    for name in SCRIPTS:  # a script imports common lazily: a copy alone imports with torch
+        top, _ = imports_of(os.path.join(ROOT, name + ".py"))
+        assert not {m for m in top if m.split(".")[0] == "common"}, f"{name}.py: common at the top"
