@@ -388,3 +388,16 @@ def test_compare_text_scores_ngrams_beside_the_real_floor(tmp_path):
     rows = [r for r in json.load(open(record))["measurements"] if r["table"] == "t"]
     assert [r["key"] for r in rows] == ["wgan_gp (tiny)", "bgan (tiny)", "real windows (tiny)"]
     assert all(0 <= r["js4"] <= 1 and 0 <= r["words"] <= 1 for r in rows)
+
+
+def test_code_stats_counts_what_it_says(tmp_path):
+    """tools/code_stats.py: train() and its loop from the AST, diff's line count."""
+    sys.path.insert(0, TOOLS)
+    import code_stats
+
+    text = "def train(args):\n    x = 0\n    while x < 3:\n        x += 1\n    return x\n"
+    s = code_stats.stats(text)
+    assert (s["lines"], s["train"], s["loop"], s["longest"]) == (5, 5, 2, ("train", 5))
+    assert code_stats.diff_lines("a\nb\nc\n", "a\nB\nc\n") == 4  # 2c2, < b, ---, > B
+    rows, d = code_stats.main([])
+    assert set(rows) >= {"dcgan", "lsgan", "bgan"} and d > 0
