@@ -203,3 +203,14 @@ def test_record_rows_replaces_a_row_and_states_its_provenance(tmp_path):
         ("a", 3.0, "python y"),
     ]
     assert rows[0]["commit"] and rows[0]["date"] and rows[0]["cpu"]
+
+
+def test_drop_removes_one_superseded_row(tmp_path):
+    import tools.results_table as rt
+
+    path = str(tmp_path / "r.json")
+    rt.record_rows("t", [{"key": "a", "x": 1.0}, {"key": "b", "x": 2.0}], "python x", path=path)
+    rt.record_rows("u", [{"key": "a", "x": 3.0}], "python y", path=path)
+    assert rt.drop_row("t", "a", path=path) and not rt.drop_row("t", "a", path=path)
+    left = [(r["table"], r["key"]) for r in rt.load(path)["measurements"]]
+    assert left == [("t", "b"), ("u", "a")]

@@ -10,6 +10,7 @@ tool renders the tables into the pages between marker comments (`<!-- results:VI
     python tools/results_table.py            # print every generated table
     python tools/results_table.py --write    # rewrite the tables in README.md and docs/*.md
     python tools/results_table.py --check    # exit 1 if a page's table differs from the record
+    python tools/results_table.py --drop text "bgan.py (1502 steps)"   # a superseded row
 
 tests/test_docs.py runs the check. A row that a tool has not written (an older measurement)
 says "unknown" where the page it came from did not state its commit or machine.
@@ -127,6 +128,7 @@ VIEWS = {
         "text",
         [
             ("", "key", str),
+            ("steps", "step", str),
             ("js1", "js1", _f3),
             ("js2", "js2", _f3),
             ("js3", "js3", _f3),
@@ -271,12 +273,35 @@ def record_rows(table, rows, command, gpu=None, path=None):
     return new
 
 
+def drop_row(table, key, path=None):
+    """Remove the row ``key`` of ``table`` from the record (a measurement a newer one
+    supersedes); returns whether there was one."""
+    path = path or RECORD
+    record = load(path)
+    kept = [r for r in record["measurements"] if (r["table"], r["key"]) != (table, key)]
+    if len(kept) == len(record["measurements"]):
+        return False
+    record["measurements"] = kept
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    return True
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="rewrite the pages' tables")
     g.add_argument("--check", action="store_true", help="exit 1 if a page's table differs")
+    g.add_argument(
+        "--drop", nargs=2, metavar=("TABLE", "KEY"), help="remove a superseded row from the record"
+    )
     args = p.parse_args(argv)
+    if args.drop:
+        if not drop_row(*args.drop):
+            sys.exit(f"results_table: error: no row {args.drop[1]!r} in table {args.drop[0]!r}")
+        print(f"dropped {args.drop[1]!r} from {args.drop[0]!r}; --write regenerates the pages")
+        return
     record = load()
     if args.check or args.write:
         diff = differences(record=record)
