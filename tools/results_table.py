@@ -72,7 +72,13 @@ COMPARE = [
 VIEWS = {
     "defaults": (
         "defaults",
-        [*COMPARE, ("commit", "commit", str), ("grid", "=[grid]({script}_digits.png)", None)],
+        [
+            *COMPARE,
+            ("within-class spread", "within_class_spread", _g4),
+            ("commit", "commit", str),
+            ("CPU", "cpu", str),
+            ("grid", "=[grid]({script}_digits.png)", None),
+        ],
     ),
     "readme-defaults": (
         "defaults",
