@@ -104,8 +104,8 @@ PAPER_TEXT = {
 }
 # --config auto on --dataset text on a CPU, about 5 CPU-minutes (measured: docs/results.md#text):
 # no D noise (1.5 stalls it); D at a tenth of G's rate, as the image defaults (with equal rates
-# D won at once: w~ on one or two of the M samples, and no words in 10 minutes); the authors'
-# M 20; batch 32, widths 64 and five residual blocks, which run ~20x the authors' steps here.
+# D won at once: w~ on a few of the M samples, and few words in 10 minutes); the authors' M 20;
+# batch 32, widths 64 and five residual blocks, which run many times the authors' steps here.
 TEXT = {
     "d_noise": 0.0,
     "lr_g": 1e-3,

@@ -2,6 +2,7 @@
 and the one check that a user's mistake ends in one clear line."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -66,3 +67,26 @@ def in_tmp(tmp_path, monkeypatch):
     """Run inside an empty temporary directory (runs/ lands there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def torchrun(program, *args):
+    """The command and environment that run ``program`` (a path) under torchrun as two CPU
+    processes (gloo), one thread each."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        program,
+        *args,
+    ]
+    return cmd, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+
+
+def run_torchrun(program, *args):
+    """Run ``program`` under torchrun (two processes) to its end; the finished process."""
+    cmd, env = torchrun(program, *args)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r

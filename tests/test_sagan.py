@@ -6,15 +6,13 @@ grid with one row per class, --attention-map (for more images than one generated
 and the unconditional fallback."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import ROOT, load_script, tiny_args
+from conftest import ROOT, load_script, run_torchrun, tiny_args
 
 m = load_script("sagan")
 
@@ -363,22 +361,7 @@ torch.save(bufs, os.path.join("ddp", f"u_rank{{os.environ['RANK']}}.pt"))
 def test_torchrun_ranks_keep_equal_power_iteration_vectors(in_tmp):
     with open("driver.py", "w") as f:
         f.write(DRIVER.format(tests=os.path.join(ROOT, "tests")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "driver.py",
-        *tiny_args(m),
-        "--steps",
-        "3",
-        "--out",
-        "ddp",
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_torchrun("driver.py", *tiny_args(m), "--steps", "3", "--out", "ddp")
     u0, u1 = (torch.load(f"ddp/u_rank{i}.pt", weights_only=True) for i in (0, 1))
     assert u0.keys() == u1.keys() and len(u0) > 20
     assert all(torch.equal(u0[k], u1[k]) for k in u0)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, SCRIPTS, assert_one_line_error, load_script, tiny_args
+from conftest import ROOT, SCRIPTS, assert_one_line_error, load_script, run_torchrun, tiny_args
 from common.run import read_metrics
 
 LOSS_KEYS = ("d_loss", "g_loss")
@@ -125,23 +125,8 @@ def test_bf16(name, in_tmp):
 def test_torchrun_two_processes(name, in_tmp):
     """Two gloo ranks: every rank ends with the same parameters (gradients are averaged)."""
     m = load_script(name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        os.path.join(ROOT, "tests", "ddp_driver.py"),
-        name,
-        *tiny_args(m),
-        "--steps",
-        "3",
-        "--out",
-        "ddp",
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    driver = os.path.join(ROOT, "tests", "ddp_driver.py")
+    r = run_torchrun(driver, name, *tiny_args(m), "--steps", "3", "--out", "ddp")
     p0, p1 = (torch.load(f"ddp/params_rank{i}.pt", weights_only=True) for i in (0, 1))
     assert p0.keys() == p1.keys() and p0
     for k in p0:

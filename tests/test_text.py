@@ -4,14 +4,12 @@ windows, the n-gram measure, and one line for text that cannot be used."""
 import math
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from common import UserError
-from conftest import ROOT, assert_one_line_error, load_script, tiny_args
+from conftest import ROOT, assert_one_line_error, load_script, run_torchrun, tiny_args
 from test_scripts import losses
 from common.text import (
     UNKNOWN,
@@ -197,23 +195,8 @@ def test_text_bf16(name, in_tmp):
 
 def test_text_torchrun_two_processes(in_tmp):
     m = load_script("wgan_gp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        os.path.join(ROOT, "tests", "ddp_driver.py"),
-        "wgan_gp",
-        *text_args(m),
-        "--steps",
-        "2",
-        "--out",
-        "ddp",
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    driver = os.path.join(ROOT, "tests", "ddp_driver.py")
+    run_torchrun(driver, "wgan_gp", *text_args(m), "--steps", "2", "--out", "ddp")
     p0, p1 = (torch.load(f"ddp/params_rank{i}.pt", weights_only=True) for i in (0, 1))
     assert all(torch.allclose(p0[k], p1[k], atol=1e-6) for k in p0)
 
