@@ -30,8 +30,8 @@ probabilities) in the log, the power-iteration vectors synced under torchrun, an
 
 Departures from the paper, and choices where it is silent (docs/sagan.md has the details):
 * Architecture: the authors' code (the SNGAN ResNets) scaled by ``--image-size``. On a CPU
-  widths 8/16, batch 16, 3100 steps at 16x16; widths 16/32 and 1300 steps at 32x32 (the
-  paper: 64, 256, 1M). G's update reuses D's fake batch.
+  widths 16/32, batch 16, 1500 steps at 16x16 and 1300 at 32x32 (the paper: 64, 256, 1M).
+  G's update reuses D's fake batch.
 * ``--attention-res`` (default image_size / 4, Table 1's feat32 at 128x128) places attention
   in G and D. f, g, h have C/8 channels each, as Sec. 3 writes; the authors' code
   (brain-research/self-attention-gan, non_local.py) gives the values h C/2 channels (its
@@ -77,14 +77,14 @@ PAPER = {
     "shared_dim": 0,
     "ema_decay": 0.0,
 }
-# --config auto on a CPU above 16x16 (MNIST, CIFAR-10, folders at 32x32): wider nets for fewer
-# steps, about the CPU time of the defaults at 32x32 (docs/sagan.md, "--config auto").
-CPU_32 = {"g_width": 16, "d_width": 32, "steps": 1300}
+# --config auto on a CPU above 16x16 (MNIST, CIFAR-10, folders at 32x32): the digits' widths,
+# 1300 steps (a 32x32 step costs about twice a 16x16 one; docs/sagan.md, "--config auto").
+CPU_32 = {"steps": 1300}
 
 
 def auto_config(args):
-    """on a CPU the defaults below at 16x16 (the digits), widths 16 and 32 for 1300 steps
-    above (about 5 CPU-minutes); on CUDA the authors' ImageNet run: widths 64, per-class CBN
+    """on a CPU the defaults below at 16x16 (the digits), 1300 steps above (minutes of CPU:
+    more steps lose the variety within a class); on CUDA the authors' ImageNet run: widths 64, per-class CBN
     gains, global batch 256 (bounded by GPU memory), 256M images (1M steps at 256), EMA 0.9999."""
     seen = args.auto
     if seen["device"] == "cpu":
@@ -113,11 +113,13 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     # Sec. 5: lr 1e-4 for G and 4e-4 for D (TTUR); z of size 128 (the authors' code). Batch 16
-    # and the steps are a digits default (the paper: batch 256, 1M steps; --config auto on CUDA).
+    # and the steps are a digits default (the paper: batch 256, 1M steps; --config auto on CUDA):
+    # at 3100 steps the samples of a class were nearly one image (docs/results.md#sagans-widths-
+    # on-the-digits), at 1500 they vary.
     add_common_args(
         p,
         batch_size=16,
-        steps=3100,
+        steps=1500,
         lr_g=1e-4,
         lr_d=4e-4,
         z_dim=128,
@@ -128,14 +130,14 @@ def parse_args(argv=None):
     m.add_argument(
         "--g-width",
         type=in_range(int, "[1, inf)"),
-        default=8,
+        default=16,
         help="G's channels at the image resolution "
         "(the authors' gf_dim), x16 at 4x4 for 128x128 (the paper's model: 64)",
     )
     m.add_argument(
         "--d-width",
         type=in_range(int, "[1, inf)"),
-        default=16,
+        default=32,
         help="D's channels after its first block "
         "(the authors' df_dim), doubling per halving (the paper's model: 64)",
     )

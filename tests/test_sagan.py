@@ -131,7 +131,7 @@ def test_one_power_iteration_per_step(in_tmp, monkeypatch):
         assert [calls.get(id(mod)) for mod in layers] == [3] * len(layers), net
 
 
-def test_auto_on_a_cpu_keeps_the_digits_defaults_and_widens_at_32():
+def test_auto_on_a_cpu_keeps_the_digits_defaults_and_shortens_at_32():
     args = m.parse_args(["--assume", "cpu"])
     assert args.chosen == {} and args.image_size == 16
     assert (
@@ -144,15 +144,17 @@ def test_auto_on_a_cpu_keeps_the_digits_defaults_and_widens_at_32():
         args.shared_dim,
         args.ema_decay,
         args.attention_res,
-    ) == (8, 16, 16, 3100, 1e-4, 4e-4, 128, 0.999, 4)
+    ) == (16, 32, 16, 1500, 1e-4, 4e-4, 128, 0.999, 4)
     for data in (["--dataset", "mnist"], ["--dataset", "cifar10"]):
         args = m.parse_args(["--assume", "cpu", *data])
-        assert args.image_size == 32 and args.chosen == {
-            "g_width": 16,
-            "d_width": 32,
-            "steps": 1300,
-        }
-        assert (args.batch_size, args.lr_g, args.lr_d, args.shared_dim) == (16, 1e-4, 4e-4, 128)
+        assert args.image_size == 32 and args.chosen == {"steps": 1300}
+        assert (args.g_width, args.d_width, args.batch_size, args.lr_g, args.lr_d) == (
+            16,
+            32,
+            16,
+            1e-4,
+            4e-4,
+        )
 
 
 @pytest.mark.parametrize(

@@ -302,6 +302,22 @@ def test_color_digits(tmp_path):
     assert np.array_equal(images[:200], ims) and labels.shape == (1797,)
 
 
+def test_grey_digits_are_the_digits(tmp_path):
+    """tools/color_digits.py --grey: white strokes on black, the embedded digits' own values
+    (so tools/digits_metric.py can score a run on the quantized grey digits)."""
+    import color_digits
+    import numpy as np
+    from PIL import Image
+
+    from common.data import load_digits
+
+    color_digits.main([str(tmp_path), "--size", "8", "--grey"])
+    ims = np.stack([np.asarray(Image.open(tmp_path / f"{i:04d}.png")) for i in range(100)])
+    assert (ims[..., 0] == ims[..., 1]).all() and (ims[..., 0] == ims[..., 2]).all()
+    real = load_digits()[0][:100, 0].numpy().astype(float)
+    assert np.abs(ims[..., 0] - real).max() <= 1
+
+
 def test_quantize_celeba_records_size_and_crop_and_refuses_others(tmp_path, capsys):
     """tools/quantize_celeba.py: palette.json records --size and --crop; resuming into the
     folder with others ends in one line and status 1, before an image is written."""

@@ -155,6 +155,28 @@ VIEWS = {
             ("trained by", "note", str),
         ],
     ),
+    "bgan-d-batch-norm": (  # issue 26: D with and without batch norm, discrete images
+        "bgan-d-batch-norm",
+        [
+            ("run", "key", str),
+            ("steps", "steps", str),
+            ("FD", "fd", _f1),
+            ("recall", "recall", _g4),
+            ("within-class spread", "within_class_spread", _g4),
+            ("classes", "={coverage}/10", None),
+            ("trained by", "note", str),
+        ],
+    ),
+    "sagan-digits": (  # issue 25: sagan's digits default against wider nets
+        "sagan-digits",
+        [
+            ("run", "key", str),
+            *COMPARE[1:],
+            ("within-class spread", "within_class_spread", _g4),
+            ("commit", "commit", str),
+            ("CPU", "cpu", str),
+        ],
+    ),
     "suite": (
         "suite",
         [
