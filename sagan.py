@@ -84,8 +84,9 @@ CPU_32 = {"steps": 1300}
 
 def auto_config(args):
     """on a CPU the defaults below at 16x16 (the digits), 1300 steps above (minutes of CPU:
-    more steps lose the variety within a class); on CUDA the authors' ImageNet run: widths 64, per-class CBN
-    gains, global batch 256 (bounded by GPU memory), 256M images (1M steps at 256), EMA 0.9999."""
+    more steps lose the variety within a class); on CUDA the authors' ImageNet run: widths 64,
+    per-class CBN gains, global batch 256 (bounded by GPU memory), 256M images (1M steps at
+    256), EMA 0.9999."""
     seen = args.auto
     if seen["device"] == "cpu":
         return {} if args.image_size <= 16 else dict(CPU_32)
