@@ -173,15 +173,24 @@ def load_checkpoint(path, script, device="cpu"):
     return ckpt
 
 
-def load_state(module, state, what):
-    """``module.load_state_dict(state)``; a mismatch is the user's flags, said in one line."""
+def load_state(module, state, what, newer=()):
+    """``module.load_state_dict(state)``; a mismatch is the user's flags, said in one line.
+    ``newer``: flags the checkpoint does not record (added since it was written), which took
+    today's defaults; the line names them, since one of them may have changed the model."""
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
+        since = ""
+        if newer:
+            names = ", ".join("--" + k.replace("_", "-") for k in newer)
+            since = (
+                f"; flags newer than the checkpoint took today's defaults ({names}): "
+                "give the value the old run had"
+            )
         raise UserError(
             f"the checkpoint's {what} does not fit the model built from these flags "
-            f"({first}); keep the run's model flags"
+            f"({first}); keep the run's model flags{since}"
         ) from None
 
 

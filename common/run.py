@@ -381,6 +381,13 @@ class Run:
         raise Stopped(self.signum or signal.SIGTERM, self.step, self.out, self.rank)
 
     def _restore(self, ckpt):
+        # flags the checkpoint does not record: an older script's run, given today's defaults
+        internal = {"auto", "chosen", "explicit", "assume", "dry_run", "resume"}
+        newer = [
+            k
+            for k in sorted(vars(self.args))
+            if k not in ckpt["args"] and k not in internal and k not in self.args.explicit
+        ]
         for name, obj in self.state.items():
             if obj is None or ckpt.get(name) is None:
                 continue
@@ -391,6 +398,7 @@ class Run:
                     {"G": "generator", "D": "discriminator", "ema": "EMA generator"}.get(
                         name, name
                     ),
+                    newer,
                 )
             elif isinstance(obj, torch.optim.Optimizer):
                 lrs = [g["lr"] for g in obj.param_groups]

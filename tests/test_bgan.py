@@ -246,6 +246,21 @@ def test_d_batch_norm_is_off_in_every_discrete_mode_under_both_configs(capsys):
     assert "couples the importance weights" in " ".join(capsys.readouterr().out.split())
 
 
+def test_resuming_a_run_whose_d_had_batch_norm_names_the_flag(in_tmp, capsys):
+    """A checkpoint from before --d-batch-norm existed (its D had batch norm, its args do not
+    record the flag) does not fit today's default D: one line that names the newer flag,
+    and giving it resumes the run."""
+    m.main([*tiny_args(m), "--d-batch-norm", "--steps", "2", "--out", "old"])
+    path = "old/checkpoints/last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["args"]["d_batch_norm"]  # as bgan.py wrote it before issue 26
+    torch.save(ckpt, path)
+    line = assert_one_line_error(m, ["--resume", "old"], "--d-batch-norm", capsys, steps=3)
+    assert "discriminator does not fit" in line and "newer than the checkpoint" in line
+    m.main([*tiny_args(m), "--resume", "old", "--steps", "3", "--d-batch-norm"])
+    assert torch.load(path, weights_only=True)["step"] == 3
+
+
 def test_uniform_prior_is_the_normal_cdf_of_the_latent():
     """--z-prior uniform: G sees Phi(z), U(0, 1) as the authors' np.random.rand, while grids,
     sampling and walks keep drawing N(0, I)."""
