@@ -74,13 +74,14 @@ PAPER = {
 }
 # --config auto on a CPU above 16x16 (MNIST, CIFAR-10, ... at 32x32): the digits recipe for the
 # steps of about 5 CPU-minutes. On MNIST-format files 3200 steps collapsed G to one digit (with
-# k_t from two Ds); 1300 steps with k_t from one D gave varied, blurry digits, better at the
-# recipe's lr 4e-4 than at 2e-4 (docs/results.md, off the bench).
-CPU_32 = {"steps": 1300}
+# k_t from two Ds); with k_t from one D, 1300 steps gave varied, blurry digits, better at the
+# recipe's lr 4e-4 than at 2e-4, and 2000 steps better than 1300 (docs/results.md, off the
+# bench; 2000 steps took a little over 5 minutes on a 2-core CPU with bf16).
+CPU_32 = {"steps": 2000}
 
 
 def auto_config(args):
-    """CPU: the defaults below (the digits recipe), above 16x16 for 1300 steps (each about
+    """CPU: the defaults below (the digits recipe), above 16x16 for 2000 steps (each about
     5 CPU-minutes); CUDA: the paper's CelebA run as carpedm20's code trains it
     (n 128, N_h 64, gamma 0.5, lambda_k 0.001, no batch norm, global batch 16, Adam 8e-5, 8M
     images, lr halved on a stall per 1.6M images, no EMA)."""

@@ -193,13 +193,13 @@ def test_auto_cpu_digits_is_the_digits_recipe():
     assert settings(b, DIGITS_RECIPE) == DIGITS_RECIPE
 
 
-def test_auto_cpu_above_16_is_the_recipe_for_1300_steps():
-    """Above 16x16 on a CPU (MNIST at 32x32): the digits recipe for 1300 steps."""
+def test_auto_cpu_above_16_is_the_recipe_for_2000_steps():
+    """Above 16x16 on a CPU (MNIST at 32x32): the digits recipe for 2000 steps."""
     a = m.parse_args(["--assume", "cpu", "--dataset", "mnist"])
-    want = {**DIGITS_RECIPE, "image_size": 32, "steps": 1300}
+    want = {**DIGITS_RECIPE, "image_size": 32, "steps": 2000}
     assert settings(a, want) == want
     b = m.parse_args(["--assume", "cpu", "--dataset", "cifar10", "--lr-g", "1e-4"])
-    assert (b.lr_g, b.lr_d, b.steps) == (1e-4, 4e-4, 1300)  # a given flag wins
+    assert (b.lr_g, b.lr_d, b.steps) == (1e-4, 4e-4, 2000)  # a given flag wins
 
 
 def test_auto_cuda_celeba_is_the_reference_run():
