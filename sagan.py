@@ -83,10 +83,10 @@ CPU_32 = {"steps": 1300}
 
 
 def auto_config(args):
-    """on a CPU the defaults below at 16x16 (the digits), 1300 steps above (minutes of CPU:
-    more steps lose the variety within a class); on CUDA the authors' ImageNet run: widths 64,
-    per-class CBN gains, global batch 256 (bounded by GPU memory), 256M images (1M steps at
-    256), EMA 0.9999."""
+    """on a CPU the defaults below at 16x16 (the digits), 1300 steps above (a few CPU-minutes;
+    on the digits more steps lost the variety within a class); on CUDA the authors' ImageNet
+    run: widths 64, per-class CBN gains, global batch 256 (bounded by GPU memory), 256M images
+    (1M steps at 256), EMA 0.9999."""
     seen = args.auto
     if seen["device"] == "cpu":
         return {} if args.image_size <= 16 else dict(CPU_32)
@@ -115,8 +115,8 @@ def parse_args(argv=None):
     )
     # Sec. 5: lr 1e-4 for G and 4e-4 for D (TTUR); z of size 128 (the authors' code). Batch 16
     # and the steps are a digits default (the paper: batch 256, 1M steps; --config auto on CUDA):
-    # at 3100 steps the samples of a class were nearly one image (docs/results.md#sagans-widths-
-    # on-the-digits), at 1500 they vary.
+    # at 3100 steps the samples of a class were nearly one image, at 1500 they vary
+    # (docs/results.md, "sagan's widths on the digits").
     add_common_args(
         p,
         batch_size=16,
